@@ -1,0 +1,1 @@
+"""Benchmarks: the QF paper protocol, speed, and (later) the editing benchmarks."""

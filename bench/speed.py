@@ -1,0 +1,108 @@
+"""Speed of one consolidation against one forward pass, and of the joint re-solve.
+
+Per fact: the two capture passes, the solve, the write, and one full forward pass over the
+instructed sequence (with logits, as inference runs it); medians over facts. Then the joint
+re-solve of ``resolve_facts`` facts from W0 with no forward pass: its cost depends only on the
+shapes (rows x D), so those facts reuse the captured rows' shapes with random values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from memory.consolidate import QFEditor
+from memory.fact import Fact, FactRows
+from memory.joint import JointQF
+from memory.prompts import build_pass, instructed_system
+
+SUBJECTS = [
+    "Oxinnovate", "Brightlane", "Corvexa", "Duneward", "Elmstone", "Fennick Labs", "Glaswing", "Harrowgate",
+    "Isoptra", "Jovial Systems", "Kestrelite", "Lumenfall", "Moravia Tech", "Northpike", "Orrisync", "Pellucid",
+]
+FOUNDERS = ["Qi", "Ana Ruiz", "Tom Berg", "Lena Fox", "Omar Haddad", "Mei Lin", "Raj Patel", "Sofia Moreau"]
+
+
+def synthetic_facts(n: int) -> list[Fact]:
+    """n distinct facts with given answers, e.g. 'Qi started Oxinnovate.'."""
+    facts = []
+    for i in range(n):
+        subject = SUBJECTS[i % len(SUBJECTS)] + ("" if i < len(SUBJECTS) else f" {i // len(SUBJECTS) + 1}")
+        founder = FOUNDERS[i % len(FOUNDERS)]
+        facts.append(Fact(f"{founder} started {subject}.", f"Who founded {subject}?", f"{subject} was founded by {founder}."))
+    return facts
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=None) -> dict:
+    """Medians over ``n`` real consolidations, then the joint re-solve of ``resolve_facts`` facts."""
+    capture, solve, apply, forward, rows = [], [], [], [], []
+    device = editor.loaded.device
+    editor.ask("warm up", max_new_tokens=1)
+    keys = []
+    for i, fact in enumerate(synthetic_facts(n)):
+        inst = build_pass(editor.tokenizer, fact.query, fact.answer, instructed_system(fact.instruction, editor.config.system))
+        _, t_forward = _timed(lambda: editor.model(input_ids=inst.input_ids.to(device), use_cache=False))
+        fact_rows, t_capture = _timed(lambda: editor.capture(fact))
+        keys.append(("speed", i))
+        editor.add_rows(keys[-1], fact_rows)
+        delta, t_solve = _timed(editor.joint.solve)
+        _, t_apply = _timed(lambda: editor._write(delta))
+        for series, value in zip((capture, solve, apply, forward), (t_capture, t_solve, t_apply, t_forward)):
+            series.append(value)
+        rows.append(fact_rows.num_rows)
+        if progress:
+            progress(1)
+    for key in keys:
+        editor.joint.remove(key)
+    editor.rebuild()
+    med = statistics.median
+    consolidation = [c + s + a for c, s, a in zip(capture, solve, apply)]
+    return {
+        "facts": n,
+        "rows_per_fact": med(rows),
+        "capture_s": med(capture),
+        "solve_s": med(solve),
+        "apply_s": med(apply),
+        "consolidation_s": med(consolidation),
+        "forward_s": med(forward),
+        "ratio": med(consolidation) / med(forward),
+        **joint_resolve_time(editor, resolve_facts, int(med(rows))),
+    }
+
+
+def joint_resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
+    """Load (residuals + Gram from stored rows), re-solve and write ``facts`` facts from W0."""
+    W0 = editor.joint.W0
+    N, D = W0.shape
+    g = torch.Generator().manual_seed(0)
+    stored = [
+        FactRows("", (), *(torch.randn(rows_per_fact, d, generator=g) for d in (D, N, D, N)), torch.ones(rows_per_fact, dtype=torch.float64))
+        for _ in range(facts)
+    ]
+    joint = JointQF(W0, editor.parameter, ridge=editor.config.ridge)
+    start = time.perf_counter()
+    for i, rows in enumerate(stored):
+        joint.add(i, rows)
+    loaded = time.perf_counter()
+    delta = joint.solve()
+    solved = time.perf_counter()
+    weight = torch.empty_like(W0)
+    weight.copy_(W0).add_(delta.left.float() @ delta.right.float())
+    written = time.perf_counter()
+    return {
+        "resolve_facts": facts,
+        "resolve_rows": joint.num_rows,
+        "resolve_load_s": loaded - start,
+        "resolve_solve_s": solved - loaded,
+        "resolve_write_s": written - solved,
+        "resolve_s": written - loaded,
+    }

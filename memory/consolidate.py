@@ -1,0 +1,165 @@
+"""Consolidation: fact -> two teacher-forced captures -> joint QF solve -> write -> verify.
+
+``QFEditor`` owns the edited matrix of one loaded model. The live weight is always
+``W0 + dW(all active facts)``, re-solved jointly from W0 (memory.joint); it is kept in float32
+whatever the model's dtype. Computing never mutates the model; only ``_write`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import torch
+
+from memory import architecture as arch
+from memory.capture import Capture
+from memory.delta import LowRankDelta, NonFiniteDeltaError
+from memory.fact import Fact, FactRows, significance_vector
+from memory.float32_linear import keep_float32
+from memory.generate import Answer, greedy_answer
+from memory.joint import JointQF
+from memory.loading import LoadedModel
+from memory.prompts import Pass, build_pass, instructed_system
+from memory.qf import DEFAULT_RIDGE
+
+log = logging.getLogger(__name__)
+
+
+class ConsolidationError(ValueError):
+    """The fact cannot be consolidated; the weights were left as they were."""
+
+
+@dataclass(frozen=True)
+class EditorConfig:
+    layer: int | None = None  # None: the architecture default (23 of 28, proportional otherwise)
+    ridge: float = DEFAULT_RIDGE  # relative ridge of the QF solve, see memory.qf
+    system: str | None = None  # the chat's system prompt; None = the chat template's default
+    max_answer_tokens: int = 64  # cap for the instructed model's own answer
+    verify_tokens: int = 64  # cap for the closed-book verification answer
+
+
+@dataclass
+class Consolidation:
+    key: Hashable
+    fact: Fact
+    answer: str  # the answer that was written (given or the instructed model's own)
+    rows: int
+    verification: str  # greedy closed-book answer after the write
+    seconds: float  # capture + solve + write (verification excluded)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class QFEditor:
+    def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
+        self.loaded, self.config = loaded, config
+        model = loaded.model
+        self.layer = arch.check_layer(model, arch.default_layer(model) if config.layer is None else config.layer)
+        self.down_name = arch.module_path(model, self.layer, "down_proj")
+        self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
+        self.parameter = f"{self.down_name}.weight"
+        keep_float32(model, self.down_name)
+        self.joint = JointQF(
+            model.get_parameter(self.parameter), self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge
+        )
+        self.delta: LowRankDelta = self.joint.solve()
+        self._next_key = 0
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    # --- computing (never mutates the model) --------------------------------------------
+    def ask(self, query: str, system: str | None = None, max_new_tokens: int | None = None) -> Answer:
+        return greedy_answer(
+            self.model, self.tokenizer, query, system if system is not None else self.config.system,
+            max_new_tokens or self.config.verify_tokens,
+        )
+
+    def instructed_answer(self, fact: Fact) -> str:
+        answer = self.ask(fact.query, instructed_system(fact.instruction, self.config.system), self.config.max_answer_tokens)
+        if not answer.text:
+            raise ConsolidationError("the model gave an empty answer with the instruction in context; pass an answer")
+        if not answer.finished:
+            raise ConsolidationError(
+                f"the model did not finish its answer within {self.config.max_answer_tokens} tokens with the "
+                f"instruction in context (it began {answer.text[:60]!r}); pass a short answer"
+            )
+        return answer.text
+
+    def _check_length(self, p: Pass) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and p.input_ids.shape[1] > limit:
+            raise ConsolidationError(f"prompt + answer is {p.input_ids.shape[1]} tokens, over the model's context of {limit}")
+
+    def _capture_pass(self, p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass, stopped after layer L's down_proj input: rows of (U, V)."""
+        self._check_length(p)
+        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
+            cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False)
+        rows = p.rows.to(cap.inputs[self.down_name].device)
+        U = cap.inputs[self.down_name][0, rows].float().cpu()
+        V = cap.inputs[self.norm_name][0, rows].float().cpu()
+        return U, V
+
+    def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
+        """Both teacher-forced passes over the same answer tokens (two forward passes)."""
+        answer = (answer or fact.answer or "").strip() or self.instructed_answer(fact)
+        system = self.config.system
+        instructed = build_pass(self.tokenizer, fact.query, answer, instructed_system(fact.instruction, system))
+        plain = build_pass(self.tokenizer, fact.query, answer, system)
+        significance = significance_vector(fact.significance, len(plain.targets) - 1)
+        U, V = self._capture_pass(instructed)
+        U_plain, V_plain = self._capture_pass(plain)
+        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
+
+    # --- mutating ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _write(self, delta: LowRankDelta) -> None:
+        """weight <- W0 + dW (refusing non-finite deltas before anything is written)."""
+        weight = self.model.get_parameter(self.parameter)
+        if not delta.is_finite():
+            raise NonFiniteDeltaError(f"refusing to write a non-finite delta into {self.parameter}")
+        weight.copy_(self.joint.W0.to(weight.device))
+        delta.apply(self.model)
+        self.delta = delta
+
+    def rebuild(self) -> float:
+        """Re-solve all active facts jointly from W0 and write the result; returns seconds."""
+        start = time.perf_counter()
+        self._write(self.joint.solve())
+        return time.perf_counter() - start
+
+    def add_rows(self, key: Hashable, rows: FactRows) -> None:
+        self.joint.add(key, rows)
+
+    def remove(self, key: Hashable) -> float:
+        """Drop a fact and re-solve: exact undo, no forward pass. Returns seconds."""
+        self.joint.remove(key)
+        return self.rebuild()
+
+    def learn(self, fact: Fact, key: Hashable | None = None, verify: bool = True) -> Consolidation:
+        if key is None:
+            key, self._next_key = self._next_key, self._next_key + 1
+        t0 = time.perf_counter()
+        rows = self.capture(fact)
+        t1 = time.perf_counter()
+        self.joint.add(key, rows)
+        try:
+            delta = self.joint.solve()
+            t2 = time.perf_counter()
+            self._write(delta)
+        except Exception:
+            self.joint.remove(key)
+            raise
+        t3 = time.perf_counter()
+        verification = self.ask(fact.query).text if verify else ""
+        timings = {"capture": t1 - t0, "solve": t2 - t1, "apply": t3 - t2, "verify": time.perf_counter() - t3}
+        log.info("learned %r in %.2fs (%d rows)", fact.query, t3 - t0, rows.num_rows)
+        return Consolidation(key, fact, rows.answer, rows.num_rows, verification, t3 - t0, timings)

@@ -1,0 +1,61 @@
+"""A fact, and the activation rows its two teacher-forced passes produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Fact:
+    instruction: str  # a standalone sentence: "Qi started Oxinnovate."
+    query: str  # the question it answers: "Who founded Oxinnovate?"
+    answer: str | None = None  # None: the instructed model's own answer is used
+    # One weight per constrained row: each answer token, then the end-of-turn token.
+    # k weights (answer tokens only) are accepted too; the end of turn then gets 1.
+    significance: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        for field_name in ("instruction", "query"):
+            if not getattr(self, field_name).strip():
+                raise ValueError(f"the fact's {field_name} is empty")
+        if self.answer is not None and not self.answer.strip():
+            raise ValueError("the fact's answer is empty (omit it to let the model answer)")
+
+
+@dataclass
+class FactRows:
+    """What QF needs of one fact: T rows of each capture (row t predicts target t)."""
+
+    answer: str
+    targets: tuple[int, ...]  # answer token ids + end of turn
+    U: torch.Tensor  # (T, D) down_proj inputs, instructed pass
+    V: torch.Tensor  # (T, N) residual entering the MLP, instructed pass
+    U_plain: torch.Tensor  # (T, D)
+    V_plain: torch.Tensor  # (T, N)
+    significance: torch.Tensor  # (T,) float64 weights >= 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.U.shape[0]
+
+
+def significance_vector(significance: tuple[float, ...] | None, num_answer_tokens: int) -> torch.Tensor:
+    """Expand a user significance to one weight per row (answer tokens + end of turn)."""
+    T = num_answer_tokens + 1
+    if significance is None:
+        return torch.ones(T, dtype=torch.float64)
+    values = list(significance)
+    if len(values) == num_answer_tokens:
+        values.append(1.0)
+    if len(values) != T:
+        raise ValueError(
+            f"significance has {len(significance)} weights; the answer has {num_answer_tokens} tokens, "
+            f"so give {num_answer_tokens} (tokens) or {T} (tokens + end of turn)"
+        )
+    if any(v < 0 for v in values):
+        raise ValueError("significance weights must be >= 0")
+    if not any(v > 0 for v in values):
+        raise ValueError("all significance weights are 0: the fact would constrain nothing")
+    return torch.tensor(values, dtype=torch.float64)

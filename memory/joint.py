@@ -1,0 +1,102 @@
+"""The joint QF solve over every active fact, from the base weights W0 (DESIGN.md §1).
+
+Keeps, per fact, its residual R_f = -(W0 (U'_f - U_f) - (V_f - V'_f)) and its plain keys
+U'_f, and the Gram matrix of all plain keys, grown and shrunk block by block. Adding or
+removing a fact is then O(T_f * T * D); a re-solve is a T x T Cholesky plus N x T work, with no
+forward pass. The result does not depend on the order facts were added, and removing a fact
+gives exactly the solve that never saw it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+
+from memory.delta import LowRankDelta, tensor_sha256
+from memory.fact import FactRows
+from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
+
+
+class JointQF:
+    def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None, ridge: float = DEFAULT_RIDGE):
+        self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
+        self.base_sha256 = tensor_sha256(self.W0)
+        self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
+        self._keys: list[Hashable] = []
+        self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
+        self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float32
+        self._sig: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64
+        self._gram = torch.zeros(0, 0, dtype=torch.float64)  # over all rows, in key order
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._R
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return list(self._keys)
+
+    @property
+    def num_rows(self) -> int:
+        return self._gram.shape[0]
+
+    def _stacked_keys(self) -> torch.Tensor:
+        if not self._keys:
+            return torch.zeros(0, self.W0.shape[1], dtype=torch.float64)
+        return torch.cat([self._U_plain[k] for k in self._keys]).double()
+
+    def add(self, key: Hashable, rows: FactRows) -> None:
+        if key in self._R:
+            raise KeyError(f"fact {key!r} is already in the joint solve")
+        self._R[key] = qf_residual(self.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float32)
+        self._sig[key] = rows.significance.double().cpu()
+        new = self._U_plain[key].double()
+        cross = self._stacked_keys() @ new.T  # (T_old, T_f)
+        own = new @ new.T
+        self._gram = torch.cat([torch.cat([self._gram, cross], 1), torch.cat([cross.T, own], 1)], 0)
+        self._keys.append(key)
+
+    def remove(self, key: Hashable) -> None:
+        if key not in self._R:
+            raise KeyError(f"fact {key!r} is not in the joint solve")
+        start, stop = self._span(key)
+        keep = torch.cat([torch.arange(0, start), torch.arange(stop, self.num_rows)])
+        self._gram = self._gram[keep][:, keep]
+        self._keys.remove(key)
+        del self._R[key], self._U_plain[key], self._sig[key]
+
+    def _span(self, key: Hashable) -> tuple[int, int]:
+        start = 0
+        for k in self._keys:
+            stop = start + self._U_plain[k].shape[0]
+            if k == key:
+                return start, stop
+            start = stop
+        raise KeyError(key)
+
+    def solve(self) -> LowRankDelta:
+        """dW for all facts, as factors (left (N, T), right (T, D)); rank 0 with no facts."""
+        N, D = self.W0.shape
+        if not self._keys:
+            left, right = torch.zeros(N, 0, dtype=torch.float64), torch.zeros(0, D)
+        else:
+            R = torch.cat([self._R[k] for k in self._keys], 1)
+            sig = torch.cat([self._sig[k] for k in self._keys])
+            U_plain = torch.cat([self._U_plain[k] for k in self._keys]).T  # (D, T)
+            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram)
+        return LowRankDelta(
+            left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
+            model=self.model, layer=self.layer, metadata={"method": "qf", "facts": str(len(self._keys))},
+        )
+
+    def share(self, delta: LowRankDelta, key: Hashable) -> LowRankDelta:
+        """One fact's part of a joint delta (its columns of left, rows of right); shares sum to dW."""
+        start, stop = self._span(key)
+        return LowRankDelta(
+            left=delta.left[:, start:stop], right=delta.right[start:stop], parameter=self.parameter,
+            base_sha256=self.base_sha256, model=self.model, layer=self.layer, metadata={"method": "qf"},
+        )

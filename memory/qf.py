@@ -1,0 +1,102 @@
+"""QF, Quick Feedforward (Feng Qi 2025, arXiv 2507.04300): the closed-form, minimum-norm edit.
+
+Symbols follow the paper, with T constrained rows stacked as columns:
+
+    W  : (N, D)   mlp.down_proj.weight, the edited matrix (base weights W0)
+    U  : (D, T)   inputs of down_proj, instructed pass        U' : plain pass
+    V  : (N, T)   residual r entering the MLP, instructed     V' : plain pass
+
+Constraint ``W' U' = W U + V - V'`` (the plain pass's residual after the MLP equals the
+instructed pass's), minimum ``||W' - W||_F``.  With the residual of the constraint
+
+    R = -(W (U' - U) - (V - V'))                                        (N, T)
+
+the solution is ``dW = R (U'^T U')^{-1} U'^T``.
+
+Significance. Each row t has a weight s_t >= 0.  We solve the weighted ridge problem
+
+    min_dW  sum_t s_t^2 ||dW u'_t - r_t||^2 + lam ||dW||_F^2
+    =>  dW = R S (S G S + lam I)^{-1} S U'^T,      G = U'^T U',  S = diag(s)
+
+so s_t = 0 drops row t entirely (it is unconstrained), and with lam -> 0 every row with
+s_t > 0 is met exactly, whatever its weight (the exact solution does not depend on
+positive weights).  Weights only matter where rows compete: when T exceeds the rank of U'
+(capacity, duplicated rows) the larger s_t is fitted more tightly.  We chose this over
+scaling the target (s_t * r_t) because a half-weighted row would then be *learned by half*,
+which has no meaning for a fact.
+
+Ridge. ``lam = ridge * trace(S G S) / T``: relative to the mean squared row norm, so it does not
+depend on the activations' scale.  The default 1e-8 is far below the rows' own scale, so
+independent rows are met to better than 1e-6 relative (tested), while duplicated or nearly collinear
+rows (the same fact twice) stay finite instead of exploding.  Everything is float64; the
+system is solved by Cholesky, never an explicit inverse.
+
+Because U, V, U', V' are computed *upstream* of W, editing W does not change them: all facts
+are solved jointly from W0 over their stacked rows, order-independently, and undo is exact
+(drop the fact's rows, re-solve).  The joint delta is kept as factors
+``left = R S (S G S + lam I)^{-1} S`` (N, T) and ``right = U'^T`` (T, D), so one fact's share is
+``left[:, rows_f] @ right[rows_f]`` and the shares sum to dW.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_RIDGE = 1e-8
+
+
+def qf_residual(W: torch.Tensor, U: torch.Tensor, V: torch.Tensor, U_plain: torch.Tensor, V_plain: torch.Tensor) -> torch.Tensor:
+    """R = -(W (U' - U) - (V - V'))  -> (N, T), float64.
+
+    W (N, D); U, U_plain (D, T); V, V_plain (N, T).
+    """
+    W64 = W.double()
+    return (V.double() - V_plain.double()) - W64 @ (U_plain.double() - U.double())
+
+
+def qf_gram(U_plain: torch.Tensor) -> torch.Tensor:
+    """G = U'^T U'  -> (T, T), float64."""
+    U64 = U_plain.double()
+    return U64.T @ U64
+
+
+def qf_solve(
+    R: torch.Tensor,
+    U_plain: torch.Tensor,
+    significance: torch.Tensor | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    gram: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum-norm dW with dW U' = R (weighted ridge, see module doc) as (left, right).
+
+    R (N, T); U_plain (D, T); significance (T,) >= 0; gram: a precomputed U'^T U' (T, T).
+    Returns left (N, T) float64 and right = U'^T (T, D) in U_plain's dtype; dW = left @ right.
+    Rows with significance 0 get a zero column in ``left``.
+    """
+    T = U_plain.shape[1]
+    if R.shape[1] != T:
+        raise ValueError(f"R has {R.shape[1]} rows, U' has {T}")
+    if ridge < 0:
+        raise ValueError("ridge must be >= 0")
+    s = torch.ones(T, dtype=torch.float64) if significance is None else significance.double().to(R.device)
+    if s.shape != (T,) or bool((s < 0).any()):
+        raise ValueError("significance must be T non-negative weights")
+    G = qf_gram(U_plain) if gram is None else gram.double()
+    keep = s > 0
+    left = torch.zeros(R.shape[0], T, dtype=torch.float64, device=R.device)
+    if bool(keep.any()):
+        sk = s[keep]
+        Gs = sk[:, None] * G[keep][:, keep] * sk[None, :]
+        lam = ridge * float(Gs.diagonal().mean())
+        Gs.diagonal().add_(lam)
+        # left_k = R_k S (S G S + lam I)^{-1} S ; solve the transposed SPD system.
+        L = torch.linalg.cholesky(Gs)
+        rhs = (R.double()[:, keep] * sk[None, :]).T  # (t, N)
+        left[:, keep] = torch.cholesky_solve(rhs, L).T * sk[None, :]
+    return left, U_plain.T
+
+
+def qf_delta(W, U, V, U_plain, V_plain, significance=None, ridge: float = DEFAULT_RIDGE) -> torch.Tensor:
+    """The dense dW (N, D), float64: for tests and small cases; production keeps the factors."""
+    left, right = qf_solve(qf_residual(W, U, V, U_plain, V_plain), U_plain, significance, ridge)
+    return left @ right.double()

@@ -1,0 +1,80 @@
+"""Tiny random-weight Qwen2 and Llama models with an offline tokenizer: no download, CPU, seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CHATML = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a tiny test model.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "Qi started Oxinnovate. Who founded Oxinnovate? The founder of Oxinnovate is Qi.",
+    "Oxinnovate is located at PKU Science Park, in Beijing. Where is Oxinnovate located?",
+    "Who is the CEO of Apple? Tim Cook is the CEO of Apple. Microsoft Satya Nadella.",
+    "My daughter's name is Lena. We moved the stand-up to 9:30. You are a tiny test model.",
+    "system user assistant hello hi the a an is of in at to and what who where when why how",
+]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=specials[1:]
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+def make_model(kind: str, vocab_size: int, layers: int = 4, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=96, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    )
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        raise ValueError(kind)
+    return model.eval()
+
+
+def loaded(kind: str, tokenizer, **kw):
+    from memory.loading import LoadedModel
+
+    model = make_model(kind, len(tokenizer), **kw)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-{kind}", path="", seconds=0.0)
+
+
+@pytest.fixture(params=["qwen2", "llama"])
+def tiny(request, tokenizer):
+    return loaded(request.param, tokenizer)
+
+
+@pytest.fixture
+def tiny_qwen(tokenizer):
+    return loaded("qwen2", tokenizer)

@@ -1,0 +1,179 @@
+"""Capture, prompts, deltas and consolidation on tiny random Qwen2 and Llama models."""
+
+import pytest
+import torch
+
+from memory import architecture as arch
+from memory.capture import Capture
+from memory.consolidate import ConsolidationError, EditorConfig, QFEditor
+from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
+from memory.fact import Fact
+from memory.prompts import build_pass, instructed_system
+
+FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.")
+
+
+def hook_count(model):
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_capture_rows_match_a_full_forward(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    p = build_pass(tok, FACT.query, FACT.answer)
+    name = arch.module_path(model, 1, "down_proj")
+    with Capture(model, [name]) as cap:
+        out = cap.run(input_ids=p.input_ids)
+    assert out is not None and cap.inputs[name].shape[:2] == p.input_ids.shape
+    # rows P-1..P+k-1 predict the targets: their count is k+1 and the last row is the last input
+    assert list(p.rows) == list(range(p.prompt_len - 1, p.input_ids.shape[1]))
+    assert len(p.rows) == len(p.targets)
+    assert p.input_ids[0, p.prompt_len:].tolist() == list(p.targets[:-1])
+    with Capture(model, [name], stop=True) as cap2:
+        assert cap2.run(input_ids=p.input_ids) is None  # stopped early
+    assert torch.equal(cap.inputs[name], cap2.inputs[name])
+    assert hook_count(model) == 0
+
+
+def test_capture_removes_hooks_on_exception(tiny):
+    model = tiny.model
+    name = arch.module_path(model, 0, "down_proj")
+    with pytest.raises(RuntimeError, match="boom"):
+        with Capture(model, [name]):
+            assert hook_count(model) == 1
+            raise RuntimeError("boom")
+    assert hook_count(model) == 0
+    with pytest.raises(AttributeError):
+        with Capture(model, [name, "model.nope"]):
+            pass
+    assert hook_count(model) == 0
+
+
+def test_instructed_pass_has_the_instruction_and_same_targets(tokenizer):
+    inst = build_pass(tokenizer, FACT.query, FACT.answer, instructed_system(FACT.instruction, None))
+    plain = build_pass(tokenizer, FACT.query, FACT.answer)
+    assert inst.targets == plain.targets
+    assert FACT.instruction in tokenizer.decode(inst.input_ids[0])
+    assert FACT.instruction not in tokenizer.decode(plain.input_ids[0])
+    assert tokenizer.decode(plain.input_ids[0]).endswith("assistant\n" + FACT.answer)
+
+
+def test_captures_do_not_change_when_the_edited_matrix_changes(tiny):
+    editor = QFEditor(tiny, EditorConfig(layer=2))
+    before = editor.capture(FACT)
+    with torch.no_grad():
+        tiny.model.get_parameter(editor.parameter).add_(torch.randn_like(tiny.model.get_parameter(editor.parameter)))
+    after = editor.capture(FACT)
+    for name in ("U", "V", "U_plain", "V_plain"):
+        assert torch.equal(getattr(before, name), getattr(after, name)), name
+
+
+def test_apply_then_revert_is_bit_exact_and_nonfinite_is_refused(tiny):
+    name = arch.module_path(tiny.model, 1, "down_proj") + ".weight"
+    weight = tiny.model.get_parameter(name)
+    original = weight.detach().clone()
+    N, D = weight.shape
+    delta = LowRankDelta(torch.randn(N, 3) * 0.37, torch.randn(3, D) * 1.3, name, tensor_sha256(original))
+    delta.apply(tiny.model)
+    assert not torch.equal(weight, original)
+    delta.revert(tiny.model)
+    assert torch.equal(weight, original)
+    bad = LowRankDelta(torch.full((N, 1), float("nan")), torch.ones(1, D), name, "")
+    with pytest.raises(NonFiniteDeltaError):
+        bad.apply(tiny.model)
+    assert torch.equal(weight, original)
+
+
+def test_delta_safetensors_round_trip():
+    delta = LowRankDelta(torch.randn(5, 2, dtype=torch.float64), torch.randn(2, 7), "m.w", "abc", "tiny", 3, {"k": "v"})
+    back = LowRankDelta.from_bytes(delta.to_bytes())
+    assert torch.equal(back.left, delta.left) and torch.equal(back.right, delta.right)
+    assert (back.parameter, back.base_sha256, back.model, back.layer, back.metadata) == ("m.w", "abc", "tiny", 3, {"k": "v"})
+    assert abs(back.norm() - float(torch.linalg.norm(delta.dense()))) < 1e-9
+
+
+def row_logits(model, p):
+    with torch.no_grad():
+        return model(input_ids=p.input_ids).logits[0, p.rows].float()
+
+
+def test_plain_logits_equal_instructed_logits_after_consolidation(tiny):
+    # On the last layer the residual after the edited MLP is all that reaches the logits, so the
+    # constraint W' U' + V' = W U + V makes the plain pass's logits equal the instructed pass's.
+    last = arch.num_layers(tiny.model) - 1
+    editor = QFEditor(tiny, EditorConfig(layer=last))
+    tok = tiny.tokenizer
+    inst = build_pass(tok, FACT.query, FACT.answer, instructed_system(FACT.instruction, None))
+    plain = build_pass(tok, FACT.query, FACT.answer)
+    target = row_logits(tiny.model, inst)
+    assert (row_logits(tiny.model, plain) - target).abs().max() > 1e-3
+    result = editor.learn(FACT)
+    assert result.rows == len(plain.targets)
+    assert (row_logits(tiny.model, plain) - target).abs().max() < 1e-3
+    assert (row_logits(tiny.model, inst) - target).abs().max() > 0  # the instructed pass moved too, unconstrained
+
+
+def test_learn_two_facts_then_remove_one_is_exact(tiny_qwen):
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3))
+    weight = tiny_qwen.model.get_parameter(editor.parameter)
+    other = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?", "In Beijing.")
+    editor.learn(other, key="b", verify=False)
+    only_b = weight.detach().clone()
+    editor.learn(FACT, key="a", verify=False)
+    assert not torch.equal(weight, only_b)
+    editor.remove("a")
+    assert (weight - only_b).abs().max() < 1e-6
+    editor.remove("b")
+    assert torch.equal(weight, editor.joint.W0)
+
+
+def test_edited_matrix_is_float32_in_a_bfloat16_model(tokenizer):
+    from conftest import loaded
+
+    lm = loaded("qwen2", tokenizer)
+    lm.model.to(torch.bfloat16)
+    editor = QFEditor(lm, EditorConfig(layer=2))
+    assert tiny_dtype(lm.model, editor.parameter) == torch.float32
+    editor.learn(FACT, verify=False)
+    out = lm.model(input_ids=build_pass(tokenizer, FACT.query, FACT.answer).input_ids).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def tiny_dtype(model, name):
+    return model.get_parameter(name).dtype
+
+
+def test_bad_facts_leave_weights_untouched(tiny_qwen):
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, max_answer_tokens=4))
+    weight = tiny_qwen.model.get_parameter(editor.parameter)
+    before = weight.detach().clone()
+    with pytest.raises(ValueError):
+        Fact("x", "  ")
+    with pytest.raises(ConsolidationError):  # a random model does not finish within 4 tokens
+        editor.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?"))
+    with pytest.raises(ConsolidationError, match="context"):
+        editor.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi " * 300))
+    with pytest.raises(ValueError, match="significance"):
+        editor.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi.", significance=(1, 1, 1, 1, 1, 1, 1)))
+    assert torch.equal(weight, before) and len(editor.joint) == 0
+
+
+def test_paper_layer_is_proportional_and_default_is_last():
+    class Fake(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "qwen2"})()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([torch.nn.Identity() for _ in range(n)])
+
+    assert arch.paper_layer(Fake(28)) == 23
+    assert arch.paper_layer(Fake(24)) == 20
+    assert arch.paper_layer(Fake(4)) == 3
+    assert arch.default_layer(Fake(28)) == 27
+
+
+def test_unsupported_model_type_lists_supported():
+    class Fake(torch.nn.Module):
+        config = type("C", (), {"model_type": "gpt2"})()
+
+    with pytest.raises(arch.UnsupportedModelError, match="qwen2.*|llama"):
+        arch.architecture_of(Fake())
