@@ -21,11 +21,12 @@ from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None, ridge: float = DEFAULT_RIDGE):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
+        self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
         self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
-        self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float32
+        self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
         self._sig: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64
         self._gram = torch.zeros(0, 0, dtype=torch.float64)  # over all rows, in key order
 
@@ -43,19 +44,18 @@ class JointQF:
     def num_rows(self) -> int:
         return self._gram.shape[0]
 
-    def _stacked_keys(self) -> torch.Tensor:
-        if not self._keys:
-            return torch.zeros(0, self.W0.shape[1], dtype=torch.float64)
-        return torch.cat([self._U_plain[k] for k in self._keys]).double()
-
     def add(self, key: Hashable, rows: FactRows) -> None:
         if key in self._R:
             raise KeyError(f"fact {key!r} is already in the joint solve")
-        self._R[key] = qf_residual(self.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
-        self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float32)
+        if self._W0_64 is None:
+            self._W0_64 = self.W0.double()
+        self._R[key] = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float64)
         self._sig[key] = rows.significance.double().cpu()
-        new = self._U_plain[key].double()
-        cross = self._stacked_keys() @ new.T  # (T_old, T_f)
+        new = self._U_plain[key]
+        # Block by block (no re-stacking of all keys): O(T_f * T * D) per added fact.
+        blocks = [self._U_plain[k] @ new.T for k in self._keys]
+        cross = torch.cat(blocks) if blocks else torch.zeros(0, new.shape[0], dtype=torch.float64)
         own = new @ new.T
         self._gram = torch.cat([torch.cat([self._gram, cross], 1), torch.cat([cross.T, own], 1)], 0)
         self._keys.append(key)

@@ -1,0 +1,1 @@
+"""The fact ledger (SQLAlchemy 2): facts, edits, checkpoints, sessions; hash chained."""
