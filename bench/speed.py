@@ -55,7 +55,7 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
         keys.append(("speed", i))
         editor.add_rows(keys[-1], fact_rows)
         delta, t_solve = _timed(editor.joint.solve)
-        _, t_apply = _timed(lambda: editor._write(delta))
+        _, t_apply = _timed(lambda: editor.write(delta))
         for series, value in zip((capture, solve, apply, forward), (t_capture, t_solve, t_apply, t_forward)):
             series.append(value)
         rows.append(fact_rows.num_rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,9 @@ from memory.prompts import Pass, build_pass, instructed_system
 from memory.qf import DEFAULT_RIDGE
 
 log = logging.getLogger(__name__)
+
+# record(temporary key, the fact's rows, the joint delta) -> durable key; see QFEditor.learn
+Recorder = Callable[[Hashable, FactRows, LowRankDelta], Hashable]
 
 
 class ConsolidationError(ValueError):
@@ -56,7 +59,7 @@ class QFEditor:
     def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
         self.loaded, self.config = loaded, config
         model = loaded.model
-        self.layer = arch.check_layer(model, arch.default_layer(model) if config.layer is None else config.layer)
+        self.layer = self.layer_for(model, config.layer)
         self.down_name = arch.module_path(model, self.layer, "down_proj")
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
@@ -66,6 +69,11 @@ class QFEditor:
         )
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
+
+    @staticmethod
+    def layer_for(model, layer: int | None) -> int:
+        """The layer an editor with ``layer`` edits: the given one (checked) or the default."""
+        return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
 
     @property
     def model(self):
@@ -121,19 +129,19 @@ class QFEditor:
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()
-    def _write(self, delta: LowRankDelta) -> None:
+    def write(self, delta: LowRankDelta) -> None:
         """weight <- W0 + dW (refusing non-finite deltas before anything is written)."""
         weight = self.model.get_parameter(self.parameter)
         if not delta.is_finite():
             raise NonFiniteDeltaError(f"refusing to write a non-finite delta into {self.parameter}")
         weight.copy_(self.joint.W0.to(weight.device))
-        delta.apply(self.model)
+        delta.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
         self.delta = delta
 
     def rebuild(self) -> float:
         """Re-solve all active facts jointly from W0 and write the result; returns seconds."""
         start = time.perf_counter()
-        self._write(self.joint.solve())
+        self.write(self.joint.solve())
         return time.perf_counter() - start
 
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
@@ -144,7 +152,15 @@ class QFEditor:
         self.joint.remove(key)
         return self.rebuild()
 
-    def learn(self, fact: Fact, key: Hashable | None = None, verify: bool = True) -> Consolidation:
+    def learn(
+        self, fact: Fact, key: Hashable | None = None, verify: bool = True, record: Recorder | None = None
+    ) -> Consolidation:
+        """Capture, solve jointly, (record), write, verify. On any error before the write the
+        fact is dropped again and the weights are untouched.
+
+        ``record(key, rows, delta)`` runs after the solve and *before* the write (record before
+        apply); it returns the fact's durable key (e.g. the ledger's edit id).
+        """
         if key is None:
             key, self._next_key = self._next_key, self._next_key + 1
         t0 = time.perf_counter()
@@ -153,13 +169,19 @@ class QFEditor:
         self.joint.add(key, rows)
         try:
             delta = self.joint.solve()
+            if not delta.is_finite():
+                raise NonFiniteDeltaError(f"the solve for {fact.query!r} is not finite; nothing was written")
             t2 = time.perf_counter()
-            self._write(delta)
-        except Exception:
+            if record is not None:
+                durable = record(key, rows, delta)
+                self.joint.rename(key, durable)
+                key = durable
+        except BaseException:
             self.joint.remove(key)
             raise
+        self.write(delta)
         t3 = time.perf_counter()
         verification = self.ask(fact.query).text if verify else ""
-        timings = {"capture": t1 - t0, "solve": t2 - t1, "apply": t3 - t2, "verify": time.perf_counter() - t3}
+        timings = {"capture": t1 - t0, "solve": t2 - t1, "record_apply": t3 - t2, "verify": time.perf_counter() - t3}
         log.info("learned %r in %.2fs (%d rows)", fact.query, t3 - t0, rows.num_rows)
         return Consolidation(key, fact, rows.answer, rows.num_rows, verification, t3 - t0, timings)

@@ -81,13 +81,14 @@ class LowRankDelta:
         return dW
 
     @torch.no_grad()
-    def apply(self, model: nn.Module) -> None:
-        """weight += dW. The previous value is kept so that ``revert`` restores it bit for bit."""
+    def apply(self, model: nn.Module, keep_for_revert: bool = True) -> None:
+        """weight += dW. With ``keep_for_revert`` the previous value is kept so that ``revert``
+        restores it bit for bit (one copy of the matrix); callers that rebuild from W0 skip it."""
         weight = self._weight(model)
         dW = self._checked_dense(weight)
-        before = weight.detach().clone()
+        before = weight.detach().clone() if keep_for_revert else None
         weight.add_(dW)
-        self._saved = (before, weight._version)
+        self._saved = (before, weight._version) if keep_for_revert else None
 
     @torch.no_grad()
     def revert(self, model: nn.Module) -> None:

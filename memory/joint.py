@@ -69,6 +69,14 @@ class JointQF:
         self._keys.remove(key)
         del self._R[key], self._U_plain[key], self._sig[key]
 
+    def rename(self, old: Hashable, new: Hashable) -> None:
+        """Give a fact a new key (e.g. its ledger id once recorded); the solve is unchanged."""
+        if new in self._R:
+            raise KeyError(f"fact {new!r} is already in the joint solve")
+        self._keys[self._keys.index(old)] = new
+        for table in (self._R, self._U_plain, self._sig):
+            table[new] = table.pop(old)
+
     def _span(self, key: Hashable) -> tuple[int, int]:
         start = 0
         for k in self._keys:

@@ -127,3 +127,17 @@ def test_removing_a_fact_equals_never_adding_it_and_shares_sum_to_delta():
     without = joint_with(W0, [f for f in facts if f[0] != 1])
     assert torch.allclose(joint._gram, without._gram, rtol=1e-13, atol=1e-12)
     assert (joint.solve().dense() - without.solve().dense()).abs().max() < 1e-12
+
+
+def test_audit_norms_and_cosine_match_dense():
+    from memory.audit import col_norms, cosine, row_norms, top_k
+    from memory.delta import LowRankDelta
+
+    a = LowRankDelta(torch.randn(N, 3, dtype=torch.float64), torch.randn(3, D, dtype=torch.float64), "w", "")
+    b = LowRankDelta(torch.randn(N, 2, dtype=torch.float64), torch.randn(2, D, dtype=torch.float64), "w", "")
+    da, db = a.dense(), b.dense()
+    assert torch.allclose(row_norms(a), da.norm(dim=1))
+    assert torch.allclose(col_norms(a), da.norm(dim=0))
+    assert abs(cosine(a, b) - float((da * db).sum() / (da.norm() * db.norm()))) < 1e-10
+    assert abs(cosine(a, a) - 1.0) < 1e-10
+    assert top_k(row_norms(a), 2)[0][0] == int(da.norm(dim=1).argmax())
