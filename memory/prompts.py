@@ -40,9 +40,12 @@ def instructed_system(instruction: str, system: str | None) -> str:
 
 def render_prompt(tokenizer, query: str, system: str | None = None) -> list[int]:
     """Token ids of the chat prompt up to and including the assistant header."""
-    text = tokenizer.apply_chat_template(
-        chat_messages(query, system), add_generation_prompt=True, tokenize=False
-    )
+    return render_conversation(tokenizer, chat_messages(query, system))
+
+
+def render_conversation(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a whole conversation, ending with the assistant header."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False).input_ids
 
 

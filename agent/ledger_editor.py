@@ -1,0 +1,150 @@
+"""The model and the ledger together: weights always equal W0 + the active facts of the ledger.
+
+``LedgerEditor`` is where memory (the math) meets store (the ledger); neither knows the other.
+Opening one rebuilds the live weights from the ledger (the joint QF solve from the stored
+captures, no forward pass). Learning records before it applies: a crash in between leaves a
+ledger from which the next start rebuilds the right weights. Undo and redo only change a fact's
+status and re-sync, so an undone fact is gone exactly, as if it had never been learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from memory.consolidate import Consolidation, EditorConfig, QFEditor
+from memory.fact import Fact, FactRows
+from memory.loading import LoadedModel
+from store import Store
+
+log = logging.getLogger(__name__)
+
+METHOD = "qf"
+
+
+def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
+    return {
+        "U": rows.U, "V": rows.V, "U_plain": rows.U_plain, "V_plain": rows.V_plain,
+        "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
+    }
+
+
+def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows:
+    return FactRows(
+        answer, tuple(tensors["targets"].tolist()), tensors["U"], tensors["V"],
+        tensors["U_plain"], tensors["V_plain"], tensors["significance"],
+    )
+
+
+@dataclass
+class Learned:
+    fact_id: int
+    edit_id: int
+    result: Consolidation
+
+
+class LedgerEditor:
+    def __init__(self, store: Store, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
+        self.store, self.loaded, self.config = store, loaded, config
+        self.editors: dict[int, QFEditor] = {}
+        self.current = self._editor(config.layer)
+        self.checkpoint_id = self._checkpoint()
+        self.load_seconds = self.sync()
+
+    # --- layers -----------------------------------------------------------------------
+    def _editor(self, layer: int | None) -> QFEditor:
+        probe = QFEditor.layer_for(self.loaded.model, layer)
+        if probe not in self.editors:
+            self.editors[probe] = QFEditor(self.loaded, EditorConfig(
+                layer=probe, ridge=self.config.ridge, system=self.config.system,
+                max_answer_tokens=self.config.max_answer_tokens, verify_tokens=self.config.verify_tokens))
+        return self.editors[probe]
+
+    def _checkpoint(self) -> int:
+        model = self.loaded.model
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        return self.store.get_or_create_checkpoint(
+            name=self.loaded.name, config_sha256=self.loaded.config_sha256(),
+            parameters={e.parameter: e.joint.base_sha256 for e in self.editors.values()}, dtype=dtype,
+        )
+
+    # --- syncing with the ledger --------------------------------------------------------
+    def sync(self) -> float:
+        """Make every layer's joint solve hold exactly the ledger's active edits; rewrite weights."""
+        start = time.perf_counter()
+        active = self.store.active_edits(self.checkpoint_id, method=METHOD)
+        by_layer: dict[int, list] = {}
+        for edit in active:
+            by_layer.setdefault(edit.layer, []).append(edit)
+        for layer in by_layer:
+            self._editor(layer)
+        for layer, editor in self.editors.items():
+            wanted = {edit.id: edit for edit in by_layer.get(layer, [])}
+            changed = False
+            for key in editor.joint.keys:
+                if key not in wanted:
+                    editor.joint.remove(key)
+                    changed = True
+            for edit_id, edit in wanted.items():
+                if edit_id not in editor.joint:
+                    fact = self.store.fact(edit.fact_id)
+                    editor.joint.add(edit_id, rows_from_tensors(self.store.load_captures(edit_id), fact.answer or ""))
+                    changed = True
+            if changed or editor.delta.rank != editor.joint.num_rows:
+                editor.rebuild()
+        seconds = time.perf_counter() - start
+        log.info("weights rebuilt from %d active edits in %.2fs", len(active), seconds)
+        return seconds
+
+    @property
+    def active_facts(self) -> int:
+        return sum(len(e.joint) for e in self.editors.values())
+
+    # --- events -----------------------------------------------------------------------
+    def learn(
+        self, fact: Fact, source: dict | None = None, fact_id: int | None = None, layer: int | None = None,
+        supersedes_id: int | None = None,
+    ) -> Learned:
+        """Consolidate ``fact`` (new, or an existing ledger fact by ``fact_id``) and record it.
+
+        With ``supersedes_id`` the older fact is marked superseded in the same transaction and
+        drops out of the weights."""
+        editor = self._editor(layer) if layer is not None else self.current
+        ids: dict[str, int] = {}
+
+        def record(key, rows: FactRows, delta):
+            share = editor.joint.share(delta, key)
+            fact_dict = None if fact_id is not None else {
+                "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
+                "significance": rows.significance.tolist(), "source": source or {},
+                "supersedes_id": supersedes_id,
+            }
+            ids["fact"], ids["edit"] = self.store.record_consolidation(
+                checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=METHOD,
+                layer=editor.layer, parameter=editor.parameter,
+                hyperparams={"ridge": editor.config.ridge, "system": editor.config.system, "rows": rows.num_rows},
+                captures=rows_to_tensors(rows), factors={"left": share.left, "right": share.right},
+                delta_norm=share.norm(), rank=share.rank,
+            )
+            return ids["edit"]
+
+        result = editor.learn(fact, record=record, verify=supersedes_id is None)
+        if supersedes_id is not None:
+            self.sync()  # the superseded fact leaves the weights
+            result.verification = editor.ask(fact.query).text
+        self.store.set_verification(ids["edit"], result.verification)
+        return Learned(ids["fact"], ids["edit"], result)
+
+    def undo(self, fact_id: int) -> float:
+        self.store.undo(fact_id)
+        return self.sync()
+
+    def redo(self, fact_id: int) -> float:
+        self.store.redo(fact_id)
+        return self.sync()
+
+    def ask(self, query: str, max_new_tokens: int | None = None):
+        return self.current.ask(query, max_new_tokens=max_new_tokens)

@@ -1,0 +1,81 @@
+"""Replay: re-consolidate every active fact, in ledger order, onto another checkpoint.
+
+The captures are recomputed on the target (its own forward passes), so a fact log can be carried
+to a new checkpoint of the same family or another model. Each replayed fact becomes a new edit of
+the same ledger fact on the target's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.ledger_editor import LedgerEditor
+from memory import architecture as arch
+from memory.consolidate import ConsolidationError
+from memory.fact import Fact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replayed:
+    fact_id: int
+    query: str
+    answer: str | None
+    status: str  # replayed | present | would-replay | failed
+    layer: int | None = None
+    verification: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+
+class ReplayRefused(ValueError):
+    pass
+
+
+def plan_layers(target: LedgerEditor, layer: int | None) -> dict[int, int]:
+    """fact id -> layer on the target: ``layer`` if given, else the layer of the fact's first edit."""
+    store, n = target.store, arch.num_layers(target.loaded.model)
+    plan = {}
+    for fact in store.facts(status="consolidated"):
+        edits = store.edits_of_fact(fact.id)
+        chosen = layer if layer is not None else (edits[0].layer if edits else arch.default_layer(target.loaded.model))
+        if not 0 <= chosen < n:
+            raise ReplayRefused(
+                f"fact #{fact.id} was learned at layer {chosen}, but {target.loaded.name} has layers 0..{n - 1}; "
+                f"pass --layer N to choose the layer on the target"
+            )
+        plan[fact.id] = chosen
+    return plan
+
+
+def replay(target: LedgerEditor, layer: int | None = None, dry_run: bool = False,
+           progress: Callable[[Replayed], None] | None = None) -> list[Replayed]:
+    """Consolidate onto ``target`` every active fact it does not already hold."""
+    store = target.store
+    plan = plan_layers(target, layer)
+    present = {e.fact_id for e in store.active_edits(target.checkpoint_id)}
+    results = []
+    for fact in store.facts(status="consolidated"):
+        item = Replayed(fact.id, fact.query, fact.answer, "present", plan[fact.id])
+        if fact.id not in present:
+            item.status = "would-replay"
+            if not dry_run:
+                item = _replay_one(target, fact, plan[fact.id])
+        results.append(item)
+        if progress:
+            progress(item)
+    return results
+
+
+def _replay_one(target: LedgerEditor, fact, layer: int) -> Replayed:
+    significance = tuple(fact.significance) if fact.significance else None
+    try:
+        learned = target.learn(Fact(fact.instruction, fact.query, fact.answer, significance), fact_id=fact.id, layer=layer)
+    except (ConsolidationError, ValueError) as exc:
+        log.warning("replay of fact #%d failed: %s", fact.id, exc)
+        return Replayed(fact.id, fact.query, fact.answer, "failed", layer, error=str(exc))
+    result = learned.result
+    return Replayed(fact.id, fact.query, fact.answer, "replayed", layer, result.verification, result.seconds)

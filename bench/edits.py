@@ -1,0 +1,296 @@
+"""The editing benchmark: N sequential edits, then every case evaluated, per method, side by side.
+
+Protocol (docs/RESULTS.md): the pre-edit model is evaluated on every case; then, for each
+method in turn, starting from the same base weights, the N cases are edited in order, ``batch``
+facts per consolidation (each consolidation sees the weights the previous ones left), and after
+all N edits every case is evaluated; the method's weights are then restored. With
+``eval_every`` K, the cases edited so far are also scored (teacher forced only) after every K
+edits, for a curve.
+
+QF: in the chat template the fact goes through ``QFEditor.capture`` (the agent's own path: the
+instruction in the system message, rows = answer tokens + end of turn). In the plain template
+the two teacher-forced passes are raw text ("prompt target_new. prompt" + " target_new" against
+"prompt" + " target_new"), rows = the positions predicting the target tokens. Either way the rows
+join the editor's joint solve, re-solved from W0 once per consolidation.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from bench import metrics as M
+from bench.baselines import EditMethod, FineTune, InContext
+from bench.datasets import EditCase, Poser, instruction_for, right_padded
+from memory.capture import Capture
+from memory.consolidate import QFEditor
+from memory.delta import tensor_sha256
+from memory.fact import Fact, FactRows
+
+METHODS = ("qf", "ft", "icl")
+Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
+
+
+# --- QF --------------------------------------------------------------------------------
+def _capture(editor: QFEditor, prompt: list[int], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """U (down_proj input) and V (residual entering the MLP) at the rows predicting ``target``."""
+    ids = torch.tensor([prompt + target[:-1]], device=editor.loaded.device)
+    rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(target))
+    with Capture(editor.model, [editor.norm_name, editor.down_name], stop=True) as cap:
+        cap.run(input_ids=ids, use_cache=False)
+    U = cap.inputs[editor.down_name][0, rows.to(ids.device)].float().cpu()
+    V = cap.inputs[editor.norm_name][0, rows.to(ids.device)].float().cpu()
+    return U, V
+
+
+def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
+    """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt."""
+    target = poser.answer_ids(case.target_new)
+    U, V = _capture(editor, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
+    U_plain, V_plain = _capture(editor, poser.prompt_ids(case.prompt), target)
+    return FactRows(case.target_new, tuple(target), U, V, U_plain, V_plain, torch.ones(len(target), dtype=torch.float64))
+
+
+class QFMethod(EditMethod):
+    name = "qf"
+
+    def __init__(self, editor: QFEditor, poser: Poser):
+        self.editor, self.poser = editor, poser
+        self.keys: list[tuple[str, int]] = []
+
+    def rows(self, case: EditCase) -> FactRows:
+        if self.poser.template == "chat":
+            fact = Fact(instruction_for(case, "chat"), case.prompt, case.target_new)
+            return self.editor.capture(fact)
+        return plain_rows(self.editor, self.poser, case)
+
+    def edit(self, cases: list[EditCase]) -> dict:
+        rows = 0
+        for case in cases:
+            fact_rows = self.rows(case)
+            self.editor.add_rows(("bench", case.index), fact_rows)
+            self.keys.append(("bench", case.index))
+            rows += fact_rows.num_rows
+        self.editor.rebuild()
+        return {"rows": rows}
+
+    def restore(self) -> None:
+        for key in self.keys:
+            self.editor.joint.remove(key)
+        self.keys.clear()
+        self.editor.rebuild()
+
+
+def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4) -> EditMethod:
+    if name == "qf":
+        return QFMethod(editor, poser)
+    if name == "ft":
+        return FineTune(editor.model, poser, editor.parameter, editor.joint.W0, steps=ft_steps, lr=ft_lr)
+    if name == "icl":
+        return InContext(poser)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+# --- evaluation ------------------------------------------------------------------------
+@dataclass
+class CaseEval:
+    scores: dict[str, M.TokenScores]
+    answers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # greedy token ids
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+def scored_pairs(case: EditCase) -> dict[str, tuple[str, str]]:
+    """name -> (prompt, continuation) scored teacher-forced for this case's family."""
+    if case.family == "counterfact":
+        return {
+            "prompt_new": (case.prompt, case.target_new), "prompt_true": (case.prompt, case.ground_truth),
+            "paraphrase_new": (case.paraphrase, case.target_new), "paraphrase_true": (case.paraphrase, case.ground_truth),
+            "neighborhood_new": (case.neighborhood, case.target_new),
+            "neighborhood_true": (case.neighborhood, case.neighborhood_answer),
+        }
+    return {
+        "prompt_new": (case.prompt, case.target_new), "paraphrase_new": (case.paraphrase, case.target_new),
+        "neighborhood_answer": (case.neighborhood, case.neighborhood_answer),
+    }
+
+
+@torch.no_grad()
+def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], context: str | None) -> dict[str, M.TokenScores]:
+    """One right-padded forward pass over all pairs; scores at the continuation positions."""
+    tokens = {k: (poser.prompt_ids(p, context), poser.answer_ids(c)) for k, (p, c) in pairs.items()}
+    ids, mask, rows = right_padded(list(tokens.values()), poser.pad_id)
+    device = next(model.parameters()).device
+    keep = sorted({r for rs in rows for r in rs})  # the LM head runs on these positions only
+    where = {r: j for j, r in enumerate(keep)}
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                   logits_to_keep=torch.tensor(keep, device=device)).logits
+    return {k: M.token_scores(logits[i, [where[r] for r in rows[i]]].cpu(), cont)
+            for i, (k, (_, cont)) in enumerate(tokens.items())}
+
+
+@torch.no_grad()
+def greedy_batch(model, prompts: list[list[int]], stops: list[int], max_new_tokens: int, pad_id: int) -> list[tuple[int, ...]]:
+    """Greedy continuations of left-padded prompts with a KV cache (stop token excluded)."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out_tokens: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    past = None
+    for _ in range(max_new_tokens):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
+                    logits_to_keep=1)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        for i, token in enumerate(nxt.tolist()):
+            if not done[i]:
+                done[i] = token in stops
+                if not done[i]:
+                    out_tokens[i].append(token)
+        if all(done):
+            break
+        ids, positions = nxt[:, None], positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return [tuple(t) for t in out_tokens]
+
+
+def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int) -> CaseEval:
+    """Teacher-forced scores, and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour."""
+    result = CaseEval(teacher_forced(model, poser, scored_pairs(case), context))
+    if gen_tokens > 0:
+        names = {"prompt": case.prompt, "paraphrase": case.paraphrase, "neighborhood": case.neighborhood}
+        prompts = [poser.prompt_ids(text, context) for text in names.values()]
+        answers = greedy_batch(model, prompts, poser.stop_ids(), gen_tokens, poser.pad_id)
+        result.answers = dict(zip(names, answers))
+        result.texts = {k: poser.tokenizer.decode(a, skip_special_tokens=True).strip() for k, a in result.answers.items()}
+    return result
+
+
+def case_metrics(case: EditCase, ev: CaseEval, pre: CaseEval) -> dict[str, float]:
+    """Per-case metrics of the case's family (+ generation metrics when answers were generated)."""
+    if case.family == "counterfact":
+        out = M.counterfact_case(ev.scores)
+    else:
+        out = M.zsre_case(ev.scores, pre.scores)
+    if ev.answers and pre.answers:
+        out.update(M.generation_case(ev.answers, ev.texts, pre.answers, case.target_new))
+    return out
+
+
+def case_record(ev: CaseEval, metrics: dict[str, float]) -> dict:
+    return {**metrics, "mean_logprob": {k: round(M.mean_logprob(s), 4) for k, s in ev.scores.items()}, "answers": ev.texts}
+
+
+# --- protocol ---------------------------------------------------------------------------
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _no_progress(description: str, total: int) -> Callable[[int], None]:
+    return lambda n=1: None
+
+
+def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update) -> tuple[list[CaseEval], list[dict]]:
+    evals, per_case = [], []
+    for i, case in enumerate(cases):
+        ev = evaluate_case(model, poser, case, context_of(case), gen_tokens)
+        evals.append(ev)
+        per_case.append(case_metrics(case, ev, pre[i] if pre is not None else ev))
+        update(1)
+    return evals, per_case
+
+
+def run_method(editor: QFEditor, poser: Poser, method: EditMethod, cases: list[EditCase], pre: list[CaseEval],
+               batch: int, eval_every: int | None, gen_tokens: int, progress: Progress) -> tuple[dict, list[dict]]:
+    """Edit all cases sequentially with ``method``, evaluate, restore. Returns (summary, per-case records)."""
+    weight = editor.model.get_parameter(editor.parameter)
+    base_sha = tensor_sha256(weight.detach().float())
+    per_edit, details, curve, total = [], [], [], 0.0
+    update = progress(f"{method.name}: editing", len(cases))
+    try:
+        for start in range(0, len(cases), batch):
+            chunk = cases[start:start + batch]
+            t0 = time.perf_counter()
+            details.append(method.edit(chunk))
+            seconds = time.perf_counter() - t0
+            per_edit.append(seconds / len(chunk))
+            total += seconds
+            update(len(chunk))
+            done = start + len(chunk)
+            if eval_every and done < len(cases) and done // eval_every > start // eval_every:
+                _, tf = _evaluate_all(editor.model, poser, cases[:done], pre, method.context, 0, _no_progress("", 0))
+                curve.append({"edits": done, **M.aggregate(tf)})
+        relative = M.relative_norm(weight, editor.joint.W0)
+        t0 = time.perf_counter()
+        evals, per_case = _evaluate_all(editor.model, poser, cases, pre, method.context, gen_tokens,
+                                        progress(f"{method.name}: evaluating", len(cases)))
+        eval_seconds = time.perf_counter() - t0
+    finally:  # the next method starts from the base weights, also after an error
+        method.restore()
+    summary = {
+        "metrics": {**M.aggregate(per_case), "relative_weight_change": relative},
+        "seconds_per_edit": statistics.median(per_edit) if per_edit else 0.0,
+        "edit_seconds_total": total,
+        "eval_seconds": eval_seconds,
+        "peak_rss_mib": _peak_rss_mib(),
+        "base_sha256": base_sha,
+        "restored": tensor_sha256(weight.detach().float()) == base_sha,
+        "curve": curve + [{"edits": len(cases), **M.aggregate(per_case)}],
+    }
+    if details and "steps" in details[0]:
+        summary["ft_steps_median"] = statistics.median(d["steps"] for d in details)
+    return summary, [case_record(ev, m) for ev, m in zip(evals, per_case)]
+
+
+def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat", methods: tuple[str, ...] = ("qf",),
+                  batch: int = 1, eval_every: int | None = None, gen_tokens: int = 16, ft_steps: int = 25,
+                  ft_lr: float = 5e-4, progress: Progress | None = None) -> dict:
+    """The whole benchmark; returns {"pre", "methods", "cases"} (see docs/RESULTS.md)."""
+    if not cases:
+        raise ValueError("no cases to edit: check --data, --offset and --limit")
+    if batch < 1:
+        raise ValueError("--batch must be at least 1")
+    progress = progress or _no_progress
+    poser = Poser(editor.tokenizer, template, editor.config.system)
+    pre, pre_metrics = _evaluate_all(editor.model, poser, cases, None, lambda c: None, gen_tokens,
+                                     progress("pre-edit: evaluating", len(cases)))
+    # The base model is its own reference: its zsRE specificity (agreement) and its
+    # neighborhood_unchanged are 1 by definition.
+    results, records = {}, {}
+    for name in methods:
+        method = make_method(name, editor, poser, ft_steps, ft_lr)
+        results[name], records[name] = run_method(editor, poser, method, cases, pre, batch, eval_every, gen_tokens, progress)
+    out_cases = []
+    for i, case in enumerate(cases):
+        row = {"index": case.index, "subject": case.subject, "prompt": case.prompt, "target_new": case.target_new,
+               "ground_truth": case.ground_truth, "pre": case_record(pre[i], pre_metrics[i])}
+        row.update({name: records[name][i] for name in methods})
+        out_cases.append(row)
+    return {"pre": {**M.aggregate(pre_metrics), "relative_weight_change": 0.0}, "methods": results, "cases": out_cases}
+
+
+# --- report -----------------------------------------------------------------------------
+COLUMNS = [("efficacy", "efficacy"), ("generalization", "generalization"), ("specificity", "specificity"),
+           ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("paraphrase_success", "gen para"),
+           ("neighborhood_unchanged", "gen nbhd same"), ("relative_weight_change", "||dW||/||W0||")]
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one row for the pre-edit model and one per method."""
+    head = "| method | " + " | ".join(label for _, label in COLUMNS) + " | s/edit | peak RSS MiB |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+
+    def cells(m: dict) -> str:
+        return " | ".join(f"{m[k]:.3f}" if k in m else "-" for k, _ in COLUMNS)
+
+    lines.append(f"| pre-edit | {cells(result['pre'])} | - | - |")
+    for name, r in result["methods"].items():
+        lines.append(f"| {name} | {cells(r['metrics'])} | {r['seconds_per_edit']:.2f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)

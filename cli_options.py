@@ -1,0 +1,66 @@
+"""Options and error handling shared by every qf command (cli.py and bench/commands.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import click
+
+# The library's documented user errors (bad input, unknown ids, refused operations): a clean
+# message, no traceback. LookupError covers the ledger's not-found errors.
+USER_ERRORS = (ValueError, LookupError, RuntimeError)
+
+
+def model_options(fn):
+    """--model/--device/--dtype/--layer/--system, shared by every command that loads a model."""
+
+    @click.option("--model", "model_name", envvar="QF_MODEL", default=None,
+                  help="Registry name (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b), local HF directory or hub id. [env QF_MODEL]")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
+    @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True,
+                  help="Model dtype (the edited matrix is always float32).")
+    @click.option("--layer", type=int, default=None, help="Decoder layer to edit (default: the last; the paper used 23 of 28).")
+    @click.option("--system", default=None, help="System prompt of the chat (default: the chat template's own).")
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def db_option(fn):
+    return click.option("--db", envvar="QF_DB_URL", default=None,
+                        help="Ledger URL (default sqlite:///$QF_HOME/qf.db; postgresql+psycopg://... works). [env QF_DB_URL]")(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")(fn)
+
+
+def emit(data: dict, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text)
+
+
+def user_errors(fn):
+    """Turn the library's documented user errors into clean CLI errors (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from exc
+
+    return wrapper
+
+
+def make_editor(model_name, device, dtype, layer, system):
+    """A QFEditor on a freshly loaded model (no ledger): the benchmarks' entry point."""
+    from memory.consolidate import EditorConfig, QFEditor
+    from memory.loading import load_model
+
+    loaded = load_model(model_name, device=device, dtype=dtype)
+    return QFEditor(loaded, EditorConfig(layer=layer, system=system))

@@ -1,0 +1,75 @@
+"""Ledger migrations: a blank database gets the full schema; versions are checked and recorded."""
+
+from __future__ import annotations
+
+import pytest
+from pg_url import store, store_url  # noqa: F401  (pytest fixtures)
+from sqlalchemy import create_engine, inspect, text
+
+from store import SchemaTooNewError, Store, StoreError
+from store.migrations import MIGRATIONS, check_order, latest_version, migrate
+from store.schema import Base
+
+EXPECTED_TABLES = {"_migrations", "chain", "checkpoints", "facts", "edits", "tensor_blobs", "events", "sessions", "messages"}
+
+
+def test_blank_database_gets_every_table_and_column(store, store_url):
+    engine = create_engine(store_url)
+    try:
+        inspector = inspect(engine)
+        assert EXPECTED_TABLES <= set(inspector.get_table_names())
+        for table in Base.metadata.sorted_tables:  # the ORM models agree with what migrations built
+            columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+            assert set(columns) == set(table.columns.keys()), table.name
+            for column in table.columns:
+                assert columns[column.name]["nullable"] == column.nullable, f"{table.name}.{column.name}"
+        edits = {c["name"] for c in inspector.get_columns("edits")}
+        assert {"fact_id", "checkpoint_id", "method", "layer", "parameter", "hyperparams", "captures_sha256",
+                "factors_sha256", "delta_norm", "rank", "seq", "prev_hash", "hash", "verification", "created_at"} <= edits
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT number, name FROM _migrations")).all() == [(1, "initial")]
+    finally:
+        engine.dispose()
+    assert store.schema_version == latest_version()
+
+
+def test_migration_numbers_are_unique_and_increasing():
+    numbers = [number for number, _, _ in MIGRATIONS]
+    assert numbers == sorted(set(numbers))
+    assert numbers[0] == 1
+    assert all(callable(fn) and name for _, name, fn in MIGRATIONS)
+    with pytest.raises(StoreError, match="unique and increasing"):
+        check_order([(1, "a", print), (1, "b", print)])
+    with pytest.raises(StoreError, match="unique and increasing"):
+        check_order([(2, "a", print), (1, "b", print)])
+
+
+def test_reopening_applies_nothing_twice(store_url, tmp_path):
+    Store(store_url, tmp_path / "t").close()
+    reopened = Store(store_url, tmp_path / "t")
+    assert reopened.schema_version == 1
+    reopened.close()
+
+
+def test_an_old_database_gets_only_the_missing_migrations(store, store_url):
+    def m002_add_note(conn):
+        conn.execute(text("ALTER TABLE facts ADD COLUMN note TEXT"))
+
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            assert migrate(conn, [*MIGRATIONS, (2, "note", m002_add_note)]) == 2
+        assert "note" in {c["name"] for c in inspect(engine).get_columns("facts")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT number FROM _migrations ORDER BY number")).scalars().all() == [1, 2]
+    finally:
+        engine.dispose()
+
+
+def test_a_newer_schema_is_refused(store, store_url, tmp_path):
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO _migrations (number, name, applied_at) VALUES (999, 'future', CURRENT_TIMESTAMP)"))
+    engine.dispose()
+    with pytest.raises(SchemaTooNewError, match="newer qf.*upgrade qf"):
+        Store(store_url, tmp_path / "t")
