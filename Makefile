@@ -21,8 +21,9 @@ $(VENV)/.installed-small: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[small-model,dev]'
 	touch $@
 
+# The main job: the chat on the default model (teach it facts; they persist in $$QF_HOME/qf.db).
 run: $(VENV)/.installed-model
-	$(BIN)/qf bench paper
+	$(BIN)/qf chat
 
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
 test: $(VENV)/.installed-small

@@ -46,9 +46,16 @@ def similarity(a: str, b: str) -> float:
     return len(wa & wb) / len(wa | wb) if wa and wb else 0.0
 
 
+FUNCTION_WORDS = {
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "of", "in", "on", "at", "to", "for", "and", "or",
+    "by", "with", "from", "as", "it", "its", "that", "this", "my", "your", "our", "his", "her", "their", "i", "we",
+    "you", "he", "she", "they", "has", "have", "had", "do", "does", "did", "not", "no", "so", "s",
+}
+
+
 def carries_information(instruction: str, query: str, answer: str) -> bool:
     """Does the answer contain at least one content word the instruction adds to the query?"""
-    new = {w for w in words(instruction) - words(query) if len(w) > 2 or w.isdigit()}
+    new = words(instruction) - words(query) - FUNCTION_WORDS
     return not new or bool(new & words(answer))
 
 
@@ -89,7 +96,9 @@ class Chat:
         if text.startswith("/"):
             return self.command(text)
         message_id = self.store.add_message(self.session_id, "user", text)
-        if self.consider(text, message_id, forced=False):
+        if self.too_long_to_learn(text):
+            self.say("(that message is too long to learn facts from; /remember a short sentence instead)")
+        elif self.consider(text, message_id, forced=False):
             self.history.append({"role": "user", "content": text})
             return True
         self.reply(text)
@@ -106,6 +115,8 @@ class Chat:
         elif name == "/remember":
             if not arg:
                 self.say("usage: /remember TEXT")
+            elif self.too_long_to_learn(arg):
+                self.say("that is too long to learn as one fact; give one short sentence")
             else:
                 message_id = self.store.add_message(self.session_id, "user", arg)
                 if not self.consider(arg, message_id, forced=True):
@@ -158,6 +169,11 @@ class Chat:
             self.say(f"  #{f.id} {f.instruction}  (Q: {f.query})")
 
     # --- facts ----------------------------------------------------------------------------
+    def too_long_to_learn(self, text: str) -> bool:
+        """A fact must fit, with the extraction prompt and its answer, in a quarter of the context."""
+        context = getattr(self.ledger.loaded.model.config, "max_position_embeddings", 32768)
+        return len(self.ledger.loaded.tokenizer(text).input_ids) > context // 4
+
     def consider(self, text: str, message_id: int, forced: bool) -> bool:
         """Detect facts in ``text`` and run the confirmation for each; True if it was a fact.
 

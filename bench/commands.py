@@ -164,3 +164,28 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
         plot_curves(result, plot_path)
     click.echo(text if as_json else f"{format_table(result)}\n\n{len(cases)} {family} edits, {template} template, "
                f"{loaded.name} layer {editor.layer}")
+
+
+@bench.command("extraction")
+@model_options
+@json_option
+@user_errors
+def bench_extraction(model_name, device, dtype, layer, system, as_json):
+    """Precision and recall of the chat's fact detection on the built-in labelled set (50 messages)."""
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from agent.chat_model import QFChatModel
+    from agent.extract import ChatModelExtractor
+    from agent.session import open_ledger
+    from bench.extraction import format_report, measure
+    from bench.extraction_set import LABELLED
+
+    with tempfile.TemporaryDirectory() as tmp:  # a throwaway ledger: nothing learned here
+        ledger = open_ledger(f"sqlite:///{tmp}/extraction.db", model_name, device, dtype, layer, system)
+        extractor = ChatModelExtractor(QFChatModel(ledger=ledger))
+        with tqdm(total=len(LABELLED), desc="detecting", disable=as_json, file=sys.stderr) as bar:
+            report = measure(lambda m: extractor.extract(m, []), progress=bar.update)
+    report["model"] = ledger.loaded.name
+    emit(report, as_json, f"{format_report(report)}\n({ledger.loaded.name})")

@@ -78,3 +78,30 @@ def tiny(request, tokenizer):
 @pytest.fixture
 def tiny_qwen(tokenizer):
     return loaded("qwen2", tokenizer)
+
+
+SMALL_MODEL = "qwen2.5-coder-0.5b"
+
+
+def require(what: str, available: bool, why: str) -> None:
+    """Skip when ``what`` is missing, unless QF_REQUIRE_MODEL is set (CI): then fail."""
+    import os
+
+    if available:
+        return
+    if os.environ.get("QF_REQUIRE_MODEL"):
+        pytest.fail(f"{what} is required in CI (QF_REQUIRE_MODEL is set): {why}")
+    pytest.skip(f"{what} is not available: {why}")
+
+
+@pytest.fixture(scope="session")
+def small_model_name():
+    """The registry name of the real 0.5B model, once its chunk packages are installed."""
+    from memory.registry import REGISTRY, ModelFileError, chunk_files
+
+    try:
+        chunk_files(REGISTRY[SMALL_MODEL])
+        require("the small model", True, "")
+    except ModelFileError as exc:
+        require("the small model", False, str(exc))
+    return SMALL_MODEL

@@ -97,3 +97,71 @@ def test_forget_restores_the_weights_exactly(tmp_path, tiny_qwen, monkeypatch):
     text = "".join(out)
     assert "learned #1" in text and "forgot #1" in text
     assert torch.equal(ledger.loaded.model.get_parameter(ledger.current.parameter), before)
+
+
+def test_a_paste_longer_than_the_context_is_not_learned_but_the_chat_goes_on(env, monkeypatch):
+    paste = "Qi is the CEO of Oxinnovate and " * 200
+    out = run_chat(env, monkeypatch, [paste, "/facts", "/quit"], [CEO])
+    assert "too long to learn" in out and "no facts yet" in out
+    assert "longer than the model's context" in out  # the reply is refused too, cleanly
+
+
+def test_non_utf8_input_does_not_crash(env, monkeypatch):
+    monkeypatch.setenv("QF_FAKE_EXTRACTOR", json.dumps([json.dumps(NONE)]))
+    args = ["chat", "--model", str(env), "--dtype", "float32", "--layer", "3", "--extractor", "fake_extractor:make"]
+    result = CliRunner().invoke(cli.main, args, input=b"hello \xff\xfe there friend\n/facts\n/quit\n")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "no facts yet" in result.output
+
+
+def test_an_answer_without_the_information_is_flagged_and_can_be_edited(env, monkeypatch):
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "I am not sure.")
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "Qi.", "y", "/quit"]
+    out = run_chat(env, monkeypatch, lines, [CEO])
+    assert "does not contain what the fact says" in out and "learned #1" in out
+    assert store().fact(1).answer == "Qi."
+
+
+def test_a_model_that_gives_no_answer_writes_nothing(env, monkeypatch):
+    from memory.consolidate import ConsolidationError
+
+    def no_answer(self, fact):
+        raise ConsolidationError("the model gave an empty answer with the instruction in context; pass an answer")
+
+    monkeypatch.setattr(QFEditor, "instructed_answer", no_answer)
+    out = run_chat(env, monkeypatch, ["Qi is the CEO of Oxinnovate.", "/facts", "/quit"], [CEO])
+    assert "cannot learn that" in out and "no facts yet" in out
+
+
+def test_rules_and_parser_of_the_extractor():
+    from agent.extract import parse_candidates, rule_verdict
+
+    for message in ["Who is the CEO?", "hello", "Please write a poem.", "I think so.", "/facts", "ok"]:
+        assert rule_verdict(message) is False, message
+    assert rule_verdict("Qi is the CEO of Oxinnovate.") is None
+    assert parse_candidates("no json here") == [] and parse_candidates('{"facts": [1, {"x": 2}]}') == []
+    (c,) = parse_candidates('Sure! {"facts": [{"statement": "Lena is my daughter.", "question": "Who is Lena"}]}')
+    assert (c.instruction, c.query) == ("Lena is my daughter.", "Who is Lena?")
+
+
+def test_langchain_model_streams_invokes_and_changes_identity_when_it_learns(tmp_path, tiny_qwen, monkeypatch):
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from agent.chat_model import QFChatModel
+    from agent.ledger_editor import LedgerEditor
+    from memory.consolidate import EditorConfig
+    from store import Store
+
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "The CEO of Oxinnovate is Qi.")
+    ledger = LedgerEditor(Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "t"), tiny_qwen, EditorConfig(layer=3))
+    model = QFChatModel(ledger=ledger, max_new_tokens=8)
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model | StrOutputParser()
+    q = {"q": "Who is the CEO of Oxinnovate?"}
+    assert "".join(chain.stream(q)).strip() == chain.invoke(q)
+    before = model._identifying_params
+    learned = model.learn("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?")
+    after = model._identifying_params
+    assert after["ledger_head"] != before["ledger_head"] and after["active_facts"] == 1
+    assert learned.fact_id == 1 and ledger.store.fact(1).source == {"via": "langchain"}
+    assert chain.invoke(q) == ledger.ask("Who is the CEO of Oxinnovate?", max_new_tokens=8).text

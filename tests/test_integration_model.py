@@ -1,27 +1,16 @@
 """On the real Qwen2.5-Coder-0.5B-Instruct (installed by `make test` / CI). Slow: marked."""
 
-import os
-
 import pytest
 
 pytestmark = pytest.mark.integration
 
-SMALL = "qwen2.5-coder-0.5b"
-
 
 @pytest.fixture(scope="module")
-def small_editor():
+def small_editor(small_model_name):
     from memory.consolidate import QFEditor
     from memory.loading import load_model
-    from memory.registry import REGISTRY, ModelFileError, chunk_files
 
-    try:
-        chunk_files(REGISTRY[SMALL])
-    except ModelFileError as exc:
-        if os.environ.get("QF_REQUIRE_MODEL"):
-            raise
-        pytest.skip(f"the small model is not installed ({exc})")
-    return QFEditor(load_model(SMALL))
+    return QFEditor(load_model(small_model_name))
 
 
 def test_learn_one_fact_answer_contains_it_and_control_unchanged(small_editor):
