@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from memory import architecture as arch
 from memory.consolidate import Consolidation, EditorConfig, QFEditor
 from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
@@ -125,7 +126,8 @@ class LedgerEditor:
             ids["fact"], ids["edit"] = self.store.record_consolidation(
                 checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=METHOD,
                 layer=editor.layer, parameter=editor.parameter,
-                hyperparams={"ridge": editor.config.ridge, "system": editor.config.system, "rows": rows.num_rows},
+                hyperparams={"ridge": editor.config.ridge, "system": editor.config.system, "rows": rows.num_rows,
+                             "model_layers": arch.num_layers(self.loaded.model)},
                 captures=rows_to_tensors(rows), factors={"left": share.left, "right": share.right},
                 delta_norm=share.norm(), rank=share.rank,
             )

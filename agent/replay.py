@@ -35,13 +35,27 @@ class ReplayRefused(ValueError):
     pass
 
 
+def mapped_layer(source_layer: int, source_layers: int | None, target_layers: int) -> int:
+    """The same relative depth on the target (the last layer maps to the last layer); the layer
+    as is when the depths match or the source depth is unknown."""
+    if not source_layers or source_layers == target_layers or source_layers < 2:
+        return source_layer
+    return round(source_layer * (target_layers - 1) / (source_layers - 1))
+
+
 def plan_layers(target: LedgerEditor, layer: int | None) -> dict[int, int]:
-    """fact id -> layer on the target: ``layer`` if given, else the layer of the fact's first edit."""
+    """fact id -> layer on the target: ``layer`` if given, else the fact's first edit's layer at
+    the same relative depth (the target's default layer for a fact never consolidated)."""
     store, n = target.store, arch.num_layers(target.loaded.model)
     plan = {}
     for fact in store.facts(status="consolidated"):
         edits = store.edits_of_fact(fact.id)
-        chosen = layer if layer is not None else (edits[0].layer if edits else arch.default_layer(target.loaded.model))
+        if layer is not None:
+            chosen = layer
+        elif edits:
+            chosen = mapped_layer(edits[0].layer, edits[0].hyperparams.get("model_layers"), n)
+        else:
+            chosen = arch.default_layer(target.loaded.model)
         if not 0 <= chosen < n:
             raise ReplayRefused(
                 f"fact #{fact.id} was learned at layer {chosen}, but {target.loaded.name} has layers 0..{n - 1}; "

@@ -105,7 +105,7 @@ def test_a_failed_record_leaves_no_fact_and_no_weight_change(store, tokenizer, m
     assert torch.equal(weight(ledger), base) and ledger.active_facts == 0 and store.facts() == []
 
 
-def test_replay_onto_same_shapes_and_refuse_other_depth(store, tokenizer):
+def test_replay_onto_same_shapes_other_depth_maps_the_layer_or_refuses(store, tokenizer):
     from agent.replay import ReplayRefused, replay
 
     source = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=3))
@@ -120,8 +120,18 @@ def test_replay_onto_same_shapes_and_refuse_other_depth(store, tokenizer):
     assert [r.status for r in replay(target)] == ["present", "present"]
     shallow = LedgerEditor(store, fresh("llama", tokenizer, seed=3, layers=2), EditorConfig())
     with pytest.raises(ReplayRefused, match="layers 0..1"):
-        replay(shallow)
+        replay(shallow, layer=5)
     assert shallow.active_facts == 0
+    # The last of 4 layers maps to the last of 2 (same relative depth).
+    assert [(r.status, r.layer) for r in replay(shallow)] == [("replayed", 1), ("replayed", 1)]
+    assert shallow.active_facts == 2
+
+
+def test_mapped_layer_keeps_the_relative_depth():
+    from agent.replay import mapped_layer
+
+    assert mapped_layer(27, 28, 24) == 23 and mapped_layer(23, 28, 24) == 20 and mapped_layer(0, 28, 24) == 0
+    assert mapped_layer(5, None, 24) == 5 and mapped_layer(5, 24, 24) == 5
 
 
 def test_audit_reports(store, tokenizer):
