@@ -97,6 +97,17 @@ class Tmux:
         subprocess.run(["tmux", "send-keys", "-t", self.name, "Enter"], check=True)
         return mark
 
+    def wait_until_exited(self, timeout: float = 240) -> None:
+        """Wait for the chat process to end (the pane stays, dead, thanks to remain-on-exit)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = subprocess.run(["tmux", "display-message", "-p", "-t", self.name, "#{pane_dead}"],
+                                   capture_output=True, text=True).stdout.strip()
+            if state == "1":
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the chat did not exit within {timeout}s; screen:\n{self.screen()}")
+
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
@@ -112,7 +123,8 @@ def test_teach_in_a_real_terminal_then_a_new_session_knows(small_model_name, tmp
         first.wait_for("you>")
         first.wait_for("Learn it?", first.type(FACT))
         first.wait_for("learned #1", first.type("y"))
-        first.wait_for("Pane is dead", first.type("/quit"), timeout=60)
+        first.type("/quit")
+        first.wait_until_exited()
     finally:
         first.close()
     second = Tmux(name + "-b", chat)

@@ -1,0 +1,76 @@
+"""QF2, Quick Firing (Feng Qi 2025, preprints.org 202507.2318): the update rule, as pure math.
+
+QF2 works on a layer converted by QFt (memory.qft, memory.qf2_block), whose MLP is
+
+    f(h) = down_proj(sigmoid(beta * up_proj(h)))        with no residual around it.
+
+``sigmoid(beta * up_proj(h))`` is the layer's *firing pattern*: with a large beta each of the
+D_ff units is nearly on (1) or off (0), and down_proj reads out whichever units fire. A fact is
+written by making the plain pass fire like the instructed pass. Symbols, with T answer rows:
+
+    W   : (D_ff, D_model)  mlp.up_proj.weight, the edited matrix
+    x_t : (D_model,)       the MLP input h at row t, plain pass (no instruction in context)
+    y*_t: (D_ff,)          the firing pattern at row t, instructed pass
+    s_t : >= 0             the row's significance
+
+    dW = lr * sum_t s_t (y*_t - 0.5) x_t^T
+
+Each unit's pre-activation on x_t moves by ``lr * s_t (y*_t - 0.5) |x_t|^2`` (plus the other
+rows' cross terms): up where the instructed pass fires, down where it stays silent. Unlike QF
+there is no solve, so updates simply stack (W'' = W' + dW2); each dW is kept as its rank-T factor
+pair, so undo is the exact subtraction of its factors (memory.delta).
+
+Also here: the QFt blend schedule ``alpha = 0.99 ** step``, which fades the original MLP out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ALPHA_DECAY = 0.99  # alpha = ALPHA_DECAY ** step ...
+ALPHA_FLOOR = 0.01  # ... and exactly 0 once it falls below this (after 459 steps)
+
+
+def firing(pre_activation: torch.Tensor, beta: float) -> torch.Tensor:
+    """The firing pattern sigmoid(beta * z) of up_proj's output z (any shape)."""
+    return torch.sigmoid(beta * pre_activation)
+
+
+def qf2_factors(
+    x: torch.Tensor, y_star: torch.Tensor, significance: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The QF2 update dW = lr * sum_t s_t (y*_t - 0.5) x_t^T as factors (left, right), float64.
+
+    x (T, D_model) plain-pass MLP inputs; y_star (T, D_ff) instructed firing patterns in [0, 1];
+    significance (T,) finite weights >= 0 (0 drops a row); lr > 0.
+    Returns left (D_ff, T) = lr * ((y* - 0.5) * s)^T and right (T, D_model) = x; dW = left @ right.
+    """
+    if x.ndim != 2 or y_star.ndim != 2:
+        raise ValueError(f"x and y* must be (T, D) matrices, got shapes {tuple(x.shape)} and {tuple(y_star.shape)}")
+    T = x.shape[0]
+    if y_star.shape[0] != T:
+        raise ValueError(f"x has {T} rows, y* has {y_star.shape[0]}: both must come from the same answer tokens")
+    if significance.shape != (T,):
+        raise ValueError(f"significance must be one weight per row, shape ({T},), got {tuple(significance.shape)}")
+    s = significance.double()
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError("significance weights must be finite and >= 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x has non-finite values: capture the plain pass again")
+    y = y_star.double()
+    if not bool(((y >= 0) & (y <= 1)).all()):
+        raise ValueError("y* must be a firing pattern, sigmoid(beta * up_proj(h)), with values in [0, 1]")
+    left = lr * ((y - 0.5) * s[:, None]).T
+    return left, x.double()
+
+
+def alpha_at(step: int) -> float:
+    """QFt's weight of the original MLP after ``step`` training steps: 0.99**step, 0 below 0.01."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    alpha = ALPHA_DECAY**step
+    return alpha if alpha >= ALPHA_FLOOR else 0.0
