@@ -33,10 +33,10 @@ def _setup_logging(verbose: int) -> None:
         pass
 
 
-def _ledger(db, model_name, device, dtype, layer, system):
+def _ledger(db, model_name, device, dtype, layer, system, **extra):
     from agent.session import open_ledger
 
-    return open_ledger(db, model_name, device, dtype, layer, system)
+    return open_ledger(db, model_name, device, dtype, layer, system, **extra)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,21 +81,26 @@ def _significance(text: str | None):
 @click.option("--query", required=True, help='The question it answers, e.g. "Who founded Oxinnovate?"')
 @click.option("--answer", default=None, help="The answer to write (default: the model's own answer with the fact in context).")
 @click.option("--significance", default=None, help="Per-row weights: one per answer token (+ end of turn), 0 drops a row.")
+@click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
+              help="qf: closed-form solve on down_proj; qf2: Hebbian update on a QFt-converted model (qf convert).")
+@click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
 @model_options
 @db_option
 @json_option
 @user_errors
-def learn(instruction, query, answer, significance, model_name, device, dtype, layer, system, db, as_json):
+def learn(instruction, query, answer, significance, method, lr, model_name, device, dtype, layer, system, db, as_json):
     """Consolidate one fact into the weights, record it in the ledger, print the answer after."""
     from memory.fact import Fact
 
-    ledger = _ledger(db, model_name, device, dtype, layer, system)
-    learned = ledger.learn(Fact(instruction, query, answer, _significance(significance)), source={"via": "cli"})
-    result, editor = learned.result, ledger.current
+    ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr)
+    learned = ledger.learn(Fact(instruction, query, answer, _significance(significance)), source={"via": "cli"},
+                           method=method)
+    result = learned.result
+    editor = ledger.qf2 if method == "qf2" else ledger.current
     data = {
         "fact_id": learned.fact_id, "edit_id": learned.edit_id, "instruction": instruction, "query": query,
         "answer": result.answer, "verification": result.verification, "seconds": result.seconds, "rows": result.rows,
-        "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
+        "method": method, "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
         "timings": result.timings,
     }
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
@@ -287,6 +292,48 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
         path = export_peft([e.delta for e in ledger.editors.values()], ledger.loaded.path, Path(out))
     data = {"out": str(path), "format": fmt, "active_facts": ledger.active_facts, "model": ledger.loaded.name}
     emit(data, as_json, f"wrote {fmt} export of {ledger.active_facts} fact(s) to {path}")
+
+
+@main.command()
+@click.option("--model", "model_name", envvar="QF_MODEL", default=None, help="The stock model to convert. [env QF_MODEL]")
+@click.option("--layer", type=int, default=None, help="Layer to convert (default: the paper's depth, 23 of 28).")
+@click.option("--steps", type=int, default=1500, show_default=True,
+              help="AdamW steps at batch 1 (alpha = 0.99**step reaches 0 at step 459; the reference ran 12,000).")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='Chat rows, JSON lines of {"messages": [...]} (e.g. company_iqa/train.jsonl); default: a built-in corpus.')
+@click.option("--validation", "validation_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Held-out rows (default: validate.jsonl beside --data if present, else --holdout rows held out).")
+@click.option("--holdout", type=int, default=50, show_default=True, help="Rows held out when there is no validation file.")
+@click.option("--corpus-rows", type=int, default=3000, show_default=True, help="Size of the built-in corpus.")
+@click.option("--out", "out_name", default=None, help="Name of the converted model (default MODEL-qf2-LLAYER); use it as --model.")
+@click.option("--beta", type=float, default=1000.0, show_default=True, help="Firing sharpness stored in the checkpoint.")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="AdamW learning rate.")
+@click.option("--checkpoint-every", type=int, default=250, show_default=True, help="Steps between resume checkpoints.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True)
+@db_option
+@json_option
+@user_errors
+def convert(model_name, layer, steps, data_path, validation_path, holdout, corpus_rows, out_name, beta, lr,
+            checkpoint_every, device, dtype, db, as_json):
+    """QFt: convert a model for QF2 (trains layers L-1..L+1; resumes an interrupted run)."""
+    from tqdm.auto import tqdm
+
+    from agent.convert import convert_model
+
+    with tqdm(total=steps, desc="converting", disable=as_json, file=sys.stderr) as bar:
+        def progress(step, loss, alpha):
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}", alpha=f"{alpha:.3f}")
+
+        result, checkpoint_id = convert_model(
+            model_name, layer=layer, steps=steps, data_path=data_path, validation_path=validation_path,
+            holdout=holdout, corpus_rows=corpus_rows, out_name=out_name, beta=beta, lr=lr,
+            checkpoint_every=checkpoint_every, device=device, dtype=dtype, db=db, progress=progress)
+    data = {**result, "checkpoint_id": checkpoint_id}
+    emit(data, as_json, f"converted {result['base']['name']} at layer {result['layer']} in {result['seconds']:.0f}s: "
+                        f"{result['out']}\nvalidation loss {result['validation_loss_before']:.3f} (stock) -> "
+                        f"{result['validation_loss']:.3f} (converted); use it with --model {result['name']}")
 
 
 @main.command()

@@ -69,6 +69,7 @@ class Chat:
             {"role": m["role"], "content": m["content"]} for m in self.store.messages(session_id)
         ]
         self.learned_here: list[int] = []
+        self.method = "qf2" if ledger.qf2 is not None else "qf"  # QF2 where the model is converted
         self.last_question = ""
 
     def say(self, text: str = "") -> None:
@@ -243,7 +244,8 @@ class Chat:
     def _learn(self, fact: Fact, message_id: int, supersedes: int | None) -> None:
         start = time.perf_counter()
         try:
-            learned = self.ledger.learn(fact, source={"session": self.session_id, "message": message_id}, supersedes_id=supersedes)
+            learned = self.ledger.learn(fact, source={"session": self.session_id, "message": message_id},
+                                        supersedes_id=supersedes, method=self.method)
         except (ConsolidationError, ValueError) as exc:
             self.say(f"not learned: {exc}")
             return

@@ -19,11 +19,13 @@ from memory import architecture as arch
 from memory.consolidate import Consolidation, EditorConfig, QFEditor
 from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
+from memory.qf2_block import installed
+from memory.qf2_editor import QF2Editor, QF2Rows
 from store import Store
 
 log = logging.getLogger(__name__)
 
-METHOD = "qf"
+METHODS = ("qf", "qf2")
 
 
 def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
@@ -40,6 +42,11 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
     )
 
 
+def qf2_rows_to_tensors(rows: QF2Rows) -> dict[str, torch.Tensor]:
+    return {"x": rows.x, "y_star": rows.y_star, "significance": rows.significance,
+            "targets": torch.tensor(rows.targets, dtype=torch.int64)}
+
+
 @dataclass
 class Learned:
     fact_id: int
@@ -52,31 +59,42 @@ class LedgerEditor:
         self.store, self.loaded, self.config = store, loaded, config
         self.editors: dict[int, QFEditor] = {}
         self.current = self._editor(config.layer)
+        # QF2 on the converted layer, where the model was converted by QFt (memory.qf2_block).
+        self.qf2: QF2Editor | None = QF2Editor(loaded, self._config(None)) if installed(loaded.model) else None
         self.checkpoint_id = self._checkpoint()
         self.load_seconds = self.sync()
 
     # --- layers -----------------------------------------------------------------------
+    def _config(self, layer: int | None) -> EditorConfig:
+        return EditorConfig(layer=layer, ridge=self.config.ridge, lr=self.config.lr, system=self.config.system,
+                            max_answer_tokens=self.config.max_answer_tokens, verify_tokens=self.config.verify_tokens)
+
     def _editor(self, layer: int | None) -> QFEditor:
         probe = QFEditor.layer_for(self.loaded.model, layer)
         if probe not in self.editors:
-            self.editors[probe] = QFEditor(self.loaded, EditorConfig(
-                layer=probe, ridge=self.config.ridge, system=self.config.system,
-                max_answer_tokens=self.config.max_answer_tokens, verify_tokens=self.config.verify_tokens))
+            self.editors[probe] = QFEditor(self.loaded, self._config(probe))
         return self.editors[probe]
+
+    def _qf2_editor(self) -> QF2Editor:
+        if self.qf2 is None:
+            QF2Editor(self.loaded, self._config(None))  # raises NotConvertedError with how to convert
+        return self.qf2
 
     def _checkpoint(self) -> int:
         model = self.loaded.model
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         return self.store.get_or_create_checkpoint(
             name=self.loaded.name, config_sha256=self.loaded.config_sha256(),
-            parameters={e.parameter: e.joint.base_sha256 for e in self.editors.values()}, dtype=dtype,
+            parameters={e.parameter: e.joint.base_sha256 for e in self.editors.values()}
+            | ({self.qf2.parameter: self.qf2.base_sha256} if self.qf2 else {}), dtype=dtype,
         )
 
     # --- syncing with the ledger --------------------------------------------------------
     def sync(self) -> float:
         """Make every layer's joint solve hold exactly the ledger's active edits; rewrite weights."""
         start = time.perf_counter()
-        active = self.store.active_edits(self.checkpoint_id, method=METHOD)
+        self._sync_qf2()
+        active = self.store.active_edits(self.checkpoint_id, method="qf")
         by_layer: dict[int, list] = {}
         for edit in active:
             by_layer.setdefault(edit.layer, []).append(edit)
@@ -100,35 +118,53 @@ class LedgerEditor:
         log.info("weights rebuilt from %d active edits in %.2fs", len(active), seconds)
         return seconds
 
+    def _sync_qf2(self) -> None:
+        """QF2 deltas stack: the weight is W0 + the active edits' stored factors (no capture)."""
+        active = self.store.active_edits(self.checkpoint_id, method="qf2")
+        if self.qf2 is None:
+            if active:
+                raise ValueError(f"the ledger holds QF2 edits for {self.loaded.name}, which is not converted")
+            return
+        if set(self.qf2.deltas) != {e.id for e in active}:
+            self.qf2.set_deltas({e.id: self.qf2.delta_from_factors(**self.store.load_factors(e.id)) for e in active})
+
     @property
     def active_facts(self) -> int:
-        return sum(len(e.joint) for e in self.editors.values())
+        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2.deltas) if self.qf2 else 0)
 
     # --- events -----------------------------------------------------------------------
     def learn(
         self, fact: Fact, source: dict | None = None, fact_id: int | None = None, layer: int | None = None,
-        supersedes_id: int | None = None,
+        supersedes_id: int | None = None, method: str = "qf",
     ) -> Learned:
-        """Consolidate ``fact`` (new, or an existing ledger fact by ``fact_id``) and record it.
+        """Consolidate ``fact`` (new, or an existing ledger fact by ``fact_id``) with ``method``
+        and record it before it is applied.
 
         With ``supersedes_id`` the older fact is marked superseded in the same transaction and
         drops out of the weights."""
-        editor = self._editor(layer) if layer is not None else self.current
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        editor = self._qf2_editor() if method == "qf2" else (self._editor(layer) if layer is not None else self.current)
         ids: dict[str, int] = {}
 
-        def record(key, rows: FactRows, delta):
-            share = editor.joint.share(delta, key)
+        def record(key, rows, delta):
+            if method == "qf2":
+                share, captures = delta, qf2_rows_to_tensors(rows)
+                hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta}
+            else:
+                share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
+                hyperparams = {"ridge": editor.config.ridge}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
                 "significance": rows.significance.tolist(), "source": source or {},
                 "supersedes_id": supersedes_id,
             }
             ids["fact"], ids["edit"] = self.store.record_consolidation(
-                checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=METHOD,
+                checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=method,
                 layer=editor.layer, parameter=editor.parameter,
-                hyperparams={"ridge": editor.config.ridge, "system": editor.config.system, "rows": rows.num_rows,
+                hyperparams={**hyperparams, "system": editor.config.system, "rows": rows.num_rows,
                              "model_layers": arch.num_layers(self.loaded.model)},
-                captures=rows_to_tensors(rows), factors={"left": share.left, "right": share.right},
+                captures=captures, factors={"left": share.left, "right": share.right},
                 delta_norm=share.norm(), rank=share.rank,
             )
             return ids["edit"]

@@ -43,13 +43,21 @@ def mapped_layer(source_layer: int, source_layers: int | None, target_layers: in
     return round(source_layer * (target_layers - 1) / (source_layers - 1))
 
 
-def plan_layers(target: LedgerEditor, layer: int | None) -> dict[int, int]:
-    """fact id -> layer on the target: ``layer`` if given, else the fact's first edit's layer at
-    the same relative depth (the target's default layer for a fact never consolidated)."""
+def plan_layers(target: LedgerEditor, layer: int | None) -> dict[int, tuple[str, int]]:
+    """fact id -> (method, layer) on the target. The method is the fact's first edit's. QF: the
+    layer is ``layer`` if given, else the first edit's layer at the same relative depth (the
+    target's default layer for a fact never consolidated). QF2: the target's converted layer."""
     store, n = target.store, arch.num_layers(target.loaded.model)
     plan = {}
     for fact in store.facts(status="consolidated"):
         edits = store.edits_of_fact(fact.id)
+        method = edits[0].method if edits else "qf"
+        if method == "qf2":
+            if target.qf2 is None:
+                raise ReplayRefused(f"fact #{fact.id} was learned with QF2, but {target.loaded.name} is not converted "
+                                    "for QF2 (qf convert)")
+            plan[fact.id] = (method, target.qf2.layer)
+            continue
         if layer is not None:
             chosen = layer
         elif edits:
@@ -61,7 +69,7 @@ def plan_layers(target: LedgerEditor, layer: int | None) -> dict[int, int]:
                 f"fact #{fact.id} was learned at layer {chosen}, but {target.loaded.name} has layers 0..{n - 1}; "
                 f"pass --layer N to choose the layer on the target"
             )
-        plan[fact.id] = chosen
+        plan[fact.id] = (method, chosen)
     return plan
 
 
@@ -73,21 +81,23 @@ def replay(target: LedgerEditor, layer: int | None = None, dry_run: bool = False
     present = {e.fact_id for e in store.active_edits(target.checkpoint_id)}
     results = []
     for fact in store.facts(status="consolidated"):
-        item = Replayed(fact.id, fact.query, fact.answer, "present", plan[fact.id])
+        method, fact_layer = plan[fact.id]
+        item = Replayed(fact.id, fact.query, fact.answer, "present", fact_layer)
         if fact.id not in present:
             item.status = "would-replay"
             if not dry_run:
-                item = _replay_one(target, fact, plan[fact.id])
+                item = _replay_one(target, fact, method, fact_layer)
         results.append(item)
         if progress:
             progress(item)
     return results
 
 
-def _replay_one(target: LedgerEditor, fact, layer: int) -> Replayed:
+def _replay_one(target: LedgerEditor, fact, method: str, layer: int) -> Replayed:
     significance = tuple(fact.significance) if fact.significance else None
     try:
-        learned = target.learn(Fact(fact.instruction, fact.query, fact.answer, significance), fact_id=fact.id, layer=layer)
+        learned = target.learn(Fact(fact.instruction, fact.query, fact.answer, significance), fact_id=fact.id,
+                               layer=None if method == "qf2" else layer, method=method)
     except (ConsolidationError, ValueError) as exc:
         log.warning("replay of fact #%d failed: %s", fact.id, exc)
         return Replayed(fact.id, fact.query, fact.answer, "failed", layer, error=str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from memory.consolidate import EditorConfig
@@ -24,9 +25,10 @@ def open_store(db: str | None = None) -> Store:
 
 def open_ledger(
     db: str | None = None, model: str | None = None, device: str = "auto", dtype: str = "auto",
-    layer: int | None = None, system: str | None = None, store: Store | None = None,
+    layer: int | None = None, system: str | None = None, store: Store | None = None, lr: float | None = None,
 ) -> LedgerEditor:
     """Load the model once and rebuild its weights from the ledger's active facts."""
     store = store or open_store(db)
     loaded = load_model(model, device=device, dtype=dtype)
-    return LedgerEditor(store, loaded, EditorConfig(layer=layer, system=system))
+    config = EditorConfig(layer=layer, system=system)
+    return LedgerEditor(store, loaded, config if lr is None else replace(config, lr=lr))

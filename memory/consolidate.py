@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +18,10 @@ from memory.capture import Capture
 from memory.delta import LowRankDelta, NonFiniteDeltaError
 from memory.fact import Fact, FactRows, significance_vector
 from memory.float32_linear import keep_float32
-from memory.generate import Answer, greedy_answer
 from memory.joint import JointQF
+from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
-from memory.qf import DEFAULT_RIDGE
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +29,9 @@ log = logging.getLogger(__name__)
 Recorder = Callable[[Hashable, FactRows, LowRankDelta], Hashable]
 
 
-class ConsolidationError(ValueError):
-    """The fact cannot be consolidated; the weights were left as they were."""
-
-
-@dataclass(frozen=True)
-class EditorConfig:
-    layer: int | None = None  # None: the architecture default (23 of 28, proportional otherwise)
-    ridge: float = DEFAULT_RIDGE  # relative ridge of the QF solve, see memory.qf
-    system: str | None = None  # the chat's system prompt; None = the chat template's default
-    max_answer_tokens: int = 64  # cap for the instructed model's own answer
-    verify_tokens: int = 64  # cap for the closed-book verification answer
-
-
-@dataclass
-class Consolidation:
-    key: Hashable
-    fact: Fact
-    answer: str  # the answer that was written (given or the instructed model's own)
-    rows: int
-    verification: str  # greedy closed-book answer after the write
-    seconds: float  # capture + solve + write (verification excluded)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class QFEditor:
+class QFEditor(Answering):
     def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
-        self.loaded, self.config = loaded, config
+        super().__init__(loaded, config)
         model = loaded.model
         self.layer = self.layer_for(model, config.layer)
         self.down_name = arch.module_path(model, self.layer, "down_proj")
@@ -75,37 +49,7 @@ class QFEditor:
         """The layer an editor with ``layer`` edits: the given one (checked) or the default."""
         return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
 
-    @property
-    def model(self):
-        return self.loaded.model
-
-    @property
-    def tokenizer(self):
-        return self.loaded.tokenizer
-
     # --- computing (never mutates the model) --------------------------------------------
-    def ask(self, query: str, system: str | None = None, max_new_tokens: int | None = None) -> Answer:
-        return greedy_answer(
-            self.model, self.tokenizer, query, system if system is not None else self.config.system,
-            max_new_tokens or self.config.verify_tokens,
-        )
-
-    def instructed_answer(self, fact: Fact) -> str:
-        answer = self.ask(fact.query, instructed_system(fact.instruction, self.config.system), self.config.max_answer_tokens)
-        if not answer.text:
-            raise ConsolidationError("the model gave an empty answer with the instruction in context; pass an answer")
-        if not answer.finished:
-            raise ConsolidationError(
-                f"the model did not finish its answer within {self.config.max_answer_tokens} tokens with the "
-                f"instruction in context (it began {answer.text[:60]!r}); pass a short answer"
-            )
-        return answer.text
-
-    def _check_length(self, p: Pass) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and p.input_ids.shape[1] > limit:
-            raise ConsolidationError(f"prompt + answer is {p.input_ids.shape[1]} tokens, over the model's context of {limit}")
-
     def _capture_pass(self, p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass, stopped after layer L's down_proj input: rows of (U, V)."""
         self._check_length(p)

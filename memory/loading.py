@@ -20,6 +20,7 @@ import torch
 
 from memory import registry
 from memory.paths import models_dir
+from memory.qf2_block import install_from_config
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,15 @@ def model_source(name: str, progress: bool = True) -> str:
     """Registry name -> its cache dir; local dir -> itself; anything else is taken as a hub id."""
     if name in registry.REGISTRY:
         return str(registry_cache(registry.REGISTRY[name], progress=progress))
+    converted = models_dir() / name  # a `qf convert --out NAME` result
+    if "/" not in name and (converted / "config.json").exists():
+        return str(converted)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if "/" not in name:
         known = ", ".join(registry.REGISTRY)
-        raise ValueError(f"unknown model {name!r}: not a registry model ({known}), a directory or a hub id")
+        raise ValueError(f"unknown model {name!r}: not a registry model ({known}), a converted model under "
+                         f"{models_dir()}, a directory or a hub id")
     return name
 
 
@@ -125,6 +130,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(dev)
     model.eval()
+    install_from_config(model)  # a QFt-converted checkpoint gets its QF2 block back
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) in %.1fs", name, dev, torch_dtype, seconds)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=source, seconds=seconds)

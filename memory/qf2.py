@@ -29,6 +29,9 @@ import math
 
 import torch
 
+# The reference code's rate with per-token significance up to 10 (DESIGN.md §1); not yet tuned
+# by measurement on a converted default model (that needs a full QFt conversion).
+DEFAULT_QF2_LR = 4e-4
 ALPHA_DECAY = 0.99  # alpha = ALPHA_DECAY ** step ...
 ALPHA_FLOOR = 0.01  # ... and exactly 0 once it falls below this (after 459 steps)
 

@@ -1,0 +1,84 @@
+"""What every editor shares: the loaded model, its settings, and asking it questions.
+
+An editor (memory.consolidate.QFEditor, memory.qf2_editor.QF2Editor) writes facts into one
+matrix; before it can, it asks the model the fact's query with the instruction in context (the
+answer it will write, unless one is given) and, after, closed-book (the verification).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from memory.fact import Fact
+from memory.generate import Answer, greedy_answer
+from memory.loading import LoadedModel
+from memory.prompts import Pass, instructed_system
+from memory.qf import DEFAULT_RIDGE
+from memory.qf2 import DEFAULT_QF2_LR
+
+
+class ConsolidationError(ValueError):
+    """The fact cannot be consolidated; the weights were left as they were."""
+
+
+@dataclass(frozen=True)
+class EditorConfig:
+    layer: int | None = None  # QF: None = the architecture default (the last layer); QF2: the converted one
+    ridge: float = DEFAULT_RIDGE  # relative ridge of the QF solve, see memory.qf
+    lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
+    system: str | None = None  # the chat's system prompt; None = the chat template's default
+    max_answer_tokens: int = 64  # cap for the instructed model's own answer
+    verify_tokens: int = 64  # cap for the closed-book verification answer
+
+
+@dataclass
+class Consolidation:
+    key: Hashable
+    fact: Fact
+    answer: str  # the answer that was written (given or the instructed model's own)
+    rows: int
+    verification: str  # greedy closed-book answer after the write
+    seconds: float  # capture + solve + write (verification excluded)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Answering:
+    """The loaded model and the editor settings, and the questions every editor asks."""
+
+    def __init__(self, loaded: LoadedModel, config: EditorConfig):
+        self.loaded, self.config = loaded, config
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def ask(self, query: str, system: str | None = None, max_new_tokens: int | None = None) -> Answer:
+        return greedy_answer(
+            self.model, self.tokenizer, query, system if system is not None else self.config.system,
+            max_new_tokens or self.config.verify_tokens,
+        )
+
+    def instructed_answer(self, fact: Fact) -> str:
+        answer = self.ask(fact.query, instructed_system(fact.instruction, self.config.system), self.config.max_answer_tokens)
+        if not answer.text:
+            raise ConsolidationError("the model gave an empty answer with the instruction in context; pass an answer")
+        if not answer.finished:
+            raise ConsolidationError(
+                f"the model did not finish its answer within {self.config.max_answer_tokens} tokens with the "
+                f"instruction in context (it began {answer.text[:60]!r}); pass a short answer"
+            )
+        return answer.text
+
+    def _check_length(self, p: Pass) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and p.input_ids.shape[1] > limit:
+            raise ConsolidationError(f"prompt + answer is {p.input_ids.shape[1]} tokens, over the model's context of {limit}")
+
+    def answer_for(self, fact: Fact) -> str:
+        """The answer to write: the fact's own, else the instructed model's."""
+        return (fact.answer or "").strip() or self.instructed_answer(fact)

@@ -1,0 +1,47 @@
+"""`qf convert` then `qf learn --method qf2` through the CLI on a tiny random model."""
+
+import json
+
+from click.testing import CliRunner
+
+import cli
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli.main, list(args))
+    return result
+
+
+def test_convert_then_learn_with_qf2_and_undo(tmp_path, tiny_qwen, monkeypatch):
+    from memory.consolidate import QFEditor
+
+    stock = tmp_path / "stock"
+    tiny_qwen.model.save_pretrained(stock)
+    tiny_qwen.tokenizer.save_pretrained(stock)
+    monkeypatch.setenv("QF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("QF_DB_URL", raising=False)
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "unused")
+
+    refused = invoke("learn", "--method", "qf2", "--model", str(stock), "--dtype", "float32",
+                     "--fact", "Qi is the CEO of Oxinnovate.", "--query", "Who is the CEO of Oxinnovate?", "--answer", "Qi.")
+    assert refused.exit_code != 0 and "qf convert" in refused.output
+
+    done = invoke("convert", "--model", str(stock), "--dtype", "float32", "--layer", "2", "--steps", "6",
+                  "--corpus-rows", "40", "--holdout", "4", "--checkpoint-every", "0", "--out", "tiny-conv", "--json")
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    result = json.loads(done.output)
+    assert (result["name"], result["layer"], result["steps"]) == ("tiny-conv", 2, 6)
+    assert (tmp_path / "home" / "models" / "tiny-conv" / "qft.json").exists()
+    assert result["validation_loss"] is not None and result["checkpoint_id"] >= 1
+
+    learned = invoke("learn", "--method", "qf2", "--model", "tiny-conv", "--dtype", "float32", "--lr", "1e-3",
+                     "--fact", "Qi is the CEO of Oxinnovate.", "--query", "Who is the CEO of Oxinnovate?",
+                     "--answer", "Qi.", "--json")
+    assert learned.exit_code == 0, learned.output + repr(learned.exception)
+    data = json.loads(learned.output)
+    assert data["method"] == "qf2" and data["layer"] == 2 and data["parameter"].endswith("layers.2.mlp.up_proj.weight")
+    shown = json.loads(invoke("facts", "show", str(data["fact_id"]), "--json").output)
+    assert [e["method"] for e in shown["edits"]] == ["qf2"]
+    asked = json.loads(invoke("ask", "Who is the CEO of Oxinnovate?", "--model", "tiny-conv", "--dtype", "float32",
+                              "--max-tokens", "4", "--json").output)
+    assert asked["active_facts"] == 1

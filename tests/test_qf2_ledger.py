@@ -1,0 +1,100 @@
+"""QF2 through the editor and the ledger on tiny QFt-converted models (block installed by hand)."""
+
+import pytest
+import torch
+
+from agent.ledger_editor import LedgerEditor
+from memory.consolidate import EditorConfig
+from memory.fact import Fact
+from memory.qf2 import qf2_factors
+from memory.qf2_block import install
+from memory.qf2_editor import NotConvertedError, QF2Editor
+from store import Store
+
+CONVERTED, BETA = 2, 10.0
+FACTS = [
+    Fact("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?", "The CEO of Oxinnovate is Qi."),
+    Fact("Oxinnovate has one people.", "How many people in Oxinnovate?", "One."),
+]
+
+
+def converted(tokenizer, seed=0):
+    from conftest import loaded
+
+    model = loaded("qwen2", tokenizer, seed=seed)
+    install(model.model, CONVERTED, BETA, alpha=0.0)
+    model.name = f"tiny-qf2-{seed}"
+    return model
+
+
+def up_weight(holder):
+    """The edited up_proj weight of a QF2Editor or of a LedgerEditor's QF2 editor."""
+    editor = holder.qf2 if isinstance(holder, LedgerEditor) else holder
+    return editor.model.get_parameter(editor.parameter).detach().clone()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
+    yield s
+    s.close()
+
+
+def test_qf2_is_refused_on_an_unconverted_model_with_how_to_convert(tiny_qwen, store):
+    with pytest.raises(NotConvertedError, match="qf convert"):
+        QF2Editor(tiny_qwen)
+    ledger = LedgerEditor(store, tiny_qwen, EditorConfig(layer=3))
+    with pytest.raises(NotConvertedError, match="qf convert"):
+        ledger.learn(FACTS[0], method="qf2")
+    assert store.facts() == []
+
+
+def test_the_written_delta_is_the_formula_on_the_captured_rows(tokenizer):
+    from memory.prompts import answer_ids
+
+    editor = QF2Editor(converted(tokenizer), EditorConfig(lr=1e-3))
+    before = up_weight(editor)
+    n = len(answer_ids(tokenizer, "One."))
+    fact = Fact(FACTS[1].instruction, FACTS[1].query, "One.", significance=(1.0,) * (n - 1) + (20.0,))
+    rows = editor.capture(fact)
+    assert rows.significance.tolist() == [1.0] * (n - 1) + [20.0, 1.0]  # the end of turn gets 1
+    result = editor.learn(fact)
+    left, right = qf2_factors(rows.x, rows.y_star, rows.significance, 1e-3)
+    expected = (before.double() + left @ right).float()
+    assert result.rows == rows.num_rows and torch.allclose(up_weight(editor), expected, atol=1e-6)
+
+
+def test_learn_record_reload_undo_bit_exact_and_redo(store, tokenizer):
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig())
+    base = up_weight(ledger)
+    learned = [ledger.learn(f, method="qf2") for f in FACTS]
+    edits = store.edits_of_fact(learned[0].fact_id)
+    assert [(e.method, e.layer, e.parameter) for e in edits] == [("qf2", CONVERTED, ledger.qf2.parameter)]
+    assert edits[0].hyperparams["beta"] == BETA and edits[0].rank == learned[0].result.rows
+    with_both = up_weight(ledger)
+    assert not torch.equal(with_both, base)
+    again = LedgerEditor(store, converted(tokenizer), EditorConfig())  # the next process
+    assert again.active_facts == 2 and torch.allclose(up_weight(again), with_both, atol=1e-6)
+    ledger.undo(learned[1].fact_id)
+    ledger.undo(learned[0].fact_id)
+    assert torch.equal(up_weight(ledger), base)  # nothing active: W0, bit for bit
+    ledger.redo(learned[0].fact_id)
+    ledger.redo(learned[1].fact_id)
+    assert torch.allclose(up_weight(ledger), with_both, atol=1e-6)
+
+
+def test_replay_of_qf2_facts_onto_another_converted_checkpoint(store, tokenizer):
+    from agent.replay import ReplayRefused, replay
+
+    source = LedgerEditor(store, converted(tokenizer), EditorConfig())
+    source.learn(FACTS[0], method="qf2")
+    target = LedgerEditor(store, converted(tokenizer, seed=1), EditorConfig())
+    assert target.checkpoint_id != source.checkpoint_id
+    (done,) = replay(target)
+    assert (done.status, done.layer) == ("replayed", CONVERTED) and target.active_facts == 1
+    assert [e.method for e in store.edits_of_fact(done.fact_id)] == ["qf2", "qf2"]
+    from conftest import loaded
+
+    stock = LedgerEditor(store, loaded("qwen2", tokenizer, seed=2), EditorConfig(layer=3))
+    with pytest.raises(ReplayRefused, match="not converted"):
+        replay(stock)
