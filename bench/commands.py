@@ -140,7 +140,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
           model_name, device, dtype, layer, system, as_json, out_path, plot_path, progress):
     """Sequential edits on CounterFact / zsRE: efficacy, generalization, specificity per method."""
     from bench.datasets import read_cases
-    from bench.edits import format_table, run_benchmark
+    from bench.edits import format_curve, format_table, run_benchmark
 
     cases, skipped, family = read_cases(data_path, fmt, limit, offset)
     for index, reason in skipped:
@@ -162,8 +162,9 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
         Path(out_path).write_text(text + "\n", encoding="utf-8")
     if plot_path:
         plot_curves(result, plot_path)
+    curve = f"\n\n{format_curve(result)}" if eval_every else ""
     click.echo(text if as_json else f"{format_table(result)}\n\n{len(cases)} {family} edits, {template} template, "
-               f"{loaded.name} layer {editor.layer}")
+               f"{loaded.name} layer {editor.layer}{curve}")
 
 
 @bench.command("extraction")

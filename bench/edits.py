@@ -294,3 +294,14 @@ def format_table(result: dict) -> str:
     for name, r in result["methods"].items():
         lines.append(f"| {name} | {cells(r['metrics'])} | {r['seconds_per_edit']:.2f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
+
+
+def format_curve(result: dict) -> str:
+    """Markdown: efficacy / generalization / specificity of the cases edited so far, per method
+    and number of edits (the --eval-every curve; the last point is the final evaluation)."""
+    keys = ("efficacy", "generalization", "specificity")
+    lines = ["| method | edits | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, method in result["methods"].items():
+        for point in method["curve"]:
+            lines.append(f"| {name} | {point['edits']} | " + " | ".join(f"{point[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)

@@ -236,3 +236,13 @@ def test_plot_of_the_curve(tmp_path):
     result = {"pre": point, "methods": {"qf": {"curve": [{"edits": 2, **point}, {"edits": 4, **point}]}}, "config": {}}
     plot_curves(result, str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_curve_table_lists_every_point_of_every_method():
+    from bench.edits import format_curve
+
+    point = {"efficacy": 0.5, "generalization": 0.25, "specificity": 1.0}
+    result = {"methods": {"qf": {"curve": [{"edits": 2, **point}, {"edits": 4, **point}]},
+                          "ft": {"curve": [{"edits": 4, **point}]}}}
+    lines = format_curve(result).splitlines()
+    assert lines[2] == "| qf | 2 | 0.500 | 0.250 | 1.000 |" and len(lines) == 5 and lines[-1].startswith("| ft | 4 |")
