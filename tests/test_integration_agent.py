@@ -136,3 +136,29 @@ def test_teach_in_a_real_terminal_then_a_new_session_knows(small_model_name, tmp
         second.type("/quit")
     finally:
         second.close()
+
+
+def test_convert_the_small_model_for_a_few_steps_reload_and_learn_with_qf2(small_model_name, tmp_path):
+    """Not the full QFt budget: a few steps on a small built-in corpus, then the real reload path."""
+    db = f"sqlite:///{tmp_path / 'qf2.db'}"
+    env_home = os.environ.get("QF_HOME")
+    name = f"test-qf2-{os.getpid()}"
+    cmd = [sys.executable, "-m", "cli", "convert", "--model", small_model_name, "--steps", "8", "--corpus-rows", "60",
+           "--holdout", "6", "--checkpoint-every", "0", "--out", name, "--db", db, "--json"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    out = Path(result["out"])
+    try:
+        assert (out / "qft.json").exists() and result["layer"] == 20 and result["steps"] == 8
+        from memory.loading import load_model
+        from memory.qf2_block import installed
+
+        reloaded = load_model(name)  # found by name under $QF_HOME/models
+        block = installed(reloaded.model)
+        assert block is not None and (block.layer, block.beta) == (20, 1000.0)
+        learned = qf("learn", "--method", "qf2", "--fact", FACT, "--query", QUERY, db=db, model=name)
+        assert learned["method"] == "qf2" and learned["parameter"] == "model.layers.20.mlp.up_proj.weight"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert env_home is None or str(out).startswith(env_home)
