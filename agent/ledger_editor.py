@@ -20,7 +20,7 @@ from memory.consolidate import Consolidation, EditorConfig, QFEditor
 from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
 from memory.qf2_block import installed
-from memory.qf2_editor import QF2Editor, QF2Rows
+from memory.qf2_editor import QF2Editor, QF2Rows, require_converted
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class LedgerEditor:
 
     def _qf2_editor(self) -> QF2Editor:
         if self.qf2 is None:
-            QF2Editor(self.loaded, self._config(None))  # raises NotConvertedError with how to convert
+            require_converted(self.loaded)  # raises, saying how to convert
         return self.qf2
 
     def _checkpoint(self) -> int:

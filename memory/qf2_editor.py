@@ -28,7 +28,7 @@ from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
 from memory.qf2 import firing, qf2_factors
-from memory.qf2_block import installed
+from memory.qf2_block import QF2Block, installed
 
 METHOD = "qf2"
 
@@ -52,6 +52,16 @@ class QF2Rows:
         return self.x.shape[0]
 
 
+def require_converted(loaded: LoadedModel) -> QF2Block:
+    """The model's QF2 block; NotConvertedError (saying how to convert) when it has none."""
+    block = installed(loaded.model)
+    if block is None:
+        raise NotConvertedError(
+            f"{loaded.name} is not converted for QF2: run `qf convert --model {loaded.name} --out NAME`, "
+            "then use `--model NAME` (or use --method qf)")
+    return block
+
+
 # record(temporary key, the fact's rows, its delta) -> durable key (e.g. the ledger's edit id)
 QF2Recorder = Callable[[Hashable, QF2Rows, LowRankDelta], Hashable]
 
@@ -61,11 +71,7 @@ class QF2Editor(Answering):
 
     def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
         super().__init__(loaded, config)
-        block = installed(loaded.model)
-        if block is None:
-            raise NotConvertedError(
-                f"{loaded.name} is not converted for QF2: run `qf convert --model {loaded.name} --out NAME`, "
-                "then use `--model NAME` (or use --method qf)")
+        block = require_converted(loaded)
         if config.layer is not None and config.layer != block.layer:
             raise ConsolidationError(f"QF2 edits the converted layer {block.layer}, not layer {config.layer}")
         self.block, self.layer = block, block.layer
