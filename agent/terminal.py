@@ -64,7 +64,7 @@ def run_chat(db=None, model=None, device="auto", dtype="auto", layer=None, syste
     ledger = open_ledger(db, model, device, dtype, layer, system, store=store)
     chat_model = QFChatModel(ledger=ledger)
     extractor = load_extractor(extractor_spec, chat_model)
-    method = f"QF2 at layer {ledger.qf2.layer}" if ledger.qf2 else f"QF at layer {ledger.current.layer}"
+    method = f"QF2 at layer {ledger.qf2.layer}" if ledger.qf2 else f"layer {ledger.current.layer}"
     io.write(f"qf chat: {ledger.loaded.name} on {ledger.loaded.device}, {method}; "
              f"{ledger.active_facts} fact(s) active; loaded in {ledger.loaded.seconds:.1f}s "
              f"(+{ledger.load_seconds:.2f}s rebuilding from the ledger). Session {session_id}{resumed}. /help for commands.\n")
