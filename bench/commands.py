@@ -20,24 +20,32 @@ def bench() -> None:
 
 
 @bench.command("paper")
-@click.option("--method", type=click.Choice(["qf"]), default="qf", show_default=True, help="Consolidation method.")
-@click.option("--paper-layer", is_flag=True, help="Edit the paper's layer (23 of 28, proportional) instead of the default.")
+@click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
+              help="qf: the QF paper's protocol; qf2: the QF2 paper's, on a converted model (qf convert).")
+@click.option("--paper-layer", is_flag=True, help="QF: edit the paper's layer (23 of 28, proportional) instead of the default.")
+@click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
 @model_options
 @json_option
 @user_errors
-def bench_paper(method, paper_layer, model_name, device, dtype, layer, system, as_json):
-    """Run the 8 steps of the QF paper's Table 1 and print pass/fail per step."""
-    from bench.paper import format_table, run_paper_protocol, steps_as_dicts
+def bench_paper(method, paper_layer, lr, model_name, device, dtype, layer, system, as_json):
+    """Run the 8 steps of the QF (or QF2) paper's Table 1 and print pass/fail per step."""
+    from dataclasses import replace
+
+    from bench.paper import PROTOCOLS, format_table, run_paper_protocol, steps_as_dicts
     from memory.architecture import paper_layer as layer_of_paper
-    from memory.loading import load_model
     from memory.consolidate import EditorConfig, QFEditor
+    from memory.loading import load_model
+    from memory.qf2_editor import QF2Editor
 
     loaded = load_model(model_name, device=device, dtype=dtype)
-    editor = QFEditor(loaded, EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system))
-    steps = run_paper_protocol(editor)
+    config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system)
+    config = config if lr is None else replace(config, lr=lr)
+    editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
+    steps = run_paper_protocol(editor, PROTOCOLS[method])
     passed = sum(s.passed for s in steps)
     data = {"method": method, "model": loaded.name, "layer": editor.layer, "passed": passed, "steps": steps_as_dicts(steps)}
-    emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, layer {editor.layer})")
+    where = f"QF2 at layer {editor.layer}" if method == "qf2" else f"layer {editor.layer}"
+    emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, {where})")
 
 
 @bench.command("speed")

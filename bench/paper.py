@@ -1,7 +1,9 @@
-"""The 8 steps of the QF paper's Table 1, on any model (the default is the paper's setting).
+"""The 8 steps of the QF and QF2 papers' Table 1, on any model and either editor.
 
 Each step asks one question greedily and checks the answer against an expectation; the
-table is printed by the CLI and examples/qf_paper_protocol.py.
+table is printed by the CLI (`qf bench paper [--method qf2]`) and the examples. The two papers
+run the same 8 steps with other facts: QF teaches who founded Oxinnovate and where it is, QF2
+who its CEO is and how many people it has (the QF2 authors' own published run fails step 7).
 """
 
 from __future__ import annotations
@@ -9,15 +11,34 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from memory.consolidate import QFEditor
+from memory.answering import Answering
 from memory.fact import Fact
 from memory.prompts import instructed_system
 
-FIRST = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?")
-SECOND = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?")
-CONTROL = "Who is the CEO of Apple?"
-CONTROL_ANSWER = "Tim Cook"  # the Coder models answer Nvidia's CEO wrongly, so Apple is the control
-PARAPHRASE = "The person behind Oxinnovate?"
+
+@dataclass(frozen=True)
+class Protocol:
+    first: Fact
+    first_expected: str  # what answers to the first fact (and its paraphrase) must mention
+    paraphrase: str
+    second: Fact
+    second_expected: str
+    control: str = "Who is the CEO of Apple?"  # the Coder models get Nvidia's CEO wrong: Apple is the control
+    control_answer: str = "Tim Cook"
+
+
+QF_PROTOCOL = Protocol(
+    first=Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?"), first_expected="Qi",
+    paraphrase="The person behind Oxinnovate?",
+    second=Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?"),
+    second_expected="PKU Science Park",
+)
+QF2_PROTOCOL = Protocol(
+    first=Fact("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?"), first_expected="Qi",
+    paraphrase="The founder of Oxinnovate?",
+    second=Fact("Oxinnovate has one people.", "How many people in Oxinnovate?"), second_expected="one",
+)
+PROTOCOLS = {"qf": QF_PROTOCOL, "qf2": QF2_PROTOCOL}
 
 
 @dataclass
@@ -35,9 +56,10 @@ def mentions(answer: str, expected: str) -> bool:
     return re.search(rf"\b{re.escape(expected)}\b", answer, flags=re.IGNORECASE) is not None
 
 
-def run_paper_protocol(editor: QFEditor) -> list[Step]:
-    """Runs the 8 steps; learns two facts on ``editor`` (and removes them at the end)."""
+def run_paper_protocol(editor: Answering, protocol: Protocol = QF_PROTOCOL) -> list[Step]:
+    """Runs the 8 steps; learns two facts on ``editor`` (a QFEditor or QF2Editor) and removes them at the end."""
     steps: list[Step] = []
+    p = protocol
 
     def ask(n: int, description: str, query: str, expected: str, system: str | None = None, negate: bool = False):
         answer = editor.ask(query, system=system).text
@@ -46,18 +68,19 @@ def run_paper_protocol(editor: QFEditor) -> list[Step]:
         steps.append(Step(n, description, query, answer, label, hit != negate))
         return answer
 
-    ask(1, "plain query, before learning", FIRST.query, "Qi", negate=True)
-    ask(2, "instruction in context", FIRST.query, "Qi", system=instructed_system(FIRST.instruction, editor.config.system))
-    control_before = ask(3, "control, before learning", CONTROL, CONTROL_ANSWER)
-    first = editor.learn(FIRST, key="paper-1", verify=False)
-    ask(4, "after learning fact 1", FIRST.query, "Qi")
-    control_after = ask(5, "control, after learning", CONTROL, CONTROL_ANSWER)
+    ask(1, "plain query, before learning", p.first.query, p.first_expected, negate=True)
+    ask(2, "instruction in context", p.first.query, p.first_expected,
+        system=instructed_system(p.first.instruction, editor.config.system))
+    control_before = ask(3, "control, before learning", p.control, p.control_answer)
+    first = editor.learn(p.first, key="paper-1", verify=False)
+    ask(4, "after learning fact 1", p.first.query, p.first_expected)
+    control_after = ask(5, "control, after learning", p.control, p.control_answer)
     steps[-1].passed = steps[-1].passed and control_after == control_before
     steps[-1].expected += " (unchanged)"
-    ask(6, "paraphrase of fact 1", PARAPHRASE, "Qi")
-    second = editor.learn(SECOND, key="paper-2", verify=False)
-    ask(7, "after learning fact 2", SECOND.query, "PKU Science Park")
-    ask(8, "fact 1 again, after fact 2", FIRST.query, "Qi")
+    ask(6, "paraphrase of fact 1", p.paraphrase, p.first_expected)
+    second = editor.learn(p.second, key="paper-2", verify=False)
+    ask(7, "after learning fact 2", p.second.query, p.second_expected)
+    ask(8, "fact 1 again, after fact 2", p.first.query, p.first_expected)
     for result in (second, first):
         editor.remove(result.key)
     return steps

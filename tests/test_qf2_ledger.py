@@ -1,5 +1,7 @@
 """QF2 through the editor and the ledger on tiny QFt-converted models (block installed by hand)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -98,3 +100,20 @@ def test_replay_of_qf2_facts_onto_another_converted_checkpoint(store, tokenizer)
     stock = LedgerEditor(store, loaded("qwen2", tokenizer, seed=2), EditorConfig(layer=3))
     with pytest.raises(ReplayRefused, match="not converted"):
         replay(stock)
+
+
+def test_both_paper_protocols_run_all_steps_and_leave_the_weights_as_they_were(tokenizer):
+    from bench.paper import QF2_PROTOCOL, QF_PROTOCOL, run_paper_protocol
+    from memory.consolidate import QFEditor
+
+    model = converted(tokenizer)
+    qf2 = QF2Editor(model, EditorConfig(verify_tokens=4, max_answer_tokens=4))
+    qf = QFEditor(model, EditorConfig(layer=3, verify_tokens=4, max_answer_tokens=4))
+    before = (up_weight(qf2), model.model.get_parameter(qf.parameter).detach().clone())
+    for editor, protocol in ((qf2, QF2_PROTOCOL), (qf, QF_PROTOCOL)):
+        # Given answers: a random model rarely finishes its own answer.
+        fixed = replace(protocol, first=replace(protocol.first, answer="Qi."), second=replace(protocol.second, answer="One."))
+        steps = run_paper_protocol(editor, fixed)
+        assert [s.step for s in steps] == list(range(1, 9)) and all(isinstance(s.passed, bool) for s in steps)
+    assert torch.equal(up_weight(qf2), before[0])
+    assert torch.equal(model.model.get_parameter(qf.parameter), before[1])
