@@ -165,3 +165,14 @@ def test_langchain_model_streams_invokes_and_changes_identity_when_it_learns(tmp
     assert after["ledger_head"] != before["ledger_head"] and after["active_facts"] == 1
     assert learned.fact_id == 1 and ledger.store.fact(1).source == {"via": "langchain"}
     assert chain.invoke(q) == ledger.ask("Who is the CEO of Oxinnovate?", max_new_tokens=8).text
+
+
+def test_a_conflicting_fact_offers_to_supersede_the_old_one(env, monkeypatch):
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: f"The CEO is {fact.instruction.split()[0]}.")
+    lena = {"facts": [{"statement": "Lena is the CEO of Oxinnovate.", "question": "Who is the CEO of Oxinnovate?"}]}
+    lines = ["Qi is the CEO of Oxinnovate.", "y", "Lena is the CEO of Oxinnovate now.", "y", "/quit"]
+    out = run_chat(env, monkeypatch, lines, [CEO, lena])
+    assert "this replaces #1: Qi is the CEO of Oxinnovate. (A: The CEO is Qi.)" in out and "learned #2" in out
+    s = store()
+    assert [(f.id, f.status) for f in s.facts()] == [(1, "superseded"), (2, "consolidated")]
+    assert s.fact(2).supersedes_id == 1
