@@ -79,7 +79,8 @@ class QFEditor(Answering):
         if not delta.is_finite():
             raise NonFiniteDeltaError(f"refusing to write a non-finite delta into {self.parameter}")
         weight.copy_(self.joint.W0.to(weight.device))
-        delta.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
+        if delta.rank:  # adding an empty delta would still turn W0's -0.0 entries into +0.0
+            delta.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
         self.delta = delta
 
     def rebuild(self) -> float:

@@ -126,6 +126,18 @@ def test_learn_two_facts_then_remove_one_is_exact(tiny_qwen):
     assert torch.equal(weight, editor.joint.W0)
 
 
+def test_removing_every_fact_gives_back_the_base_bit_for_bit_negative_zeros_included(tiny_qwen):
+    name = "model.layers.3.mlp.down_proj.weight"
+    with torch.no_grad():  # dequantized checkpoints hold -0.0 entries; W0 + 0.0 would turn them to +0.0
+        tiny_qwen.model.get_parameter(name)[:, :5] = -0.0
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3))
+    weight = tiny_qwen.model.get_parameter(editor.parameter)
+    base_bits = weight.detach().clone().view(torch.int32)
+    editor.learn(FACT, key="a", verify=False)
+    editor.remove("a")
+    assert torch.equal(weight.detach().view(torch.int32), base_bits)
+
+
 def test_edited_matrix_is_float32_in_a_bfloat16_model(tokenizer):
     from conftest import loaded
 
