@@ -321,7 +321,12 @@ def convert(model_name, layer, steps, data_path, validation_path, holdout, corpu
 
     from agent.convert import convert_model
 
-    with tqdm(total=steps, desc="converting", disable=as_json, file=sys.stderr) as bar:
+    with tqdm(desc="caching the frozen layers", disable=as_json, file=sys.stderr) as cache_bar, \
+            tqdm(total=steps, desc="converting", disable=as_json, file=sys.stderr) as bar:
+        def caching(done, total):
+            cache_bar.total = total
+            cache_bar.update(done - cache_bar.n)
+
         def progress(step, loss, alpha):
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}", alpha=f"{alpha:.3f}")
@@ -329,7 +334,8 @@ def convert(model_name, layer, steps, data_path, validation_path, holdout, corpu
         result, checkpoint_id = convert_model(
             model_name, layer=layer, steps=steps, data_path=data_path, validation_path=validation_path,
             holdout=holdout, corpus_rows=corpus_rows, out_name=out_name, beta=beta, lr=lr,
-            checkpoint_every=checkpoint_every, device=device, dtype=dtype, db=db, progress=progress)
+            checkpoint_every=checkpoint_every, device=device, dtype=dtype, db=db, progress=progress,
+            caching=caching)
     data = {**result, "checkpoint_id": checkpoint_id}
     emit(data, as_json, f"converted {result['base']['name']} at layer {result['layer']} in {result['seconds']:.0f}s: "
                         f"{result['out']}\nvalidation loss {result['validation_loss_before']:.3f} (stock) -> "

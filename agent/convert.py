@@ -8,6 +8,7 @@ so facts can be learned on it with QF2 (`qf learn --method qf2 --model NAME`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def convert_model(model_name: str | None, *, layer: int | None = None, steps: in
                   validation_path: str | None = None, holdout: int = 50, corpus_rows: int = 3000,
                   out_name: str | None = None, beta: float = 1000.0, lr: float = 5e-5, checkpoint_every: int = 250,
                   device: str = "auto", dtype: str = "auto", db: str | None = None,
-                  progress: Progress | None = None) -> tuple[dict, int]:
+                  progress: Progress | None = None,
+                  caching: Callable[[int, int], None] | None = None) -> tuple[dict, int]:
     """Convert, save to ``$QF_HOME/models/NAME``, register; returns (the result as a dict, checkpoint id)."""
     if steps < 1:
         raise ValueError("--steps must be at least 1")
@@ -57,7 +59,7 @@ def convert_model(model_name: str | None, *, layer: int | None = None, steps: in
         raise ValueError(f"--out takes a plain name (the model is saved under {models_dir()}), not {name!r}")
     out = models_dir() / name
     log.info("converting %s with %s into %s", loaded.name, source, out)
-    result = convert(loaded, train, validation, out, config, progress=progress)
+    result = convert(loaded, train, validation, out, config, progress=progress, caching=caching)
     converted = LoadedModel(model=loaded.model, tokenizer=loaded.tokenizer, name=name, path=str(out), seconds=0.0)
     ledger = LedgerEditor(open_store(db), converted, EditorConfig())  # registers the checkpoint
     return {**asdict(result), "name": name, "data": source}, ledger.checkpoint_id

@@ -288,9 +288,11 @@ def convert(
     out: str | Path,
     config: QFtConfig = QFtConfig(),
     progress: Progress | None = None,
+    caching: Callable[[int, int], None] | None = None,
 ) -> QFtResult:
     """Convert ``loaded.model`` in place (QF2 block at ``config.layer``, layers L-1..L+1 trained)
     and save it to ``out``. Resumes from ``out/resume`` when a matching checkpoint is there.
+    ``caching(done, total)`` reports the one-off pass over the frozen layers, ``progress`` the steps.
 
     The model is changed whatever happens; after an interruption its trainable layers are part
     trained (the resume checkpoint, not the model, is what to continue from).
@@ -305,8 +307,13 @@ def convert(
     tail = trainable_layers(model, layer)
     base = {"name": loaded.name, "path": loaded.path, "config_sha256": loaded.config_sha256()}
     data_sha256 = rows_sha256(train_rows)
-    train = [cache_prefix(model, chat_pass(tokenizer, r["messages"]), tail.start) for r in train_rows]
-    validation = [cache_prefix(model, chat_pass(tokenizer, r["messages"]), tail.start) for r in validation_rows]
+    rows = train_rows + validation_rows
+    cached = []
+    for i, row in enumerate(rows):  # one pass per row through the frozen layers, reused every epoch
+        cached.append(cache_prefix(model, chat_pass(tokenizer, row["messages"]), tail.start))
+        if caching is not None:
+            caching(i + 1, len(rows))
+    train, validation = cached[:len(train_rows)], cached[len(train_rows):]
     validation_before = mean_loss(model, validation, tail.start)
 
     block = install(model, layer, config.beta, alpha=1.0)
