@@ -105,3 +105,14 @@ def small_model_name():
     except ModelFileError as exc:
         require("the small model", False, str(exc))
     return SMALL_MODEL
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, monkeypatch, tiny_qwen):
+    """The tiny Qwen2 saved as a checkpoint directory (for `--model DIR`), with a fresh QF_HOME."""
+    model_dir = tmp_path / "tiny-model"
+    tiny_qwen.model.save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("QF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("QF_DB_URL", raising=False)
+    return model_dir

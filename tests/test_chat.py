@@ -14,16 +14,11 @@ NONE = {"facts": []}
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, tiny_qwen):
-    model_dir = tmp_path / "tiny-model"
-    tiny_qwen.model.save_pretrained(model_dir)
-    tiny_qwen.tokenizer.save_pretrained(model_dir)
-    monkeypatch.setenv("QF_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("QF_DB_URL", raising=False)
+def env(tiny_model_dir, monkeypatch):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     # A random model rarely ends its answer; stand in for the instructed model's own answer.
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "The CEO of Oxinnovate is Qi.")
-    return model_dir
+    return tiny_model_dir
 
 
 def run_chat(env, monkeypatch, lines, replies, *extra):

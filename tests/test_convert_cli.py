@@ -8,18 +8,13 @@ import cli
 
 
 def invoke(*args):
-    result = CliRunner().invoke(cli.main, list(args))
-    return result
+    return CliRunner().invoke(cli.main, list(args))
 
 
-def test_convert_then_learn_with_qf2_and_undo(tmp_path, tiny_qwen, monkeypatch):
+def test_convert_then_learn_with_qf2(tmp_path, tiny_model_dir, monkeypatch):
     from memory.consolidate import QFEditor
 
-    stock = tmp_path / "stock"
-    tiny_qwen.model.save_pretrained(stock)
-    tiny_qwen.tokenizer.save_pretrained(stock)
-    monkeypatch.setenv("QF_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("QF_DB_URL", raising=False)
+    stock = tiny_model_dir
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "unused")
 
     refused = invoke("learn", "--method", "qf2", "--model", str(stock), "--dtype", "float32",
