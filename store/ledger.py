@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from store import chat, checkpoints, facts
 from store import lifecycle as lc
 from store.chain import append, lock_head
 from store.engine import make_engine, normalize_url, translated_errors, writer
-from store.errors import EditNotFoundError
+from store.errors import EditNotFoundError, StoreError
 from store.hashing import GENESIS, finite_float, normalize_json
 from store.migrations import migrate
 from store.records import EditRecord, FactRecord, VerifyReport, checkpoint_dict, edit_record, fact_record
@@ -46,15 +47,29 @@ class Store:
         self._engine = make_engine(self.url, busy_timeout)
         self._writer = writer(self._engine)
         try:
-            with translated_errors("opening the ledger", self.where, busy_timeout):
-                with self._writer.begin() as conn:
-                    if conn.dialect.name == "postgresql":  # one migrator at a time across processes
-                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7160000001)")
-                    version = migrate(conn)
+            version = self._open(busy_timeout)
         except BaseException:
             self._engine.dispose()
             raise
         log.debug("opened ledger %s (schema %d)", self.where, version)
+
+    def _open(self, busy_timeout: float) -> int:
+        """Apply the missing migrations; returns the schema version. SQLite can refuse a lock at
+        once, without its busy wait, while another process is creating the same file: such a
+        refusal is retried until ``busy_timeout`` has passed, then reported."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                with translated_errors("opening the ledger", self.where, busy_timeout):
+                    with self._writer.begin() as conn:
+                        if conn.dialect.name == "postgresql":  # one migrator at a time across processes
+                            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7160000001)")
+                        return migrate(conn)
+            except StoreError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.debug("the ledger is locked while opening; retrying")
+                time.sleep(0.05)
 
     def close(self) -> None:
         """Release the database connections."""
