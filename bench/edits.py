@@ -27,10 +27,10 @@ import torch
 from bench import metrics as M
 from bench.baselines import EditMethod, FineTune, InContext
 from bench.datasets import EditCase, Poser, instruction_for, right_padded
-from memory.capture import Capture
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.fact import Fact, FactRows
+from memory.prompts import Pass
 
 METHODS = ("qf", "ft", "icl")
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
@@ -39,13 +39,8 @@ Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -
 # --- QF --------------------------------------------------------------------------------
 def _capture(editor: QFEditor, prompt: list[int], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """U (down_proj input) and V (residual entering the MLP) at the rows predicting ``target``."""
-    ids = torch.tensor([prompt + target[:-1]], device=editor.loaded.device)
-    rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(target))
-    with Capture(editor.model, [editor.norm_name, editor.down_name], stop=True) as cap:
-        cap.run(input_ids=ids, use_cache=False)
-    U = cap.inputs[editor.down_name][0, rows.to(ids.device)].float().cpu()
-    V = cap.inputs[editor.norm_name][0, rows.to(ids.device)].float().cpu()
-    return U, V
+    ids = torch.tensor([prompt + target[:-1]])  # the last target is only predicted, never fed
+    return editor.capture_pass(Pass(ids, len(prompt), tuple(target)))
 
 
 def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:

@@ -50,7 +50,7 @@ class QFEditor(Answering):
         return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
 
     # --- computing (never mutates the model) --------------------------------------------
-    def _capture_pass(self, p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
+    def capture_pass(self, p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass, stopped after layer L's down_proj input: rows of (U, V)."""
         self._check_length(p)
         with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
@@ -62,13 +62,13 @@ class QFEditor(Answering):
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes)."""
-        answer = (answer or fact.answer or "").strip() or self.instructed_answer(fact)
+        answer = (answer or "").strip() or self.answer_for(fact)
         system = self.config.system
         instructed = build_pass(self.tokenizer, fact.query, answer, instructed_system(fact.instruction, system))
         plain = build_pass(self.tokenizer, fact.query, answer, system)
         significance = significance_vector(fact.significance, len(plain.targets) - 1)
-        U, V = self._capture_pass(instructed)
-        U_plain, V_plain = self._capture_pass(plain)
+        U, V = self.capture_pass(instructed)
+        U_plain, V_plain = self.capture_pass(plain)
         return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
 
     # --- mutating ---------------------------------------------------------------------
