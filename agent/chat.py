@@ -161,9 +161,9 @@ class Chat:
         if not self.last_question:
             self.say("ask something first")
             return
-        facts = [f for f in self.store.facts(status="consolidated")]
-        ranked = sorted(facts, key=lambda f: similarity(f.query + " " + f.instruction, self.last_question), reverse=True)
-        ranked = [f for f in ranked if similarity(f.query + " " + f.instruction, self.last_question) > 0][:3]
+        scored = [(similarity(f.query + " " + f.instruction, self.last_question), f)
+                  for f in self.store.facts(status="consolidated")]
+        ranked = [f for score, f in sorted(scored, key=lambda pair: pair[0], reverse=True) if score > 0][:3]
         if not ranked:
             self.say("no learned fact is close to the last question")
         for f in ranked:

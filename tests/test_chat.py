@@ -171,3 +171,9 @@ def test_a_conflicting_fact_offers_to_supersede_the_old_one(env, monkeypatch):
     s = store()
     assert [(f.id, f.status) for f in s.facts()] == [(1, "superseded"), (2, "consolidated")]
     assert s.fact(2).supersedes_id == 1
+
+
+def test_why_lists_the_learned_facts_nearest_to_the_last_question(env, monkeypatch):
+    lines = ["Qi is the CEO of Oxinnovate.", "y", "Who is the CEO of Oxinnovate?", "/why", "/quit"]
+    out = run_chat(env, monkeypatch, lines, [CEO, NONE])
+    assert "#1 Qi is the CEO of Oxinnovate.  (Q: Who is the CEO of Oxinnovate?)" in out.split("/why", 1)[1]
