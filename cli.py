@@ -309,17 +309,21 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
 @click.option("--beta", type=float, default=1000.0, show_default=True, help="Firing sharpness stored in the checkpoint.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="AdamW learning rate.")
 @click.option("--checkpoint-every", type=int, default=250, show_default=True, help="Steps between resume checkpoints.")
+@click.option("--readout-rows", type=int, default=512, show_default=True,
+              help="Rows whose stock outputs refit down_proj in closed form when alpha reaches 0; 0: the paper's recipe.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted conversion saved under the output name.")
+@click.option("--restart", is_flag=True, help="Discard an interrupted conversion and start afresh.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float32"]), default="auto", show_default=True)
 @db_option
 @json_option
 @user_errors
 def convert(model_name, layer, steps, data_path, validation_path, holdout, corpus_rows, out_name, beta, lr,
-            checkpoint_every, device, dtype, db, as_json):
-    """QFt: convert a model for QF2 (trains layers L-1..L+1; resumes an interrupted run)."""
+            checkpoint_every, readout_rows, resume, restart, device, dtype, db, as_json):
+    """QFt: convert a model for QF2 (trains layers L-1..L+1; --resume continues an interrupted run)."""
     from tqdm.auto import tqdm
 
-    from agent.convert import convert_model
+    from agent.convert import conversion_summary, convert_model
 
     with tqdm(desc="caching the frozen layers", disable=as_json, file=sys.stderr) as cache_bar, \
             tqdm(total=steps, desc="converting", disable=as_json, file=sys.stderr) as bar:
@@ -334,12 +338,11 @@ def convert(model_name, layer, steps, data_path, validation_path, holdout, corpu
         result, checkpoint_id = convert_model(
             model_name, layer=layer, steps=steps, data_path=data_path, validation_path=validation_path,
             holdout=holdout, corpus_rows=corpus_rows, out_name=out_name, beta=beta, lr=lr,
-            checkpoint_every=checkpoint_every, device=device, dtype=dtype, db=db, progress=progress,
-            caching=caching)
+            checkpoint_every=checkpoint_every, readout_rows=readout_rows, resume=resume, restart=restart,
+            device=device, dtype=dtype, db=db,
+            progress=progress, caching=caching)
     data = {**result, "checkpoint_id": checkpoint_id}
-    emit(data, as_json, f"converted {result['base']['name']} at layer {result['layer']} in {result['seconds']:.0f}s: "
-                        f"{result['out']}\nvalidation loss {result['validation_loss_before']:.3f} (stock) -> "
-                        f"{result['validation_loss']:.3f} (converted); use it with --model {result['name']}")
+    emit(data, as_json, conversion_summary(result))
 
 
 @main.command()

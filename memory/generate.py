@@ -58,6 +58,11 @@ def greedy_answer(model, tokenizer, query: str, system: str | None = None, max_n
     return _answer(tokenizer, render_prompt(tokenizer, query, system), model, max_new_tokens)
 
 
+def greedy_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 64) -> Answer:
+    """The greedy reply to a conversation, rendered as it is (its own system message, if any)."""
+    return _answer(tokenizer, render_conversation(tokenizer, messages), model, max_new_tokens)
+
+
 def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 512) -> Iterator[str]:
     """Yield the reply to a conversation as text pieces (decoded incrementally, UTF-8 safe)."""
     stops = stop_ids(tokenizer)

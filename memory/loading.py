@@ -7,6 +7,7 @@ later loads read that cache (about a second) and never touch the network.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -66,8 +67,24 @@ def resolve_dtype(dtype: str, config_dtype: torch.dtype | None, device: torch.de
         config_dtype = getattr(torch, config_dtype, None)
     if config_dtype == torch.float32:
         return torch.float32
-    # float16 is slow and fragile on CPU; bfloat16 is what these checkpoints were trained in.
-    return torch.bfloat16 if device.type == "cpu" or config_dtype in (None, torch.bfloat16) else config_dtype
+    if device.type == "cpu":
+        # float16 is slow and fragile on CPU. bfloat16 (what these checkpoints were trained in,
+        # half the memory) where the CPU computes it natively; elsewhere float32, which there is
+        # about 3x faster: 0.8 s against 2.2 s for a 40-token forward of the 0.5B model on a
+        # 2-core AVX2 EPYC (2026-11-25).
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if config_dtype in (None, torch.bfloat16) else config_dtype
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo;
+    True where that cannot be read (keep the smaller dtype when in doubt)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def registry_cache(entry: registry.RegisteredModel, progress: bool = True) -> Path:

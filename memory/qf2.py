@@ -77,3 +77,13 @@ def alpha_at(step: int) -> float:
         raise ValueError(f"step must be >= 0, got {step}")
     alpha = ALPHA_DECAY**step
     return alpha if alpha >= ALPHA_FLOOR else 0.0
+
+
+def faded_step() -> int:
+    """The first step at which alpha is 0: QFt's fade is over (459 with the defaults)."""
+    step = math.ceil(math.log(ALPHA_FLOOR) / math.log(ALPHA_DECAY))
+    while step > 0 and alpha_at(step - 1) == 0.0:
+        step -= 1
+    while alpha_at(step) > 0.0:
+        step += 1
+    return step

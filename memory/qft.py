@@ -51,8 +51,10 @@ from torch import nn
 from memory import architecture as arch
 from memory.loading import LoadedModel
 from memory.prompts import Pass, answer_ids, end_of_turn_id, render_conversation
-from memory.qf2 import alpha_at
+from memory.generate import greedy_reply
+from memory.qf2 import alpha_at, faded_step
 from memory.qf2_block import install, installed
+from memory.qft_readout import DEFAULT_RIDGE, fit_readout
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class QFtConfig:
     lr: float = 5e-5  # the reference's AdamW learning rate, batch 1
     weight_decay: float = 0.01  # AdamW's default
     checkpoint_every: int = 500  # steps between resume checkpoints; 0: none
+    # When alpha reaches 0, refit down_proj in closed form (memory.qft_readout) on the stock layer's
+    # outputs over the first ``readout_rows`` training rows; 0 keeps the paper's recipe (no refit).
+    readout_rows: int = 512
+    readout_ridge: float = DEFAULT_RIDGE
     loss_window: int = 100  # the reported train loss is the mean over this many last steps
     seed: int = 0  # the example order is a permutation per epoch drawn from (seed, epoch)
 
@@ -86,6 +92,9 @@ class QFtResult:
     validation_loss: float | None  # converted model, held-out rows
     validation_loss_before: float | None  # stock model, same rows
     seconds: float
+    readout_error: float | None = None  # relative error of the closed-form readout on its tokens
+    readout_tokens: int = 0
+    validation_answers: list[dict] | None = None  # greedy answers to the validation rows, stock and converted
 
 
 # --- rows ------------------------------------------------------------------------------
@@ -137,6 +146,7 @@ class CachedExample:
     layer_kwargs: list[dict]  # the keyword arguments of layers first..last, as the model called them
     rows: torch.Tensor  # (T,) positions whose next token is a target
     targets: torch.Tensor  # (T,) answer tokens + end of turn
+    stock_output: torch.Tensor | None = None  # (S, D) the stock output of the converted layer, for the readout
 
 
 class _PrefixDone(Exception):
@@ -144,18 +154,27 @@ class _PrefixDone(Exception):
 
 
 @torch.no_grad()
-def cache_prefix(model: nn.Module, p: Pass, first: int) -> CachedExample:
-    """One forward pass, stopped as the last layer starts, recording what layers first.. receive."""
+def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = None) -> CachedExample:
+    """One forward pass, stopped as the last layer starts, recording what layers first.. receive
+    (and, with ``output_of``, that layer's output: run on the stock model, the readout's target)."""
     layers = arch.decoder_layers(model)
     calls: list[tuple[torch.Tensor, dict]] = []
+    outputs: list[torch.Tensor] = []
 
     def record(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         calls.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        if module is layers[-1] and output_of != len(layers) - 1:
+            raise _PrefixDone
+
+    def keep_output(module, args, output):
+        outputs.append((output if isinstance(output, torch.Tensor) else output[0])[0].float())
         if module is layers[-1]:
             raise _PrefixDone
 
     handles = [layers[i].register_forward_pre_hook(record, with_kwargs=True) for i in range(first, len(layers))]
+    if output_of is not None:
+        handles.append(layers[output_of].register_forward_hook(keep_output))
     try:
         model(input_ids=p.input_ids.to(_device(model)), use_cache=False)
     except _PrefixDone:
@@ -165,7 +184,8 @@ def cache_prefix(model: nn.Module, p: Pass, first: int) -> CachedExample:
             handle.remove()
     hidden = calls[0][0]
     targets = torch.tensor(p.targets, device=hidden.device)
-    return CachedExample(hidden, [kwargs for _, kwargs in calls], p.rows.to(hidden.device), targets)
+    return CachedExample(hidden, [kwargs for _, kwargs in calls], p.rows.to(hidden.device), targets,
+                         outputs[0] if outputs else None)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -217,7 +237,8 @@ def example_index(step: int, n: int, seed: int) -> int:
 def _resume_key(config: QFtConfig, base: dict, data_sha256: str, layer: int) -> dict:
     """What must match for a resume checkpoint to continue this run (steps may grow)."""
     return {"base": base, "data_sha256": data_sha256, "layer": layer, "beta": config.beta, "lr": config.lr,
-            "weight_decay": config.weight_decay, "seed": config.seed}
+            "weight_decay": config.weight_decay, "seed": config.seed, "readout_rows": config.readout_rows,
+            "readout_ridge": config.readout_ridge}
 
 
 def _save_resume(out: Path, step: int, key: dict, losses: list[float], params: dict, optimizer) -> None:
@@ -281,6 +302,42 @@ def _trainable_in_float32(model: nn.Module, tail: range):
                 p.requires_grad_(was[name][1])
 
 
+def _rows_to_cache(config: QFtConfig, n: int, done: int, refit: bool) -> tuple[list[int], list[int]]:
+    """(training rows the remaining steps use, those of them the readout is fitted on), in order."""
+    order = list(dict.fromkeys(example_index(step, n, config.seed) for step in range(config.steps)))
+    used = list(dict.fromkeys(example_index(step, n, config.seed) for step in range(done, config.steps)))
+    readout = order[:config.readout_rows] if refit else []
+    return list(dict.fromkeys(readout + used)), readout
+
+
+def _refit_readout(model: nn.Module, examples: list[CachedExample], first: int, layer: int, config: QFtConfig,
+                   params: dict, optimizer) -> tuple[float, int]:
+    """Write the closed-form readout into down_proj; its AdamW moments start afresh."""
+    started = time.perf_counter()
+    fit = fit_readout(model, examples, first, layer, config.beta, config.readout_ridge)
+    down = params[f"{arch.module_path(model, layer, 'down_proj')}.weight"]
+    with torch.no_grad():
+        down.copy_(fit.weight.to(down.dtype))
+    optimizer.state.pop(down, None)
+    for example in examples:
+        example.stock_output = None  # served its purpose: free the memory
+    log.info("refit down_proj of layer %d on %d tokens in %.1fs: relative error %.4f",
+             layer, fit.tokens, time.perf_counter() - started, fit.relative_error)
+    return fit.relative_error, fit.tokens
+
+
+def validation_answers(model: nn.Module, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> list[dict]:
+    """The greedy reply to each validation row's prompt, beside the answer it expects."""
+    return [{"messages": row["messages"][:-1], "expected": row["messages"][-1]["content"],
+             "answer": greedy_reply(model, tokenizer, row["messages"][:-1], max_new_tokens).text} for row in rows]
+
+
+def _resume_step(out: Path) -> int:
+    """The step OUT/resume stopped at (0 without one); _load_resume checks it belongs to this run."""
+    state = out / RESUME_DIR / "state.json"
+    return json.loads(state.read_text())["step"] if state.exists() else 0
+
+
 def convert(
     loaded: LoadedModel,
     train_rows: list[dict],
@@ -307,23 +364,33 @@ def convert(
     tail = trainable_layers(model, layer)
     base = {"name": loaded.name, "path": loaded.path, "config_sha256": loaded.config_sha256()}
     data_sha256 = rows_sha256(train_rows)
-    rows = train_rows + validation_rows
-    cached = []
-    for i, row in enumerate(rows):  # one pass per row through the frozen layers, reused every epoch
-        cached.append(cache_prefix(model, chat_pass(tokenizer, row["messages"]), tail.start))
+    faded = faded_step()
+    refit = config.readout_rows > 0 and _resume_step(out) <= faded < config.steps
+    needed, readout_ids = _rows_to_cache(config, len(train_rows), _resume_step(out), refit)
+    # One pass per row through the frozen layers (on the stock model), reused every epoch; only
+    # the rows this run trains on.
+    validation = [cache_prefix(model, chat_pass(tokenizer, row["messages"]), tail.start) for row in validation_rows]
+    train: dict[int, CachedExample] = {}
+    for i, index in enumerate(needed):
+        p = chat_pass(tokenizer, train_rows[index]["messages"])
+        train[index] = cache_prefix(model, p, tail.start, output_of=layer if index in readout_ids else None)
         if caching is not None:
-            caching(i + 1, len(rows))
-    train, validation = cached[:len(train_rows)], cached[len(train_rows):]
+            caching(i + 1, len(needed))
     validation_before = mean_loss(model, validation, tail.start)
+    answers_before = validation_answers(model, tokenizer, validation_rows)
 
     block = install(model, layer, config.beta, alpha=1.0)
     key = _resume_key(config, base, data_sha256, layer)
+    readout_error, readout_tokens = None, 0
     with _trainable_in_float32(model, tail) as params:
         optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
         done, losses = _load_resume(out, key, params, optimizer)
         for step in range(done, config.steps):
             block.alpha = alpha_at(step)
-            loss = tail_loss(model, train[example_index(step, len(train), config.seed)], tail.start)
+            if refit and step == faded:
+                readout_error, readout_tokens = _refit_readout(
+                    model, [train[i] for i in readout_ids], tail.start, layer, config, params, optimizer)
+            loss = tail_loss(model, train[example_index(step, len(train_rows), config.seed)], tail.start)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -335,12 +402,15 @@ def convert(
 
     block.alpha = alpha_at(config.steps)
     if block.alpha > 0:
-        log.warning("QFt stopped at alpha %.3f: QF2 applies to a fully converted layer (>= 459 steps)", block.alpha)
+        log.warning("QFt stopped at alpha %.3f: QF2 applies to a fully converted layer (>= %d steps)", block.alpha, faded)
+    answers_after = validation_answers(model, tokenizer, validation_rows)
     result = QFtResult(
         out=str(out), base=base, layer=layer, beta=config.beta, alpha=block.alpha, steps=config.steps,
         data_sha256=data_sha256, train_loss=sum(losses) / len(losses) if losses else None,
         validation_loss=mean_loss(model, validation, tail.start), validation_loss_before=validation_before,
-        seconds=time.perf_counter() - start_time,
+        seconds=time.perf_counter() - start_time, readout_error=readout_error, readout_tokens=readout_tokens,
+        validation_answers=[{**before, "answer_before": before.pop("answer"), "answer": after["answer"]}
+                            for before, after in zip(answers_before, answers_after)],
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -40,3 +40,19 @@ def test_convert_then_learn_with_qf2(tmp_path, tiny_model_dir, monkeypatch):
     asked = json.loads(invoke("ask", "Who is the CEO of Oxinnovate?", "--model", "tiny-conv", "--dtype", "float32",
                               "--max-tokens", "4", "--json").output)
     assert asked["active_facts"] == 1
+
+
+def test_an_interrupted_conversion_is_resumed_or_restarted_only_when_asked(tmp_path, tiny_model_dir):
+    args = ("convert", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "2", "--steps", "6",
+            "--corpus-rows", "40", "--holdout", "4", "--checkpoint-every", "2", "--out", "tiny-cut", "--json")
+    nothing = invoke(*args, "--resume")
+    assert nothing.exit_code != 0 and "no interrupted conversion" in nothing.output
+    partial = tmp_path / "home" / "models" / "tiny-cut" / "resume"
+    partial.mkdir(parents=True)
+    (partial / "state.json").write_text(json.dumps({"step": 4, "key": {}, "recent_losses": []}))
+    refused = invoke(*args)
+    assert refused.exit_code != 0 and "--resume" in refused.output and "step 4" in refused.output
+    assert partial.exists()  # nothing lost
+    restarted = invoke(*args, "--restart")
+    assert restarted.exit_code == 0, restarted.output + repr(restarted.exception)
+    assert json.loads(restarted.output)["steps"] == 6 and not partial.exists()
