@@ -51,6 +51,7 @@ from torch import nn
 from memory import architecture as arch
 from memory.loading import LoadedModel
 from memory.prompts import Pass, answer_ids, end_of_turn_id, render_conversation
+from memory.delta import tensor_sha256
 from memory.generate import greedy_reply
 from memory.qf2 import alpha_at, faded_step
 from memory.qf2_block import install, installed
@@ -186,6 +187,14 @@ def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = 
     targets = torch.tensor(p.targets, device=hidden.device)
     return CachedExample(hidden, [kwargs for _, kwargs in calls], p.rows.to(hidden.device), targets,
                          outputs[0] if outputs else None)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over every named weight (name, dtype, shape, bytes): which base a conversion started from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}={tensor_sha256(tensor)};".encode())
+    return digest.hexdigest()
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -362,7 +371,8 @@ def convert(
         raise ValueError("no training rows")
     layer = arch.check_layer(model, arch.paper_layer(model) if config.layer is None else config.layer)
     tail = trainable_layers(model, layer)
-    base = {"name": loaded.name, "path": loaded.path, "config_sha256": loaded.config_sha256()}
+    base = {"name": loaded.name, "path": loaded.path, "config_sha256": loaded.config_sha256(),
+            "weights_sha256": weights_sha256(model)}
     data_sha256 = rows_sha256(train_rows)
     faded = faded_step()
     refit = config.readout_rows > 0 and _resume_step(out) <= faded < config.steps

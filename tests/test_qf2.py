@@ -16,7 +16,7 @@ from memory.qf2_block import QF2Block, install, install_from_config, installed, 
 from memory.qft_corpus import NEED_MORE, generate_corpus
 from memory.qft import (
     QFtConfig, cache_prefix, chat_pass, convert, rows_sha256, split_rows,
-    tail_loss, trainable_layers,
+    tail_loss, trainable_layers, weights_sha256,
 )
 
 LAYER, BETA = 2, 10.0
@@ -248,6 +248,7 @@ def test_conversion_lowers_the_loss_and_reloads(tokenizer, tmp_path, ids):
     saved = json.loads((tmp_path / "qft.json").read_text())
     assert saved["data_sha256"] == rows_sha256(generate_corpus(12, seed=0)) and saved["steps"] == 40
     assert saved["base"]["name"] == "tiny-qwen2" and saved["train_loss"] > 0
+    assert saved["base"]["weights_sha256"] == weights_sha256(make_model("qwen2", len(tokenizer), layers=5))
     assert list(tmp_path.glob("*.safetensors")) and not (tmp_path / "resume").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     block = install_from_config(reloaded)

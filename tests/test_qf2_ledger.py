@@ -117,3 +117,18 @@ def test_both_paper_protocols_run_all_steps_and_leave_the_weights_as_they_were(t
         assert [s.step for s in steps] == list(range(1, 9)) and all(isinstance(s.passed, bool) for s in steps)
     assert torch.equal(up_weight(qf2), before[0])
     assert torch.equal(model.model.get_parameter(qf.parameter), before[1])
+
+
+def test_a_fact_the_model_cannot_be_taught_fails_its_steps_and_the_protocol_goes_on(tokenizer):
+    from bench.paper import QF2_PROTOCOL, run_paper_protocol
+
+    model = converted(tokenizer)
+    editor = QF2Editor(model, EditorConfig(verify_tokens=4, max_answer_tokens=4))
+    before = up_weight(editor)
+    # The first fact has an answer; the second must be generated and a random model never ends it.
+    protocol = replace(QF2_PROTOCOL, first=replace(QF2_PROTOCOL.first, answer="Qi."))
+    steps = run_paper_protocol(editor, protocol)
+    assert [s.step for s in steps] == list(range(1, 9))
+    assert not steps[6].passed and "not learned" in steps[6].answer  # step 7: the second fact
+    assert all("not learned" not in s.answer for s in steps[:6] + steps[7:])
+    assert torch.equal(up_weight(editor), before)  # the first fact was learned, then removed
