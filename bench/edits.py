@@ -30,6 +30,7 @@ from bench.datasets import EditCase, Poser, instruction_for, right_padded
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.fact import Fact, FactRows
+from memory.generate import cached_forward
 from memory.prompts import Pass
 
 METHODS = ("qf", "ft", "icl")
@@ -140,9 +141,8 @@ def greedy_batch(model, prompts: list[list[int]], stops: list[int], max_new_toke
     done = [False] * len(prompts)
     past = None
     for _ in range(max_new_tokens):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
-                    logits_to_keep=1)
-        past = out.past_key_values
+        out, past = cached_forward(model, past, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   logits_to_keep=1)
         nxt = out.logits[:, -1].argmax(-1)
         for i, token in enumerate(nxt.tolist()):
             if not done[i]:

@@ -6,6 +6,7 @@ the reply and stop it at any point (Ctrl-C in the chat stops the reply, not the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,17 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def cached_forward(model, cache, **inputs):
+    """One forward pass with a KV cache: (the output, the cache to pass next time).
+
+    transformers 5.24 renamed the forward argument ``past_key_values`` (and the output field) to
+    ``cache``; the old name still works there but prints a FutureWarning, which a chat shows in
+    the middle of its reply. Both names are supported (5.0..5.23 only know the old one)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(**inputs, **{name: cache}, use_cache=True)
+    return out, out[name]
+
+
 @torch.no_grad()
 def greedy_tokens(model, prompt: list[int], stops: list[int], max_new_tokens: int) -> Iterator[int]:
     """Yield greedy next tokens (the stop token too, then end) with a KV cache."""
@@ -35,8 +47,7 @@ def greedy_tokens(model, prompt: list[int], stops: list[int], max_new_tokens: in
     ids = torch.tensor([prompt], device=device)
     past = None
     for _ in range(max_new_tokens):
-        out = model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        out, past = cached_forward(model, past, input_ids=ids, logits_to_keep=1)
         token = int(out.logits[0, -1].argmax())
         yield token
         if token in stops:
