@@ -297,8 +297,9 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
 @main.command()
 @click.option("--model", "model_name", envvar="QF_MODEL", default=None, help="The stock model to convert. [env QF_MODEL]")
 @click.option("--layer", type=int, default=None, help="Layer to convert (default: the paper's depth, 23 of 28).")
-@click.option("--steps", type=int, default=1500, show_default=True,
-              help="AdamW steps at batch 1 (alpha = 0.99**step reaches 0 at step 459; the reference ran 12,000).")
+@click.option("--steps", type=int, default=460, show_default=True,
+              help="AdamW steps at batch 1 (alpha = 0.99**step reaches 0 at step 459, when down_proj is refit; "
+                   "the reference ran 12,000, and on the 0.5B 1,500 did worse than 460: docs/QF2.md).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help='Chat rows, JSON lines of {"messages": [...]} (e.g. company_iqa/train.jsonl); default: a built-in corpus.')
 @click.option("--validation", "validation_path", type=click.Path(exists=True, dir_okay=False), default=None,

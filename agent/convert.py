@@ -43,7 +43,7 @@ def conversion_data(data_path: str | None, validation_path: str | None, holdout:
     return train, validation, f"{data_path} ({len(validation)} rows held out)"
 
 
-def convert_model(model_name: str | None, *, layer: int | None = None, steps: int = 1500, data_path: str | None = None,
+def convert_model(model_name: str | None, *, layer: int | None = None, steps: int = 460, data_path: str | None = None,
                   validation_path: str | None = None, holdout: int = 50, corpus_rows: int = 3000,
                   out_name: str | None = None, beta: float = 1000.0, lr: float = 5e-5, checkpoint_every: int = 250,
                   readout_rows: int = 512, resume: bool = False, restart: bool = False,
