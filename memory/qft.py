@@ -7,6 +7,10 @@ the causal-LM loss on the assistant's tokens only (its answer and the end-of-tur
 prompt is given at inference, never generated, so learning to predict system prompts and
 questions would spend the few trainable layers on text the model never has to write.
 
+At the step alpha reaches 0, down_proj of layer L is refit in closed form to reproduce the stock
+layer's output from the firing pattern (memory.qft_readout; ``readout_rows=0`` skips it, as the
+paper does): past that step almost no gradient passes the binary firing.
+
 What makes it fast on CPU:
 
 - Frozen prefix, cached. Layers below L-1 never change, so each row's hidden state entering
