@@ -317,10 +317,9 @@ def _trainable_in_float32(model: nn.Module, tail: range):
 
 def _rows_to_cache(config: QFtConfig, n: int, done: int, refit: bool) -> tuple[list[int], list[int]]:
     """(training rows the remaining steps use, those of them the readout is fitted on), in order."""
-    order = list(dict.fromkeys(example_index(step, n, config.seed) for step in range(config.steps)))
-    used = list(dict.fromkeys(example_index(step, n, config.seed) for step in range(done, config.steps)))
-    readout = order[:config.readout_rows] if refit else []
-    return list(dict.fromkeys(readout + used)), readout
+    order = [example_index(step, n, config.seed) for step in range(config.steps)]
+    readout = list(dict.fromkeys(order))[:config.readout_rows] if refit else []
+    return list(dict.fromkeys(readout + order[done:])), readout
 
 
 def _refit_readout(model: nn.Module, examples: list[CachedExample], first: int, layer: int, config: QFtConfig,
@@ -339,10 +338,9 @@ def _refit_readout(model: nn.Module, examples: list[CachedExample], first: int, 
     return fit.relative_error, fit.tokens
 
 
-def validation_answers(model: nn.Module, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> list[dict]:
-    """The greedy reply to each validation row's prompt, beside the answer it expects."""
-    return [{"messages": row["messages"][:-1], "expected": row["messages"][-1]["content"],
-             "answer": greedy_reply(model, tokenizer, row["messages"][:-1], max_new_tokens).text} for row in rows]
+def greedy_replies(model: nn.Module, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> list[str]:
+    """The greedy reply to each row's prompt (the row without its answer)."""
+    return [greedy_reply(model, tokenizer, row["messages"][:-1], max_new_tokens).text for row in rows]
 
 
 def _resume_step(out: Path) -> int:
@@ -379,8 +377,9 @@ def convert(
             "weights_sha256": weights_sha256(model)}
     data_sha256 = rows_sha256(train_rows)
     faded = faded_step()
-    refit = config.readout_rows > 0 and _resume_step(out) <= faded < config.steps
-    needed, readout_ids = _rows_to_cache(config, len(train_rows), _resume_step(out), refit)
+    resumes_at = _resume_step(out)
+    refit = config.readout_rows > 0 and resumes_at <= faded < config.steps
+    needed, readout_ids = _rows_to_cache(config, len(train_rows), resumes_at, refit)
     # One pass per row through the frozen layers (on the stock model), reused every epoch; only
     # the rows this run trains on.
     validation = [cache_prefix(model, chat_pass(tokenizer, row["messages"]), tail.start) for row in validation_rows]
@@ -391,7 +390,7 @@ def convert(
         if caching is not None:
             caching(i + 1, len(needed))
     validation_before = mean_loss(model, validation, tail.start)
-    answers_before = validation_answers(model, tokenizer, validation_rows)
+    answers_before = greedy_replies(model, tokenizer, validation_rows)
 
     block = install(model, layer, config.beta, alpha=1.0)
     key = _resume_key(config, base, data_sha256, layer)
@@ -417,14 +416,15 @@ def convert(
     block.alpha = alpha_at(config.steps)
     if block.alpha > 0:
         log.warning("QFt stopped at alpha %.3f: QF2 applies to a fully converted layer (>= %d steps)", block.alpha, faded)
-    answers_after = validation_answers(model, tokenizer, validation_rows)
+    answers_after = greedy_replies(model, tokenizer, validation_rows)
     result = QFtResult(
         out=str(out), base=base, layer=layer, beta=config.beta, alpha=block.alpha, steps=config.steps,
         data_sha256=data_sha256, train_loss=sum(losses) / len(losses) if losses else None,
         validation_loss=mean_loss(model, validation, tail.start), validation_loss_before=validation_before,
         seconds=time.perf_counter() - start_time, readout_error=readout_error, readout_tokens=readout_tokens,
-        validation_answers=[{**before, "answer_before": before.pop("answer"), "answer": after["answer"]}
-                            for before, after in zip(answers_before, answers_after)],
+        validation_answers=[{"messages": row["messages"][:-1], "expected": row["messages"][-1]["content"],
+                             "answer_before": before, "answer": after}
+                            for row, before, after in zip(validation_rows, answers_before, answers_after)],
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

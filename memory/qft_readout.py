@@ -15,7 +15,7 @@ solved once, in float64 (Cholesky), over the tokens of the first training rows. 
 (layer 20, 16k tokens of company_iqa) this alone reproduces the stock layer's output to 4.5%
 (relative Frobenius error) before any further training; see docs/QF2.md.
 
-Pure math (``readout_solve``) apart from running the model (``firing_and_targets``).
+Pure math (``Normal``, ``readout_solve``) apart from running the model (``mlp_input``, ``fit_readout``).
 """
 
 from __future__ import annotations
