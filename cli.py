@@ -14,7 +14,8 @@ import warnings
 import click
 
 from bench.commands import bench
-from cli_options import USER_ERRORS, db_option, emit, json_option, model_options, user_errors
+from cli_options import (USER_ERRORS, db_option, emit, json_option, model_options, solver_settings, tqdm_progress,
+                         user_errors)
 
 log = logging.getLogger("qf")
 
@@ -36,7 +37,8 @@ def _setup_logging(verbose: int) -> None:
 def _ledger(db, model_name, device, dtype, layer, system, **extra):
     from agent.session import open_ledger
 
-    return open_ledger(db, model_name, device, dtype, layer, system, **extra)
+    return open_ledger(db, model_name, device, dtype, layer, system, solver=solver_settings(),
+                       progress=tqdm_progress(), **extra)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,6 +105,8 @@ def learn(instruction, query, answer, significance, method, lr, model_name, devi
         "method": method, "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
         "timings": result.timings,
     }
+    if method == "qf":
+        data["solver"] = {"preserve": editor.config.preserve, "auto_significance": editor.config.auto_significance}
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
                          f"answer written: {result.answer}\nclosed-book now: {result.verification}")
 
@@ -147,7 +151,7 @@ def facts_show(fact_id, db, as_json):
     data = _fact_dict(store.fact(fact_id))
     data["edits"] = [{"id": e.id, "checkpoint_id": e.checkpoint_id, "seq": e.seq, "method": e.method, "layer": e.layer,
                       "parameter": e.parameter, "delta_norm": e.delta_norm, "rank": e.rank,
-                      "verification": e.verification, "hash": e.hash} for e in store.edits_of_fact(fact_id)]
+                      "hyperparams": e.hyperparams, "verification": e.verification, "hash": e.hash} for e in store.edits_of_fact(fact_id)]
     lines = [f"#{data['id']} [{data['status']}] {data['instruction']}", f"  query:        {data['query']}",
              f"  answer:       {data['answer']}", f"  significance: {data['significance']}"]
     for e in data["edits"]:
@@ -359,7 +363,8 @@ def chat(session_id, new, extractor, model_name, device, dtype, layer, system, d
     from agent.terminal import run_chat
 
     run_chat(db=db, model=model_name, device=device, dtype=dtype, layer=layer, system=system,
-             session_id=None if new else session_id, extractor_spec=extractor)
+             session_id=None if new else session_id, extractor_spec=extractor, solver=solver_settings(),
+             progress=tqdm_progress())
 
 
 @main.group()

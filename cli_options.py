@@ -22,11 +22,25 @@ def model_options(fn):
                   help="Model dtype (the edited matrix is always float32).")
     @click.option("--layer", type=int, default=None, help="Decoder layer to edit (default: the last; the paper used 23 of 28).")
     @click.option("--system", default=None, help="System prompt of the chat (default: the chat template's own).")
+    @click.option("--preserve", type=click.FloatRange(min=0), envvar="QF_PRESERVE", default=None,
+                  help="QF: strength of the K0-preserving solve (0 = the paper's minimum-norm rule; "
+                       "default: see README). [env QF_PRESERVE]")
+    @click.option("--auto-significance/--all-rows", "auto_significance", envvar="QF_AUTO_SIGNIFICANCE", default=None,
+                  help="QF: drop the rows the model already predicts without the fact / constrain every row "
+                       "(default: see README). [env QF_AUTO_SIGNIFICANCE]")
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, preserve=None, auto_significance=None, **kwargs):
+        solver = {"preserve": preserve, "auto_significance": auto_significance}
+        click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def solver_settings() -> dict:
+    """The QF solver settings given on this command line (--preserve, --auto-significance), as
+    EditorConfig fields; the library's defaults for those not given."""
+    return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 
 def db_option(fn):
@@ -63,4 +77,23 @@ def make_editor(model_name, device, dtype, layer, system):
     from memory.loading import load_model
 
     loaded = load_model(model_name, device=device, dtype=dtype)
-    return QFEditor(loaded, EditorConfig(layer=layer, system=system))
+    return QFEditor(loaded, EditorConfig(layer=layer, system=system, **solver_settings()), progress=tqdm_progress())
+
+
+def tqdm_progress(enabled: bool = True):
+    """A progress factory for the library, (description, total) -> update(n), drawing tqdm bars on stderr."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    def progress(description: str, total: int):
+        bar = tqdm(total=total, desc=description, disable=not enabled, file=sys.stderr, leave=True)
+
+        def update(n: int = 1) -> None:
+            bar.update(n)
+            if bar.n >= bar.total:
+                bar.close()
+
+        return update
+
+    return progress

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,8 +55,8 @@ class Learned:
 
 
 class LedgerEditor:
-    def __init__(self, store: Store, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
-        self.store, self.loaded, self.config = store, loaded, config
+    def __init__(self, store: Store, loaded: LoadedModel, config: EditorConfig = EditorConfig(), progress=None):
+        self.store, self.loaded, self.config, self.progress = store, loaded, config, progress
         self.editors: dict[int, QFEditor] = {}
         self.current = self._editor(config.layer)
         # QF2 on the converted layer, where the model was converted by QFt (memory.qf2_block).
@@ -66,13 +66,12 @@ class LedgerEditor:
 
     # --- layers -----------------------------------------------------------------------
     def _config(self, layer: int | None) -> EditorConfig:
-        return EditorConfig(layer=layer, ridge=self.config.ridge, lr=self.config.lr, system=self.config.system,
-                            max_answer_tokens=self.config.max_answer_tokens, verify_tokens=self.config.verify_tokens)
+        return replace(self.config, layer=layer)
 
     def _editor(self, layer: int | None) -> QFEditor:
         probe = QFEditor.layer_for(self.loaded.model, layer)
         if probe not in self.editors:
-            self.editors[probe] = QFEditor(self.loaded, self._config(probe))
+            self.editors[probe] = QFEditor(self.loaded, self._config(probe), progress=self.progress)
         return self.editors[probe]
 
     def _qf2_editor(self) -> QF2Editor:
@@ -100,6 +99,7 @@ class LedgerEditor:
             by_layer.setdefault(edit.layer, []).append(edit)
         for layer in by_layer:
             self._editor(layer)
+        self._warn_on_other_solver(active)
         for layer, editor in self.editors.items():
             wanted = {edit.id: edit for edit in by_layer.get(layer, [])}
             changed = False
@@ -117,6 +117,15 @@ class LedgerEditor:
         seconds = time.perf_counter() - start
         log.info("weights rebuilt from %d active edits in %.2fs", len(active), seconds)
         return seconds
+
+    def _warn_on_other_solver(self, active) -> None:
+        """The weights are the joint solve of the active facts under *this* process's solver
+        settings; say so when facts were recorded under others (they are re-solved, not lost)."""
+        now = {"preserve": self.config.preserve, "auto_significance": self.config.auto_significance}
+        other = [e.id for e in active if e.hyperparams.get("preserve", 0.0) != now["preserve"]]
+        if other:
+            log.warning("%d active edit(s) were solved with another --preserve than %s (e.g. edit %d); the "
+                        "weights are re-solved with %s", len(other), now["preserve"], other[0], now["preserve"])
 
     def _sync_qf2(self) -> None:
         """QF2 deltas stack: the weight is W0 + the active edits' stored factors (no capture)."""
@@ -153,7 +162,8 @@ class LedgerEditor:
                 hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta}
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
-                hyperparams = {"ridge": editor.config.ridge}
+                hyperparams = {"ridge": editor.config.ridge, "preserve": editor.config.preserve,
+                               "auto_significance": editor.config.auto_significance}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
                 "significance": rows.significance.tolist(), "source": source or {},

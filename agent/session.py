@@ -26,9 +26,12 @@ def open_store(db: str | None = None) -> Store:
 def open_ledger(
     db: str | None = None, model: str | None = None, device: str = "auto", dtype: str = "auto",
     layer: int | None = None, system: str | None = None, store: Store | None = None, lr: float | None = None,
+    solver: dict | None = None, progress=None,
 ) -> LedgerEditor:
-    """Load the model once and rebuild its weights from the ledger's active facts."""
+    """Load the model once and rebuild its weights from the ledger's active facts.
+
+    ``solver``: QF solver settings (EditorConfig fields: preserve, auto_significance) over the defaults."""
     store = store or open_store(db)
     loaded = load_model(model, device=device, dtype=dtype)
-    config = EditorConfig(layer=layer, system=system)
-    return LedgerEditor(store, loaded, config if lr is None else replace(config, lr=lr))
+    config = EditorConfig(layer=layer, system=system, **(solver or {}))
+    return LedgerEditor(store, loaded, config if lr is None else replace(config, lr=lr), progress=progress)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cli_options import make_editor, emit, json_option, model_options, user_errors
+from cli_options import emit, json_option, make_editor, model_options, solver_settings, tqdm_progress, user_errors
 
 
 @click.group()
@@ -38,7 +38,7 @@ def bench_paper(method, paper_layer, lr, model_name, device, dtype, layer, syste
     from memory.qf2_editor import QF2Editor
 
     loaded = load_model(model_name, device=device, dtype=dtype)
-    config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system)
+    config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver_settings())
     config = config if lr is None else replace(config, lr=lr)
     editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
     steps = run_paper_protocol(editor, PROTOCOLS[method])
@@ -72,26 +72,10 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
     from bench.edits import METHODS
 
     names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n.partition("@")[0] not in METHODS]
     if unknown or not names:
         raise click.BadParameter(f"choose from {', '.join(METHODS)} (comma-separated), not {value!r}")
     return names
-
-
-def _tqdm_progress(enabled: bool):
-    from tqdm.auto import tqdm
-
-    def progress(description: str, total: int):
-        bar = tqdm(total=total, desc=description, file=sys.stderr, disable=not enabled, leave=True)
-
-        def update(n: int = 1):
-            bar.update(n)
-            if bar.n >= bar.total:
-                bar.close()
-
-        return update
-
-    return progress
 
 
 def plot_curves(result: dict, path: str) -> None:
@@ -130,7 +114,9 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--limit", type=int, default=100, show_default=True, help="Number of edits N (well-formed records).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Index of the first record.")
 @click.option("--method", "methods", default="qf", show_default=True, callback=_methods,
-              help="Comma-separated methods: qf, ft (FT-L), icl (in context).")
+              help="Comma-separated methods: qf (the default solver), qf-paper (the paper's rule), qf-auto, "
+                   "qf-preserve[@P], qf-auto-preserve[@P] (issue-7 options; P = preserve strength), "
+                   "ft (FT-L), icl (in context).")
 @click.option("--template", type=click.Choice(["auto", "plain", "chat"]), default="auto", show_default=True,
               help="How edits are posed (auto: plain for CounterFact, chat for zsRE).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Facts per consolidation.")
@@ -157,7 +143,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
     editor = make_editor(model_name, device, dtype, layer, system)
     loaded = editor.loaded
     result = run_benchmark(editor, cases, template=template, methods=methods, batch=batch, eval_every=eval_every,
-                           gen_tokens=gen_tokens, ft_steps=ft_steps, ft_lr=ft_lr, progress=_tqdm_progress(progress))
+                           gen_tokens=gen_tokens, ft_steps=ft_steps, ft_lr=ft_lr, progress=tqdm_progress(progress))
     result["config"] = {
         "data": str(Path(data_path).resolve()), "family": family, "template": template, "model": loaded.name,
         "layer": editor.layer, "device": str(loaded.device), "dtype": str(next(loaded.model.parameters()).dtype),
@@ -192,7 +178,8 @@ def bench_extraction(model_name, device, dtype, layer, system, as_json):
     from bench.extraction_set import LABELLED
 
     with tempfile.TemporaryDirectory() as tmp:  # a throwaway ledger: nothing learned here
-        ledger = open_ledger(f"sqlite:///{tmp}/extraction.db", model_name, device, dtype, layer, system)
+        ledger = open_ledger(f"sqlite:///{tmp}/extraction.db", model_name, device, dtype, layer, system,
+                             solver=solver_settings())
         extractor = ChatModelExtractor(QFChatModel(ledger=ledger))
         with tqdm(total=len(LABELLED), desc="detecting", disable=as_json, file=sys.stderr) as bar:
             report = measure(lambda m: extractor.extract(m, []), progress=bar.update)

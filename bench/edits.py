@@ -20,7 +20,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,26 +30,30 @@ from bench.datasets import EditCase, Poser, instruction_for, right_padded
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.fact import Fact, FactRows
-from memory.generate import cached_forward
+from memory.generate import greedy_batch
+from memory.preserve import DEFAULT_PRESERVE, Progress
 from memory.prompts import Pass
 
-METHODS = ("qf", "ft", "icl")
-Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
+METHODS = ("qf", "qf-paper", "qf-auto", "qf-preserve", "qf-auto-preserve", "ft", "icl")
+# The QF solver's options per variant (issue 7); "qf" is the editor's own configuration (the
+# defaults, or the CLI's flags). A preserve variant takes its strength after "@" ("qf-preserve@100"),
+# else the editor's, else memory.preserve.DEFAULT_PRESERVE.
+QF_VARIANTS = {"qf-paper": (False, False), "qf-auto": (True, False), "qf-preserve": (False, True),
+               "qf-auto-preserve": (True, True)}
 
 
 # --- QF --------------------------------------------------------------------------------
-def _capture(editor: QFEditor, prompt: list[int], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """U (down_proj input) and V (residual entering the MLP) at the rows predicting ``target``."""
-    ids = torch.tensor([prompt + target[:-1]])  # the last target is only predicted, never fed
-    return editor.capture_pass(Pass(ids, len(prompt), tuple(target)))
+def _pass(poser: Poser, prompt: list[int], target: list[int]) -> Pass:
+    """Prompt + target tokens; its rows predict ``target`` (the last target is never fed)."""
+    return Pass(torch.tensor([prompt + target[:-1]]), len(prompt), tuple(target))
 
 
 def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
     """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt."""
     target = poser.answer_ids(case.target_new)
-    U, V = _capture(editor, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
-    U_plain, V_plain = _capture(editor, poser.prompt_ids(case.prompt), target)
-    return FactRows(case.target_new, tuple(target), U, V, U_plain, V_plain, torch.ones(len(target), dtype=torch.float64))
+    instructed = _pass(poser, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
+    plain = _pass(poser, poser.prompt_ids(case.prompt), target)
+    return editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64))
 
 
 class QFMethod(EditMethod):
@@ -82,9 +86,30 @@ class QFMethod(EditMethod):
         self.editor.rebuild()
 
 
-def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4) -> EditMethod:
+def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None) -> QFEditor:
+    """The editor for a QF variant name: ``editor`` itself for "qf", else one configured as named."""
     if name == "qf":
-        return QFMethod(editor, poser)
+        return editor
+    base, _, strength = name.partition("@")
+    if base not in QF_VARIANTS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    auto, preserve = QF_VARIANTS[base]
+    if strength and not preserve:
+        raise ValueError(f"{base} takes no strength; only the preserve variants do (qf-preserve@100)")
+    try:
+        p = float(strength) if strength else (editor.config.preserve or DEFAULT_PRESERVE)
+    except ValueError:
+        raise ValueError(f"the strength after '@' in {name!r} is not a number") from None
+    config = replace(editor.config, auto_significance=auto, preserve=p if preserve else 0.0)
+    return QFEditor(editor.loaded, config, progress=progress)
+
+
+def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4,
+                progress: Progress | None = None) -> EditMethod:
+    if name.startswith("qf"):
+        method = QFMethod(qf_variant(name, editor, progress), poser)
+        method.name = name
+        return method
     if name == "ft":
         return FineTune(editor.model, poser, editor.parameter, editor.joint.W0, steps=ft_steps, lr=ft_lr)
     if name == "icl":
@@ -127,33 +152,6 @@ def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], conte
                    logits_to_keep=torch.tensor(keep, device=device)).logits
     return {k: M.token_scores(logits[i, [where[r] for r in rows[i]]].cpu(), cont)
             for i, (k, (_, cont)) in enumerate(tokens.items())}
-
-
-@torch.no_grad()
-def greedy_batch(model, prompts: list[list[int]], stops: list[int], max_new_tokens: int, pad_id: int) -> list[tuple[int, ...]]:
-    """Greedy continuations of left-padded prompts with a KV cache (stop token excluded)."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out_tokens: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    past = None
-    for _ in range(max_new_tokens):
-        out, past = cached_forward(model, past, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                   logits_to_keep=1)
-        nxt = out.logits[:, -1].argmax(-1)
-        for i, token in enumerate(nxt.tolist()):
-            if not done[i]:
-                done[i] = token in stops
-                if not done[i]:
-                    out_tokens[i].append(token)
-        if all(done):
-            break
-        ids, positions = nxt[:, None], positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-    return [tuple(t) for t in out_tokens]
 
 
 def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int) -> CaseEval:
@@ -260,7 +258,7 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
     # neighborhood_unchanged are 1 by definition.
     results, records = {}, {}
     for name in methods:
-        method = make_method(name, editor, poser, ft_steps, ft_lr)
+        method = make_method(name, editor, poser, ft_steps, ft_lr, progress)
         results[name], records[name] = run_method(editor, poser, method, cases, pre, batch, eval_every, gen_tokens, progress)
     out_cases = []
     for i, case in enumerate(cases):

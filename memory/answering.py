@@ -26,6 +26,8 @@ class ConsolidationError(ValueError):
 class EditorConfig:
     layer: int | None = None  # QF: None = the architecture default (the last layer); QF2: the converted one
     ridge: float = DEFAULT_RIDGE  # relative ridge of the QF solve, see memory.qf
+    preserve: float = 0.0  # QF: strength p of the K0-preserving metric (0 = the paper's identity norm), memory.qf
+    auto_significance: bool = False  # QF: drop rows the plain pass already predicts, memory.fact.auto_significance
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer

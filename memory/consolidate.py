@@ -3,6 +3,12 @@
 ``QFEditor`` owns the edited matrix of one loaded model. The live weight is always
 ``W0 + dW(all active facts)``, re-solved jointly from W0 (memory.joint); it is kept in float32
 whatever the model's dtype. Computing never mutates the model; only ``_write`` does.
+
+Issue-7 options (EditorConfig): ``preserve`` > 0 solves in the K0-preserving metric, whose key
+covariance is collected when the first fact is solved (from the model at its base weights: edits
+at lower layers would leak into the keys) and cached (memory.preserve); ``auto_significance`` runs the plain pass to the end and drops the rows it
+already predicts (memory.fact.auto_significance). The significance actually used is part of
+the fact's rows, so the ledger's rebuild and undo stay exact.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import torch
 
 from memory import architecture as arch
 from memory.capture import Capture
-from memory.delta import LowRankDelta, NonFiniteDeltaError
+from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
 from memory.fact import Fact, FactRows, significance_vector
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
+from memory.fact import auto_significance
 from memory.loading import LoadedModel
+from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance
 from memory.prompts import Pass, build_pass, instructed_system
 
 log = logging.getLogger(__name__)
@@ -30,7 +38,7 @@ Recorder = Callable[[Hashable, FactRows, LowRankDelta], Hashable]
 
 
 class QFEditor(Answering):
-    def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig()):
+    def __init__(self, loaded: LoadedModel, config: EditorConfig = EditorConfig(), progress: Progress | None = None):
         super().__init__(loaded, config)
         model = loaded.model
         self.layer = self.layer_for(model, config.layer)
@@ -38,9 +46,12 @@ class QFEditor(Answering):
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
         keep_float32(model, self.down_name)
-        self.joint = JointQF(
-            model.get_parameter(self.parameter), self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge
-        )
+        W0 = model.get_parameter(self.parameter)
+        metric = None
+        if config.preserve > 0:
+            sha = tensor_sha256(W0.detach().float().cpu())
+            metric = LazyMetric(config.preserve, lambda: self._metric(sha, progress))
+        self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric)
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
 
@@ -49,16 +60,35 @@ class QFEditor(Answering):
         """The layer an editor with ``layer`` edits: the given one (checked) or the default."""
         return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
 
+    def _metric(self, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
+        """The preserving metric of this layer, from the cached key covariance (collected once)."""
+        C = key_covariance(self.loaded, self.layer, self.down_name, self.config.system, weights_sha256, progress)
+        return PreservingMetric(C.to(self.loaded.device), self.config.preserve)
+
     # --- computing (never mutates the model) --------------------------------------------
-    def capture_pass(self, p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass, stopped after layer L's down_proj input: rows of (U, V)."""
+    def capture_pass(self, p: Pass, predict: bool = False) -> tuple[torch.Tensor, ...]:
+        """One forward pass: rows of (U, V) at layer L's down_proj. Stopped after it, unless
+        ``predict``: then run to the end and also return the top-1 token at each row."""
         self._check_length(p)
-        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
-            cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False)
+        with Capture(self.model, [self.norm_name, self.down_name], stop=not predict) as cap:
+            out = cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False,
+                          **({"logits_to_keep": len(p.targets)} if predict else {}))
         rows = p.rows.to(cap.inputs[self.down_name].device)
         U = cap.inputs[self.down_name][0, rows].float().cpu()
         V = cap.inputs[self.norm_name][0, rows].float().cpu()
-        return U, V
+        if not predict:
+            return U, V
+        return U, V, out.logits[0, -len(p.targets):].argmax(-1).cpu()  # the rows are the last positions
+
+    def capture_rows(self, instructed: Pass, plain: Pass, answer: str, significance: torch.Tensor) -> FactRows:
+        """The two teacher-forced passes over the same targets; auto significance if configured."""
+        U, V = self.capture_pass(instructed)
+        if self.config.auto_significance:
+            U_plain, V_plain, predicted = self.capture_pass(plain, predict=True)
+            significance = auto_significance(predicted, plain.targets, significance)
+        else:
+            U_plain, V_plain = self.capture_pass(plain)
+        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes)."""
@@ -66,10 +96,7 @@ class QFEditor(Answering):
         system = self.config.system
         instructed = build_pass(self.tokenizer, fact.query, answer, instructed_system(fact.instruction, system))
         plain = build_pass(self.tokenizer, fact.query, answer, system)
-        significance = significance_vector(fact.significance, len(plain.targets) - 1)
-        U, V = self.capture_pass(instructed)
-        U_plain, V_plain = self.capture_pass(plain)
-        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
+        return self.capture_rows(instructed, plain, answer, significance_vector(fact.significance, len(plain.targets) - 1))
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()

@@ -59,3 +59,16 @@ def significance_vector(significance: tuple[float, ...] | None, num_answer_token
     if not any(v > 0 for v in values):
         raise ValueError("all significance weights are 0: the fact would constrain nothing")
     return torch.tensor(values, dtype=torch.float64)
+
+
+def auto_significance(predicted: torch.Tensor, targets: tuple[int, ...], given: torch.Tensor) -> torch.Tensor:
+    """Keep the rows that carry the fact: a row whose plain pass already predicts its target
+    (teacher forced, greedy) gets weight 0, the others keep their given weight.
+
+    predicted (T,) the plain pass's top-1 token at each row; targets the T target tokens;
+    given (T,) the weights before. If no row would remain, the fact is one the model already
+    answers: all given weights are kept, so the fact is still written (and held in place).
+    """
+    missed = predicted.cpu() != torch.tensor(targets, dtype=predicted.dtype)
+    weights = given.double() * missed.double()
+    return weights if bool((weights > 0).any()) else given.double().clone()

@@ -62,6 +62,33 @@ def greedy_tokens(model, prompt: list[int], stops: list[int], max_new_tokens: in
         ids = torch.tensor([[token]], device=device)
 
 
+@torch.no_grad()
+def greedy_batch(model, prompts: list[list[int]], stops: list[int], max_new_tokens: int, pad_id: int) -> list[tuple[int, ...]]:
+    """Greedy continuations of left-padded prompts with a KV cache (stop token excluded)."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out_tokens: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    past = None
+    for _ in range(max_new_tokens):
+        out, past = cached_forward(model, past, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1)
+        for i, token in enumerate(nxt.tolist()):
+            if not done[i]:
+                done[i] = token in stops
+                if not done[i]:
+                    out_tokens[i].append(token)
+        if all(done):
+            break
+        ids, positions = nxt[:, None], positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return [tuple(t) for t in out_tokens]
+
+
 def _answer(tokenizer, prompt: list[int], model, max_new_tokens: int) -> Answer:
     stops = stop_ids(tokenizer)
     new = list(greedy_tokens(model, prompt, stops, max_new_tokens))

@@ -5,6 +5,9 @@ U'_f, and the Gram matrix of all plain keys, grown and shrunk block by block. Ad
 removing a fact is then O(T_f * T * D); a re-solve is a T x T Cholesky plus N x T work, with no
 forward pass. The result does not depend on the order facts were added, and removing a fact
 gives exactly the solve that never saw it.
+
+With a preserving metric (memory.preserve) each fact also keeps Z_f^T = (M^{-1} U'_f)^T, the
+Gram matrix is U'^T M^{-1} U', and the right factor of the delta is Z^T instead of U'^T.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ import torch
 
 from memory.delta import LowRankDelta, tensor_sha256
 from memory.fact import FactRows
+from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 
 
 class JointQF:
-    def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None, ridge: float = DEFAULT_RIDGE):
+    def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
+                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
         self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
+        self.metric = metric  # None: the identity norm, the paper's rule
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
         self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
         self._sig: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64
+        self._Z: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64, M^{-1} U'_f as rows (metric only)
         self._gram = torch.zeros(0, 0, dtype=torch.float64)  # over all rows, in key order
 
     def __len__(self) -> int:
@@ -53,10 +60,12 @@ class JointQF:
         self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float64)
         self._sig[key] = rows.significance.double().cpu()
         new = self._U_plain[key]
+        if self.metric is not None:
+            self._Z[key] = new = self.metric.keys(new).cpu()
         # Block by block (no re-stacking of all keys): O(T_f * T * D) per added fact.
         blocks = [self._U_plain[k] @ new.T for k in self._keys]
         cross = torch.cat(blocks) if blocks else torch.zeros(0, new.shape[0], dtype=torch.float64)
-        own = new @ new.T
+        own = self._U_plain[key] @ new.T
         self._gram = torch.cat([torch.cat([self._gram, cross], 1), torch.cat([cross.T, own], 1)], 0)
         self._keys.append(key)
 
@@ -68,14 +77,16 @@ class JointQF:
         self._gram = self._gram[keep][:, keep]
         self._keys.remove(key)
         del self._R[key], self._U_plain[key], self._sig[key]
+        self._Z.pop(key, None)
 
     def rename(self, old: Hashable, new: Hashable) -> None:
         """Give a fact a new key (e.g. its ledger id once recorded); the solve is unchanged."""
         if new in self._R:
             raise KeyError(f"fact {new!r} is already in the joint solve")
         self._keys[self._keys.index(old)] = new
-        for table in (self._R, self._U_plain, self._sig):
-            table[new] = table.pop(old)
+        for table in (self._R, self._U_plain, self._sig, self._Z):
+            if old in table:
+                table[new] = table.pop(old)
 
     def _span(self, key: Hashable) -> tuple[int, int]:
         start = 0
@@ -95,11 +106,17 @@ class JointQF:
             R = torch.cat([self._R[k] for k in self._keys], 1)
             sig = torch.cat([self._sig[k] for k in self._keys])
             U_plain = torch.cat([self._U_plain[k] for k in self._keys]).T  # (D, T)
-            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram)
+            Z = torch.cat([self._Z[k] for k in self._keys]).T if self.metric is not None else None
+            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram, Z=Z)
         return LowRankDelta(
             left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
-            model=self.model, layer=self.layer, metadata={"method": "qf", "facts": str(len(self._keys))},
+            model=self.model, layer=self.layer, metadata={"method": "qf", "facts": str(len(self._keys)), **self.solver},
         )
+
+    @property
+    def solver(self) -> dict[str, str]:
+        """The solve's settings, as recorded with each edit."""
+        return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0)}
 
     def share(self, delta: LowRankDelta, key: Hashable) -> LowRankDelta:
         """One fact's part of a joint delta (its columns of left, rows of right); shares sum to dW."""

@@ -31,10 +31,25 @@ independent rows are met to better than 1e-6 relative (tested), while duplicated
 rows (the same fact twice) stay finite instead of exploding.  Everything is float64; the
 system is solved by Cholesky, never an explicit inverse.
 
+Preserving what the model knows (issue 7). The identity norm ``||dW||_F`` treats every
+direction of the key space alike, though the matrix mostly sees a few. Given the covariance
+``C = K0 K0^T / n`` of the keys K0 it sees on generic text (memory.preserve), we minimize instead
+
+    ||dW||_F^2 + p ||dW K0||_F^2 / (n c)   =  tr(dW M dW^T),    M = I + p C / c,   c = tr(C) / D
+
+(c makes p dimensionless; p = 0 is the paper's rule). The solution has the same shape with the
+keys replaced by ``Z = M^{-1} U'`` (D, T):
+
+    dW = R S (S G S + lam I)^{-1} S Z^T,      G = U'^T M^{-1} U' = U'^T Z
+
+so the rows are met exactly as before, the update is still rank T, and the joint solve, undo and
+order independence carry over unchanged (Z, like U', is computed upstream of W). As p grows the
+update is pushed into the directions K0 does not use (AlphaEdit's null space, softly).
+
 Because U, V, U', V' are computed *upstream* of W, editing W does not change them: all facts
 are solved jointly from W0 over their stacked rows, order-independently, and undo is exact
 (drop the fact's rows, re-solve).  The joint delta is kept as factors
-``left = R S (S G S + lam I)^{-1} S`` (N, T) and ``right = U'^T`` (T, D), so one fact's share is
+``left = R S (S G S + lam I)^{-1} S`` (N, T) and ``right = Z^T`` (T, D; ``U'^T`` when p = 0), so one fact's share is
 ``left[:, rows_f] @ right[rows_f]`` and the shares sum to dW.
 """
 
@@ -54,10 +69,10 @@ def qf_residual(W: torch.Tensor, U: torch.Tensor, V: torch.Tensor, U_plain: torc
     return (V.double() - V_plain.double()) - W64 @ (U_plain.double() - U.double())
 
 
-def qf_gram(U_plain: torch.Tensor) -> torch.Tensor:
-    """G = U'^T U'  -> (T, T), float64."""
+def qf_gram(U_plain: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
+    """G = U'^T Z  -> (T, T), float64; Z = M^{-1} U' (D, T), U' itself for the identity metric."""
     U64 = U_plain.double()
-    return U64.T @ U64
+    return U64.T @ (U64 if Z is None else Z.double())
 
 
 def qf_solve(
@@ -66,12 +81,14 @@ def qf_solve(
     significance: torch.Tensor | None = None,
     ridge: float = DEFAULT_RIDGE,
     gram: torch.Tensor | None = None,
+    Z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimum-norm dW with dW U' = R (weighted ridge, see module doc) as (left, right).
 
-    R (N, T); U_plain (D, T); significance (T,) >= 0; gram: a precomputed U'^T U' (T, T).
-    Returns left (N, T) float64 and right = U'^T (T, D) in U_plain's dtype; dW = left @ right.
-    Rows with significance 0 get a zero column in ``left``.
+    R (N, T); U_plain (D, T); significance (T,) >= 0; Z = M^{-1} U' (D, T) for a preserving
+    metric (None: the identity, the paper's rule); gram: a precomputed U'^T Z (T, T).
+    Returns left (N, T) float64 and right = Z^T (T, D) (U'^T, in U_plain's dtype, without Z);
+    dW = left @ right. Rows with significance 0 get a zero column in ``left``.
     """
     T = U_plain.shape[1]
     if R.shape[1] != T:
@@ -81,7 +98,7 @@ def qf_solve(
     s = torch.ones(T, dtype=torch.float64) if significance is None else significance.double().to(R.device)
     if s.shape != (T,) or bool((s < 0).any()):
         raise ValueError("significance must be T non-negative weights")
-    G = qf_gram(U_plain) if gram is None else gram.double()
+    G = qf_gram(U_plain, Z) if gram is None else gram.double()
     keep = s > 0
     left = torch.zeros(R.shape[0], T, dtype=torch.float64, device=R.device)
     if bool(keep.any()):
@@ -93,7 +110,7 @@ def qf_solve(
         L = torch.linalg.cholesky(Gs)
         rhs = (R.double()[:, keep] * sk[None, :]).T  # (t, N)
         left[:, keep] = torch.cholesky_solve(rhs, L).T * sk[None, :]
-    return left, U_plain.T
+    return left, (U_plain if Z is None else Z).T
 
 
 def qf_delta(W, U, V, U_plain, V_plain, significance=None, ridge: float = DEFAULT_RIDGE) -> torch.Tensor:

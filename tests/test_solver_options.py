@@ -1,0 +1,214 @@
+"""Issue 7's solver options on tiny random models: the K0-preserving metric and automatic significance."""
+
+import torch
+
+from memory.consolidate import EditorConfig, QFEditor
+from memory.fact import Fact, FactRows, auto_significance
+from memory.joint import JointQF
+from memory.capture import Capture
+from memory.preserve import PreservingMetric, collect_covariance
+from memory.qf import qf_residual, qf_solve
+
+N, D = 12, 40
+
+
+def structured_keys(n=400, used=8, seed=0):
+    """Keys K0 (D, n) that live mostly in ``used`` directions, as a matrix's keys do."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))[0]
+    scale = torch.full((D,), 0.05, dtype=torch.float64)
+    scale[:used] = 3.0
+    return basis @ (scale[:, None] * torch.randn(D, n, generator=g, dtype=torch.float64))
+
+
+def fact_case(T=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return r(N, D), r(D, T), r(N, T), r(D, T), r(N, T)
+
+
+def test_preserving_solve_meets_the_rows_and_moves_W_K0_less_than_the_plain_solve():
+    K0 = structured_keys()
+    metric = PreservingMetric(K0 @ K0.T / K0.shape[1], strength=100.0)
+    W, U, V, Up, Vp = fact_case()
+    R = qf_residual(W, U, V, Up, Vp)
+    left, right = qf_solve(R, Up)
+    plain = left @ right
+    left, right = qf_solve(R, Up, Z=metric.keys(Up.T).T)
+    preserving = left @ right
+    for dW in (plain, preserving):  # both meet every row of the fact
+        assert ((dW @ Up - R).norm() / R.norm()) < 1e-6
+    assert (preserving @ K0).norm() < 0.5 * (plain @ K0).norm()
+    assert preserving.norm() > plain.norm()  # the price: a larger change in directions K0 does not use
+    assert torch.linalg.matrix_rank(preserving) <= Up.shape[1]
+
+
+def test_strength_zero_is_the_papers_rule():
+    K0 = structured_keys()
+    W, U, V, Up, Vp = fact_case()
+    R = qf_residual(W, U, V, Up, Vp)
+    left0, right0 = qf_solve(R, Up)
+    left, right = qf_solve(R, Up, Z=PreservingMetric(K0 @ K0.T, strength=0.0).keys(Up.T).T)
+    assert torch.allclose(left0 @ right0.double(), left @ right, atol=1e-10)
+
+
+def rows(T, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return FactRows("a", tuple(range(T)), r(T, D), r(T, N), r(T, D), r(T, N), torch.ones(T, dtype=torch.float64))
+
+
+def test_preserving_joint_solve_is_order_independent_and_undo_is_exact():
+    K0 = structured_keys()
+    metric = PreservingMetric(K0 @ K0.T / K0.shape[1], strength=50.0)
+    W0 = torch.randn(N, D)
+    facts = [(i, rows(3, seed=i)) for i in range(4)]
+
+    def joint(items):
+        j = JointQF(W0, "w", metric=metric)
+        for key, r in items:
+            j.add(key, r)
+        return j
+
+    forward, backward = joint(facts), joint(facts[::-1])
+    assert (forward.solve().dense() - backward.solve().dense()).abs().max() < 1e-10
+    delta = forward.solve()
+    assert (sum(forward.share(delta, k).dense() for k in forward.keys) - delta.dense()).abs().max() < 1e-10
+    forward.remove(2)
+    never = joint([f for f in facts if f[0] != 2])
+    assert (forward.solve().dense() - never.solve().dense()).abs().max() < 1e-12
+    assert forward.solve().metadata["preserve"] == "50.0"
+
+
+def test_auto_significance_drops_exactly_the_rows_already_predicted():
+    targets = (5, 6, 7, 8)
+    predicted = torch.tensor([5, 9, 7, 1])  # rows 0 and 2 are already right
+    given = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    assert auto_significance(predicted, targets, given).tolist() == [0.0, 2.0, 0.0, 4.0]
+    # a fact the model already answers keeps its rows (it is still written, and held in place)
+    assert auto_significance(torch.tensor(targets), targets, given).tolist() == given.tolist()
+    # a row the user dropped stays dropped
+    assert auto_significance(predicted, targets, torch.tensor([1.0, 0.0, 1.0, 1.0])).tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_editor_with_auto_significance_records_the_plain_passes_misses(tiny_qwen):
+    fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.")
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, auto_significance=True))
+    r = editor.capture(fact)
+    with torch.no_grad():  # the full plain pass, independently: top-1 at each row
+        from memory.prompts import build_pass
+
+        p = build_pass(tiny_qwen.tokenizer, fact.query, r.answer)
+        top = tiny_qwen.model(input_ids=p.input_ids).logits[0, p.rows].argmax(-1)
+    expected = (top != torch.tensor(r.targets)).double()
+    assert r.significance.tolist() == (expected if expected.any() else torch.ones_like(expected)).tolist()
+    plain = QFEditor(tiny_qwen, EditorConfig(layer=2)).capture(fact)
+    assert torch.equal(plain.U_plain, r.U_plain) and torch.equal(plain.V, r.V)  # same captures
+
+
+def test_covariance_counts_the_shared_prefix_once(tiny_qwen):
+    model, tok = tiny_qwen.model, tiny_qwen.tokenizer
+    name = "model.layers.2.mlp.down_proj"
+    from memory.prompts import render_prompt
+
+    chats = [render_prompt(tok, q) + [7, 8, 9] for q in ("Who founded Oxinnovate?", "Who is the CEO of Apple?")]
+    prefix = next(i for i, (a, b) in enumerate(zip(*chats)) if a != b)
+    C, n = collect_covariance(model, name, chats)
+    D_ff = model.config.intermediate_size
+    assert C.shape == (D_ff, D_ff) and torch.allclose(C, C.T)
+    assert float(torch.linalg.eigvalsh(C).min()) > -1e-9
+    assert n == len(chats[0]) + len(chats[1]) - prefix
+    # by hand: stack the keys of chat 0 and chat 1 after the prefix
+    keys = []
+    for i, chat in enumerate(chats):
+        with Capture(model, [name], stop=True) as cap:
+            cap.run(input_ids=torch.tensor([chat]))
+        keys.append(cap.inputs[name][0, 0 if i == 0 else prefix:].double())
+    K = torch.cat(keys)
+    assert torch.allclose(C, K.T @ K / n, atol=1e-12)
+
+
+def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeypatch):
+    import memory.preserve
+
+    monkeypatch.setenv("QF_HOME", str(tmp_path))
+    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
+    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
+    config = EditorConfig(layer=3, preserve=10.0, max_answer_tokens=4, verify_tokens=4)
+    editor = QFEditor(tiny_qwen, config)
+    assert not (tmp_path / "keys").exists()  # nothing to solve yet: nothing collected
+    fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
+    rows = editor.capture(fact)
+    editor.add_rows("f", rows)
+    assert len(list((tmp_path / "keys").glob("L3-*.safetensors"))) == 1
+    assert len(list((tmp_path / "keys").glob("chats-*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(memory.preserve, "generic_chats", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(memory.preserve, "collect_covariance", lambda *a, **k: calls.append(1))
+    again = QFEditor(tiny_qwen, config)  # the next process: both come from the cache
+    again.add_rows("f", rows)
+    assert calls == []
+    for e in (editor, again):
+        e.rebuild()
+    assert torch.equal(editor.delta.dense(), again.delta.dense())  # the cache gives the same solve
+    W = tiny_qwen.model.get_parameter(editor.parameter).detach().double()
+    R = qf_residual(editor.joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+    dW = W - editor.joint.W0.double()
+    assert ((dW @ rows.U_plain.T.double() - R).norm() / R.norm()) < 1e-4  # the fact's rows are met
+    editor.remove("f")
+    assert torch.equal(tiny_qwen.model.get_parameter(editor.parameter).detach(), editor.joint.W0)
+
+
+def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+    import memory.preserve
+
+    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
+    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
+    args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
+            "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
+    out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--auto-significance"])
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
+    assert data["solver"] == {"preserve": 5.0, "auto_significance": True}
+    shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
+    assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
+    assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
+    monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
+    plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).output)
+    assert plain["solver"] == {"preserve": 0.0, "auto_significance": False}
+
+
+def test_ledger_with_both_options_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
+    import memory.preserve
+    from agent.ledger_editor import LedgerEditor
+    from conftest import loaded
+    from store import Store
+
+    monkeypatch.setenv("QF_HOME", str(tmp_path))
+    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
+    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
+    config = EditorConfig(layer=2, preserve=20.0, auto_significance=True, max_answer_tokens=4, verify_tokens=4)
+    facts = [Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"),
+             Fact("My daughter's name is Lena.", "What is my daughter's name?", "Lena")]
+    store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
+
+    def weight(ledger):
+        return ledger.loaded.model.get_parameter(ledger.current.parameter).detach().clone()
+
+    first = LedgerEditor(store, loaded("qwen2", tokenizer), config)
+    base = weight(first)
+    learned = [first.learn(f) for f in facts]
+    second = LedgerEditor(store, loaded("qwen2", tokenizer), config)  # the next process
+    assert torch.equal(weight(first), weight(second))
+    second.undo(learned[1].fact_id)
+    only_first = LedgerEditor(Store(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "t1"), loaded("qwen2", tokenizer), config)
+    only_first.learn(facts[0])
+    assert torch.allclose(weight(second), weight(only_first), atol=1e-6)  # undo = never learned
+    second.undo(learned[0].fact_id)
+    assert torch.equal(weight(second), base)
+    store.close()
