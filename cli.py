@@ -106,7 +106,9 @@ def learn(instruction, query, answer, significance, method, lr, model_name, devi
         "timings": result.timings,
     }
     if method == "qf":
-        data["solver"] = {"preserve": editor.config.preserve, "auto_significance": editor.config.auto_significance}
+        config = editor.config
+        data["solver"] = {"preserve": config.preserve, "gain": config.gain, "focus": config.focus,
+                          "auto_significance": config.auto_significance}
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
                          f"answer written: {result.answer}\nclosed-book now: {result.verification}")
 
@@ -398,15 +400,25 @@ def models_list(as_json):
 
 @models.command("prepare")
 @click.argument("name", required=False)
-def models_prepare(name):
-    """Join, verify and convert a registry model now (otherwise done on first use)."""
-    from memory.loading import model_source
+@click.option("--keys/--no-keys", default=True, show_default=True,
+              help="Also collect the key covariance the preserving QF solve needs (edit layer, system prompt).")
+@model_options
+@user_errors
+def models_prepare(name, keys, model_name, device, dtype, layer, system):
+    """Join, verify and convert a registry model now, and collect its keys (otherwise done on first use)."""
+    from memory.loading import load_model, model_source
+    from memory.registry import DEFAULT_MODEL
 
-    try:
-        path = model_source(name or os.environ.get("QF_MODEL") or "qwen2.5-coder-1.5b")
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    name = name or model_name or DEFAULT_MODEL
+    path = model_source(name)
     click.echo(path)
+    if keys:
+        from memory.consolidate import EditorConfig, QFEditor
+
+        config = EditorConfig(layer=layer, system=system, **solver_settings())
+        if config.preserve > 0:
+            editor = QFEditor(load_model(name, device=device, dtype=dtype), config, progress=tqdm_progress())
+            click.echo(editor.prepare_keys())
 
 
 main.add_command(bench)

@@ -25,12 +25,18 @@ def model_options(fn):
     @click.option("--preserve", type=click.FloatRange(min=0), envvar="QF_PRESERVE", default=None,
                   help="QF: strength of the K0-preserving solve (0 = the paper's minimum-norm rule; "
                        "default: see README). [env QF_PRESERVE]")
+    @click.option("--gain", type=click.FloatRange(min=0, min_open=True), envvar="QF_GAIN", default=None,
+                  help="QF: write gain x the instructed pass's change (1 = the paper's rule; default: see README). "
+                       "[env QF_GAIN]")
+    @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
+                  help="QF at the last layer: write only the change of the answer token's and the plain pass's "
+                       "top K tokens' logits (0 = all of it, the paper's rule; default: see README). [env QF_FOCUS]")
     @click.option("--auto-significance/--all-rows", "auto_significance", envvar="QF_AUTO_SIGNIFICANCE", default=None,
                   help="QF: drop the rows the model already predicts without the fact / constrain every row "
                        "(default: see README). [env QF_AUTO_SIGNIFICANCE]")
     @functools.wraps(fn)
-    def wrapper(*args, preserve=None, auto_significance=None, **kwargs):
-        solver = {"preserve": preserve, "auto_significance": auto_significance}
+    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, **kwargs):
+        solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -38,7 +44,7 @@ def model_options(fn):
 
 
 def solver_settings() -> dict:
-    """The QF solver settings given on this command line (--preserve, --auto-significance), as
+    """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance), as
     EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 

@@ -32,13 +32,13 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     return {
         "U": rows.U, "V": rows.V, "U_plain": rows.U_plain, "V_plain": rows.V_plain,
         "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
-    }
+    } | ({"focus": rows.focus} if rows.focus is not None else {})
 
 
 def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows:
     return FactRows(
         answer, tuple(tensors["targets"].tolist()), tensors["U"], tensors["V"],
-        tensors["U_plain"], tensors["V_plain"], tensors["significance"],
+        tensors["U_plain"], tensors["V_plain"], tensors["significance"], tensors.get("focus"),
     )
 
 
@@ -121,11 +121,11 @@ class LedgerEditor:
     def _warn_on_other_solver(self, active) -> None:
         """The weights are the joint solve of the active facts under *this* process's solver
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
-        now = {"preserve": self.config.preserve, "auto_significance": self.config.auto_significance}
-        other = [e.id for e in active if e.hyperparams.get("preserve", 0.0) != now["preserve"]]
+        now = {"preserve": self.config.preserve, "gain": self.config.gain}
+        other = [e.id for e in active if any(e.hyperparams.get(k, 1.0 if k == "gain" else 0.0) != v for k, v in now.items())]
         if other:
-            log.warning("%d active edit(s) were solved with another --preserve than %s (e.g. edit %d); the "
-                        "weights are re-solved with %s", len(other), now["preserve"], other[0], now["preserve"])
+            log.warning("%d active edit(s) were solved with other settings than %s (e.g. edit %d); the weights "
+                        "are re-solved with these", len(other), now, other[0])
 
     def _sync_qf2(self) -> None:
         """QF2 deltas stack: the weight is W0 + the active edits' stored factors (no capture)."""
@@ -163,6 +163,7 @@ class LedgerEditor:
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
                 hyperparams = {"ridge": editor.config.ridge, "preserve": editor.config.preserve,
+                               "gain": editor.config.gain, "focus": editor.config.focus,
                                "auto_significance": editor.config.auto_significance}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,

@@ -33,12 +33,15 @@ def bench_paper(method, paper_layer, lr, model_name, device, dtype, layer, syste
 
     from bench.paper import PROTOCOLS, format_table, run_paper_protocol, steps_as_dicts
     from memory.architecture import paper_layer as layer_of_paper
+    from memory.answering import PAPER_RULE
     from memory.consolidate import EditorConfig, QFEditor
     from memory.loading import load_model
     from memory.qf2_editor import QF2Editor
 
     loaded = load_model(model_name, device=device, dtype=dtype)
-    config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver_settings())
+    # The protocol reproduces the paper: its exact rule unless the command line says otherwise.
+    solver = {**PAPER_RULE, **solver_settings()}
+    config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver)
     config = config if lr is None else replace(config, lr=lr)
     editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
     steps = run_paper_protocol(editor, PROTOCOLS[method])
@@ -69,12 +72,17 @@ def bench_speed(facts, resolve_facts, model_name, device, dtype, layer, system, 
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
-    from bench.edits import METHODS
+    from bench.edits import METHODS, qf_settings
 
     names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [n for n in names if n.partition("@")[0] not in METHODS]
-    if unknown or not names:
+    if not names:
         raise click.BadParameter(f"choose from {', '.join(METHODS)} (comma-separated), not {value!r}")
+    for name in names:
+        if name not in METHODS:
+            try:
+                qf_settings(name)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
     return names
 
 
@@ -114,8 +122,8 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--limit", type=int, default=100, show_default=True, help="Number of edits N (well-formed records).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Index of the first record.")
 @click.option("--method", "methods", default="qf", show_default=True, callback=_methods,
-              help="Comma-separated methods: qf (the default solver), qf-paper (the paper's rule), qf-auto, "
-                   "qf-preserve[@P], qf-auto-preserve[@P] (issue-7 options; P = preserve strength), "
+              help="Comma-separated methods: qf (the default solver), qf-paper (the paper's rule), "
+                   "qf/SETTINGS (e.g. qf/p10/g1.5/auto: preserve 10, gain 1.5, automatic significance), "
                    "ft (FT-L), icl (in context).")
 @click.option("--template", type=click.Choice(["auto", "plain", "chat"]), default="auto", show_default=True,
               help="How edits are posed (auto: plain for CounterFact, chat for zsRE).")

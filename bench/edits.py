@@ -27,19 +27,21 @@ import torch
 from bench import metrics as M
 from bench.baselines import EditMethod, FineTune, InContext
 from bench.datasets import EditCase, Poser, instruction_for, right_padded
+from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.fact import Fact, FactRows
 from memory.generate import greedy_batch
-from memory.preserve import DEFAULT_PRESERVE, Progress
+from memory.preserve import Progress
 from memory.prompts import Pass
 
-METHODS = ("qf", "qf-paper", "qf-auto", "qf-preserve", "qf-auto-preserve", "ft", "icl")
-# The QF solver's options per variant (issue 7); "qf" is the editor's own configuration (the
-# defaults, or the CLI's flags). A preserve variant takes its strength after "@" ("qf-preserve@100"),
-# else the editor's, else memory.preserve.DEFAULT_PRESERVE.
-QF_VARIANTS = {"qf-paper": (False, False), "qf-auto": (True, False), "qf-preserve": (False, True),
-               "qf-auto-preserve": (True, True)}
+METHODS = ("qf", "qf-paper", "ft", "icl")
+# QF solver variants (issue 7), side by side: "qf" is the editor's own configuration (the
+# defaults, or the CLI's flags); "qf-paper" the paper's rule (identity norm, gain 1, every row);
+# "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
+# G), fK (focus on the target's and top K tokens' logits), auto (automatic significance), all
+# (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
+
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -86,22 +88,36 @@ class QFMethod(EditMethod):
         self.editor.rebuild()
 
 
+def qf_settings(name: str) -> dict | None:
+    """EditorConfig fields of a QF variant name (see METHODS); None for "qf" (the editor's own)."""
+    if name == "qf":
+        return None
+    if name == "qf-paper":
+        return dict(PAPER_RULE)
+    base, *parts = name.split("/")
+    settings: dict = {}
+    try:
+        for part in parts:
+            if part in ("auto", "all"):
+                settings["auto_significance"] = part == "auto"
+            elif part[:1] in ("p", "g") and part[1:]:
+                settings["preserve" if part[0] == "p" else "gain"] = float(part[1:])
+            elif part[:1] == "f" and part[1:]:
+                settings["focus"] = int(part[1:])
+            else:
+                raise ValueError(part)
+    except ValueError:
+        settings = {}
+    if base != "qf" or not settings or len(settings) != len(parts):
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, or qf/ + settings such as "
+                         "qf/p10/g1.5/auto")
+    return settings
+
+
 def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None) -> QFEditor:
     """The editor for a QF variant name: ``editor`` itself for "qf", else one configured as named."""
-    if name == "qf":
-        return editor
-    base, _, strength = name.partition("@")
-    if base not in QF_VARIANTS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    auto, preserve = QF_VARIANTS[base]
-    if strength and not preserve:
-        raise ValueError(f"{base} takes no strength; only the preserve variants do (qf-preserve@100)")
-    try:
-        p = float(strength) if strength else (editor.config.preserve or DEFAULT_PRESERVE)
-    except ValueError:
-        raise ValueError(f"the strength after '@' in {name!r} is not a number") from None
-    config = replace(editor.config, auto_significance=auto, preserve=p if preserve else 0.0)
-    return QFEditor(editor.loaded, config, progress=progress)
+    settings = qf_settings(name)
+    return editor if settings is None else QFEditor(editor.loaded, replace(editor.config, **settings), progress=progress)
 
 
 def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4,

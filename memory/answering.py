@@ -26,12 +26,20 @@ class ConsolidationError(ValueError):
 class EditorConfig:
     layer: int | None = None  # QF: None = the architecture default (the last layer); QF2: the converted one
     ridge: float = DEFAULT_RIDGE  # relative ridge of the QF solve, see memory.qf
-    preserve: float = 0.0  # QF: strength p of the K0-preserving metric (0 = the paper's identity norm), memory.qf
-    auto_significance: bool = False  # QF: drop rows the plain pass already predicts, memory.fact.auto_significance
+    # QF solver options (issue 7); the defaults are the best combination measured (docs/RESULTS.md,
+    # "Solver options"); PAPER_RULE below gives the paper's exact rule.
+    preserve: float = 10.0  # strength p of the K0-preserving metric (0 = the paper's identity norm), memory.qf
+    gain: float = 1.5  # the residual to write is gain * R (1 = the instructed pass exactly), memory.qf
+    focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
+    auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
     verify_tokens: int = 64  # cap for the closed-book verification answer
+
+
+# The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
+PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False}
 
 
 @dataclass

@@ -18,6 +18,7 @@ class Architecture:
     down_proj: str  # path inside the MLP: N x D matrix, input = act(gate(h)) * up(h)
     up_proj: str
     gate_proj: str
+    final_norm: str = "model.norm"  # dotted path from the model to the norm before the LM head
 
 
 _GATED_MLP = Architecture(

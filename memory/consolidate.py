@@ -6,7 +6,7 @@ whatever the model's dtype. Computing never mutates the model; only ``_write`` d
 
 Issue-7 options (EditorConfig): ``preserve`` > 0 solves in the K0-preserving metric, whose key
 covariance is collected when the first fact is solved (from the model at its base weights: edits
-at lower layers would leak into the keys) and cached (memory.preserve); ``auto_significance`` runs the plain pass to the end and drops the rows it
+at lower layers would leak into the keys) and cached (memory.preserve); ``gain`` scales the residual to write (memory.qf); ``auto_significance`` runs the plain pass to the end and drops the rows it
 already predicts (memory.fact.auto_significance). The significance actually used is part of
 the fact's rows, so the ledger's rebuild and undo stay exact.
 """
@@ -27,7 +27,9 @@ from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
 from memory.fact import auto_significance
+from memory.focus import focus_bases
 from memory.loading import LoadedModel
+from memory.paths import data_dir
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance
 from memory.prompts import Pass, build_pass, instructed_system
 
@@ -42,6 +44,8 @@ class QFEditor(Answering):
         super().__init__(loaded, config)
         model = loaded.model
         self.layer = self.layer_for(model, config.layer)
+        if config.focus and self.layer != arch.num_layers(model) - 1:
+            raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
         self.down_name = arch.module_path(model, self.layer, "down_proj")
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
@@ -51,7 +55,8 @@ class QFEditor(Answering):
         if config.preserve > 0:
             sha = tensor_sha256(W0.detach().float().cpu())
             metric = LazyMetric(config.preserve, lambda: self._metric(sha, progress))
-        self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric)
+        self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
+                            gain=config.gain)
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
 
@@ -60,35 +65,49 @@ class QFEditor(Answering):
         """The layer an editor with ``layer`` edits: the given one (checked) or the default."""
         return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
 
+    def prepare_keys(self) -> str:
+        """Collect (or find) the key covariance now, not at the first solve; says what was done."""
+        if not isinstance(self.joint.metric, LazyMetric):
+            return "the paper's identity norm (preserve 0) needs no keys"
+        self.joint.metric.built()
+        return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"
+
     def _metric(self, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
         """The preserving metric of this layer, from the cached key covariance (collected once)."""
         C = key_covariance(self.loaded, self.layer, self.down_name, self.config.system, weights_sha256, progress)
         return PreservingMetric(C.to(self.loaded.device), self.config.preserve)
 
     # --- computing (never mutates the model) --------------------------------------------
-    def capture_pass(self, p: Pass, predict: bool = False) -> tuple[torch.Tensor, ...]:
+    def capture_pass(self, p: Pass, top: int = 0) -> tuple[torch.Tensor, ...]:
         """One forward pass: rows of (U, V) at layer L's down_proj. Stopped after it, unless
-        ``predict``: then run to the end and also return the top-1 token at each row."""
+        ``top`` > 0: then run to the end and also return the top ``top`` tokens at each row."""
         self._check_length(p)
-        with Capture(self.model, [self.norm_name, self.down_name], stop=not predict) as cap:
+        with Capture(self.model, [self.norm_name, self.down_name], stop=not top) as cap:
             out = cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False,
-                          **({"logits_to_keep": len(p.targets)} if predict else {}))
+                          **({"logits_to_keep": len(p.targets)} if top else {}))
         rows = p.rows.to(cap.inputs[self.down_name].device)
         U = cap.inputs[self.down_name][0, rows].float().cpu()
         V = cap.inputs[self.norm_name][0, rows].float().cpu()
-        if not predict:
+        if not top:
             return U, V
-        return U, V, out.logits[0, -len(p.targets):].argmax(-1).cpu()  # the rows are the last positions
+        return U, V, out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu()  # the rows are the last positions
 
     def capture_rows(self, instructed: Pass, plain: Pass, answer: str, significance: torch.Tensor) -> FactRows:
-        """The two teacher-forced passes over the same targets; auto significance if configured."""
+        """The two teacher-forced passes over the same targets; automatic significance and focus
+        (both need the plain pass's predictions) if configured."""
         U, V = self.capture_pass(instructed)
-        if self.config.auto_significance:
-            U_plain, V_plain, predicted = self.capture_pass(plain, predict=True)
-            significance = auto_significance(predicted, plain.targets, significance)
-        else:
+        config, focus = self.config, None
+        if not (config.auto_significance or config.focus):
             U_plain, V_plain = self.capture_pass(plain)
-        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
+            return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
+        U_plain, V_plain, top = self.capture_pass(plain, top=max(config.focus + 1, 1))
+        if config.auto_significance:
+            significance = auto_significance(top[:, 0], plain.targets, significance)
+        if config.focus:
+            head = self.model.get_output_embeddings().weight
+            gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
+            focus = focus_bases(head, gain, plain.targets, top)
+        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance, focus)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes)."""

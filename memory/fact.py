@@ -35,6 +35,8 @@ class FactRows:
     U_plain: torch.Tensor  # (T, D)
     V_plain: torch.Tensor  # (T, N)
     significance: torch.Tensor  # (T,) float64 weights >= 0
+    # (T, N, m) orthonormal bases: write only row t's change in span(focus[t]) (memory.focus); None: all of it
+    focus: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:

@@ -18,18 +18,20 @@ import torch
 
 from memory.delta import LowRankDelta, tensor_sha256
 from memory.fact import FactRows
+from memory.focus import focused
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 
 
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
-                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None):
+                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
         self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
         self.metric = metric  # None: the identity norm, the paper's rule
+        self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
         self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
@@ -57,6 +59,10 @@ class JointQF:
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
         self._R[key] = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        if rows.focus is not None:
+            self._R[key] = focused(self._R[key], rows.focus)
+        if self.gain != 1.0:
+            self._R[key].mul_(self.gain)
         self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float64)
         self._sig[key] = rows.significance.double().cpu()
         new = self._U_plain[key]
@@ -116,7 +122,8 @@ class JointQF:
     @property
     def solver(self) -> dict[str, str]:
         """The solve's settings, as recorded with each edit."""
-        return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0)}
+        return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
+                "gain": str(self.gain)}
 
     def share(self, delta: LowRankDelta, key: Hashable) -> LowRankDelta:
         """One fact's part of a joint delta (its columns of left, rows of right); shares sum to dW."""

@@ -32,7 +32,6 @@ from memory.prompts import render_prompt
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRESERVE = 100.0  # the strength p when one is asked for without a value (see docs/RESULTS.md)
 ANSWER_TOKENS = 96  # each generic answer is cut here: enough for its keys, bounded time
 BATCH = 16  # questions answered together
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
@@ -67,10 +66,13 @@ class LazyMetric:
     def __init__(self, strength: float, build: Callable[[], PreservingMetric]):
         self.strength, self._build, self._metric = strength, build, None
 
-    def keys(self, U_plain: torch.Tensor) -> torch.Tensor:
+    def built(self) -> PreservingMetric:
         if self._metric is None:
             self._metric = self._build()
-        return self._metric.keys(U_plain)
+        return self._metric
+
+    def keys(self, U_plain: torch.Tensor) -> torch.Tensor:
+        return self.built().keys(U_plain)
 
 
 def _shared_prefix(sequences: list[list[int]]) -> int:

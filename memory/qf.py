@@ -46,6 +46,11 @@ so the rows are met exactly as before, the update is still rank T, and the joint
 order independence carry over unchanged (Z, like U', is computed upstream of W). As p grows the
 update is pushed into the directions K0 does not use (AlphaEdit's null space, softly).
 
+Gain (issue 7). The constraint copies the instructed pass, so the edited plain pass predicts the
+answer exactly as well as the model does with the fact in context, no better. With a gain g the
+constraint is ``dW U' = g R``: g > 1 carries the plain pass past the instructed one, further
+along the direction the instruction moved it. g = 1 is the paper's rule.
+
 Because U, V, U', V' are computed *upstream* of W, editing W does not change them: all facts
 are solved jointly from W0 over their stacked rows, order-independently, and undo is exact
 (drop the fact's rows, re-solve).  The joint delta is kept as factors

@@ -80,6 +80,19 @@ def tiny_qwen(tokenizer):
     return loaded("qwen2", tokenizer)
 
 
+@pytest.fixture(autouse=True)
+def few_generic_prompts(request, monkeypatch):
+    """Unit tests on tiny models: the preserving solve (on by default) collects its keys from two
+    short generic chats instead of 110 long ones (seconds, not a minute, per model). Integration
+    tests on the real model keep the shipped list."""
+    if request.node.get_closest_marker("integration"):
+        return
+    import memory.preserve
+
+    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
+    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
+
+
 SMALL_MODEL = "qwen2.5-coder-0.5b"
 
 
@@ -104,6 +117,15 @@ def small_model_name():
         require("the small model", True, "")
     except ModelFileError as exc:
         require("the small model", False, str(exc))
+    # Convert it and collect its keys for the preserving solve once, up front, so no test's own
+    # time limit pays for them (about 10 minutes the first time on a 2-core CPU, then cached).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "cli", "models", "prepare", SMALL_MODEL],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=2400)
+    assert done.returncode == 0, done.stderr[-2000:]
     return SMALL_MODEL
 
 

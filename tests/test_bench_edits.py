@@ -184,7 +184,9 @@ def _self_consistent_cases(editor: QFEditor, n: int = 3) -> list[EditCase]:
 
 
 def test_qf_at_the_last_layer_reproduces_the_instructed_logits(tiny_qwen, tokenizer):
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=None))
+    from memory.answering import PAPER_RULE
+
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=None, **PAPER_RULE))  # the paper's rule copies the instructed pass
     assert editor.layer == 3  # the last of 4
     cases = _self_consistent_cases(editor)
     poser = Poser(tokenizer, "chat")

@@ -99,8 +99,10 @@ def row_logits(model, p):
 def test_plain_logits_equal_instructed_logits_after_consolidation(tiny):
     # On the last layer the residual after the edited MLP is all that reaches the logits, so the
     # constraint W' U' + V' = W U + V makes the plain pass's logits equal the instructed pass's.
+    from memory.answering import PAPER_RULE
+
     last = arch.num_layers(tiny.model) - 1
-    editor = QFEditor(tiny, EditorConfig(layer=last))
+    editor = QFEditor(tiny, EditorConfig(layer=last, **PAPER_RULE))  # the paper's rule: a copy of the instructed pass
     tok = tiny.tokenizer
     inst = build_pass(tok, FACT.query, FACT.answer, instructed_system(FACT.instruction, None))
     plain = build_pass(tok, FACT.query, FACT.answer)

@@ -134,7 +134,7 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     monkeypatch.setenv("QF_HOME", str(tmp_path))
     monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
     monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
-    config = EditorConfig(layer=3, preserve=10.0, max_answer_tokens=4, verify_tokens=4)
+    config = EditorConfig(layer=3, preserve=10.0, gain=1.0, max_answer_tokens=4, verify_tokens=4)
     editor = QFEditor(tiny_qwen, config)
     assert not (tmp_path / "keys").exists()  # nothing to solve yet: nothing collected
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
@@ -171,19 +171,21 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
     args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
-    out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--auto-significance"])
+    out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
-    assert data["solver"] == {"preserve": 5.0, "auto_significance": True}
+    assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
     monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
-    plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).output)
-    assert plain["solver"] == {"preserve": 0.0, "auto_significance": False}
+    monkeypatch.setenv("QF_GAIN", "1")
+    monkeypatch.setenv("QF_FOCUS", "2")
+    plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
+    assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False}
 
 
-def test_ledger_with_both_options_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
+def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
     import memory.preserve
     from agent.ledger_editor import LedgerEditor
     from conftest import loaded
@@ -192,7 +194,8 @@ def test_ledger_with_both_options_rebuilds_the_same_weights_and_undo_is_exact(to
     monkeypatch.setenv("QF_HOME", str(tmp_path))
     monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
     monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
-    config = EditorConfig(layer=2, preserve=20.0, auto_significance=True, max_answer_tokens=4, verify_tokens=4)
+    config = EditorConfig(layer=3, preserve=20.0, gain=1.5, focus=4, auto_significance=True, max_answer_tokens=4,
+                          verify_tokens=4)
     facts = [Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"),
              Fact("My daughter's name is Lena.", "What is my daughter's name?", "Lena")]
     store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
@@ -212,3 +215,80 @@ def test_ledger_with_both_options_rebuilds_the_same_weights_and_undo_is_exact(to
     second.undo(learned[0].fact_id)
     assert torch.equal(weight(second), base)
     store.close()
+
+
+def test_gain_scales_the_written_change_and_meets_the_scaled_rows():
+    W0 = torch.randn(N, D)
+    r = rows(3, seed=5)
+    one, two = JointQF(W0, "w"), JointQF(W0, "w", gain=2.0)
+    one.add("f", r)
+    two.add("f", r)
+    assert torch.allclose(two.solve().dense(), 2 * one.solve().dense(), atol=1e-10)
+    assert two.solve().metadata["gain"] == "2.0"
+
+
+def test_bench_variant_names():
+    import pytest
+
+    from bench.edits import qf_settings
+
+    assert qf_settings("qf") is None
+    assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False}
+    assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
+    for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
+        with pytest.raises(ValueError):
+            qf_settings(bad)
+
+
+def test_models_prepare_collects_the_keys_up_front(tiny_model_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    import memory.preserve
+
+    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?",))
+    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 3)
+    keys = tmp_path / "home" / "keys"
+    skipped = CliRunner().invoke(cli.main, ["models", "prepare", str(tiny_model_dir), "--no-keys", "--preserve", "5"])
+    assert skipped.exit_code == 0 and not keys.exists()
+    done = CliRunner().invoke(cli.main, ["models", "prepare", str(tiny_model_dir), "--dtype", "float32",
+                                         "--layer", "2", "--preserve", "5"])
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    assert "keys for layer 2 ready" in done.stdout
+    assert len(list(keys.glob("L2-*.safetensors"))) == 1
+
+
+def test_focus_keeps_exactly_the_change_of_the_chosen_logits():
+    from memory.focus import focus_bases, focused
+
+    g = torch.Generator().manual_seed(3)
+    vocab, width, T = 50, 16, 3
+    head, gain = torch.randn(vocab, width, generator=g), torch.rand(width, generator=g) + 0.5
+    targets = (4, 9, 9)
+    top = torch.tensor([[4, 1, 2], [7, 9, 3], [0, 1, 2]])  # row 0 and 1 hold their target among the top
+    bases = focus_bases(head, gain, targets, top)
+    assert bases.shape == (T, width, 3)
+    assert torch.allclose(bases.transpose(1, 2) @ bases, torch.eye(3, dtype=torch.float64).expand(T, 3, 3), atol=1e-10)
+    R = torch.randn(width, T, generator=g, dtype=torch.float64)
+    kept = focused(R, bases)
+    for t, ids in enumerate(([4, 1, 2], [9, 7, 3], [9, 0, 1])):
+        directions = head[ids].double() * gain.double()
+        assert torch.allclose(directions @ kept[:, t], directions @ R[:, t], atol=1e-10)  # those logits: as before
+    assert kept.norm() < R.norm()  # and the rest is dropped
+
+
+def test_focus_is_refused_below_the_last_layer_and_recorded_with_the_rows(tiny_qwen):
+    import pytest
+
+    with pytest.raises(ValueError, match="last layer"):
+        QFEditor(tiny_qwen, EditorConfig(layer=1, focus=4))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, focus=4, gain=1.0))
+    r = editor.capture(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"))
+    assert r.focus.shape == (r.num_rows, tiny_qwen.model.config.hidden_size, 5)
+    editor.add_rows("f", r)
+    editor.rebuild()
+    dW = tiny_qwen.model.get_parameter(editor.parameter).detach().double() - editor.joint.W0.double()
+    R = qf_residual(editor.joint.W0, r.U.T, r.V.T, r.U_plain.T, r.V_plain.T)
+    from memory.focus import focused
+
+    assert ((dW @ r.U_plain.T.double() - focused(R, r.focus)).norm() / R.norm()) < 1e-4
