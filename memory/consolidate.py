@@ -6,9 +6,11 @@ whatever the model's dtype. Computing never mutates the model; only ``_write`` d
 
 Issue-7 options (EditorConfig): ``preserve`` > 0 solves in the K0-preserving metric, whose key
 covariance is collected when the first fact is solved (from the model at its base weights: edits
-at lower layers would leak into the keys) and cached (memory.preserve); ``gain`` scales the residual to write (memory.qf); ``auto_significance`` runs the plain pass to the end and drops the rows it
-already predicts (memory.fact.auto_significance). The significance actually used is part of
-the fact's rows, so the ledger's rebuild and undo stay exact.
+at lower layers would leak into the keys) and cached (memory.preserve); ``gain`` scales the
+residual to write (memory.qf); ``focus`` and ``auto_significance`` run the plain pass to the end:
+focus keeps only the change of the logits a row is about (memory.focus), automatic significance
+drops the rows it already predicts (memory.fact.auto_significance). What they decide is stored
+with the fact's rows, so the ledger's rebuild and undo stay exact.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import torch
 from memory import architecture as arch
 from memory.capture import Capture
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
-from memory.fact import Fact, FactRows, significance_vector
+from memory.fact import Fact, FactRows, auto_significance, significance_vector
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
-from memory.fact import auto_significance
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
@@ -105,8 +106,8 @@ class QFEditor(Answering):
             significance = auto_significance(top[:, 0], plain.targets, significance)
         if config.focus:
             head = self.model.get_output_embeddings().weight
-            gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
-            focus = focus_bases(head, gain, plain.targets, top)
+            norm_gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
+            focus = focus_bases(head, norm_gain, plain.targets, top)
         return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance, focus)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:

@@ -2,12 +2,12 @@
 
 The K0-preserving QF solve (memory.qf, "Preserving what the model knows") needs
 ``C = K0 K0^T / n``: the covariance of the inputs of the edited ``down_proj`` on ordinary use.
-We take ordinary use to be the model answering generic chat questions (memory.generic_prompts):
-each question is answered greedily by the model itself (batched, KV cache), then the question and
-its answer are run teacher-forced once and every position's key is accumulated. Positions of
-the prefix every prompt shares (the chat template's system prompt) are counted once, not once
-per question. ``C`` is computed once per (checkpoint, layer, system prompt, question list) and
-cached as safetensors under ``$QF_HOME/keys`` (memory.paths); the next process loads it.
+We take ordinary use to be a chat assistant answering generic questions (memory.generic_chats,
+shipped with the project): each exchange, rendered in the model's chat template, is run
+teacher-forced once and every position's key is accumulated. Positions of the prefix every
+exchange shares (the chat template's system prompt) are counted once, not once per exchange.
+``C`` is computed once per (checkpoint, layer, system prompt, chats) and cached as safetensors
+under ``$QF_HOME/keys`` (memory.paths); the next process loads it.
 
 ``PreservingMetric`` turns C and the strength p into ``M = I + p C / c`` (c = tr(C) / D), keeps
 its Cholesky factor, and maps a fact's plain keys U' to ``Z = M^{-1} U'``.
@@ -25,15 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from memory.capture import Capture
-from memory.generate import greedy_batch, stop_ids
-from memory.generic_prompts import PROMPTS
+from memory.generic_chats import CHATS
 from memory.paths import data_dir
-from memory.prompts import render_prompt
+from memory.prompts import answer_ids, render_prompt
 
 log = logging.getLogger(__name__)
 
-ANSWER_TOKENS = 96  # each generic answer is cut here: enough for its keys, bounded time
-BATCH = 16  # questions answered together
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
 
 
@@ -84,19 +81,9 @@ def _shared_prefix(sequences: list[list[int]]) -> int:
     return n
 
 
-@torch.no_grad()
-def generic_chats(model, tokenizer, system: str | None = None, progress: Progress | None = None) -> list[list[int]]:
-    """Token ids of each generic question (chat template) followed by the model's greedy answer."""
-    tick = progress or (lambda d, t: (lambda n=1: None))
-    questions = [render_prompt(tokenizer, q, system) for q in PROMPTS]
-    update = tick("generic answers", len(questions))
-    answers: list[tuple[int, ...]] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids(tokenizer)[0]
-    for start in range(0, len(questions), BATCH):
-        chunk = questions[start:start + BATCH]
-        answers += greedy_batch(model, chunk, stop_ids(tokenizer), ANSWER_TOKENS, pad)
-        update(len(chunk))
-    return [q + list(a) for q, a in zip(questions, answers)]
+def generic_chats(tokenizer, system: str | None = None) -> list[list[int]]:
+    """Token ids of each shipped generic exchange: the question in the chat template, then the answer."""
+    return [render_prompt(tokenizer, question, system) + answer_ids(tokenizer, answer) for question, answer in CHATS]
 
 
 @torch.no_grad()
@@ -126,23 +113,15 @@ def _digest(**what) -> str:
 
 def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weights_sha256: str,
                    progress: Progress | None = None) -> torch.Tensor:
-    """The covariance of ``down_proj``'s keys on generic chats, from the cache or collected now.
+    """The covariance of ``down_proj``'s keys on the generic chats, from the cache or collected now.
 
-    Two cached files under $QF_HOME/keys: the generic chats (per model, dtype and system prompt;
-    shared by every layer) and the covariance (per layer and edited matrix). Collect them from
-    the base weights: keys of a layer above an edited one would include that edit."""
+    Cached under $QF_HOME/keys per checkpoint, dtype, system prompt, layer and edited matrix.
+    Collect it from the base weights: keys of a layer above an edited one would include that edit."""
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
-    model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system,
-                        prompts=PROMPTS, answer_tokens=ANSWER_TOKENS)
-    folder = data_dir() / "keys"
-    path = folder / f"L{layer}-{_digest(model=model_key, layer=layer, weights=weights_sha256)}.safetensors"
+    model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, chats=CHATS)
+    path = data_dir() / "keys" / f"L{layer}-{_digest(model=model_key, layer=layer, weights=weights_sha256)}.safetensors"
     if not path.exists():
-        chats_path = folder / f"chats-{model_key}.json"
-        if chats_path.exists():
-            chats = json.loads(chats_path.read_text())
-        else:
-            chats = generic_chats(loaded.model, loaded.tokenizer, system, progress)
-            _atomic_write(chats_path, lambda p: p.write_text(json.dumps(chats)))
+        chats = generic_chats(loaded.tokenizer, system)
         C, n = collect_covariance(loaded.model, down_proj, chats, progress)
         _atomic_write(path, lambda p: save_file({"covariance": C.float().contiguous()}, str(p),
                                                 metadata={"positions": str(n)}))

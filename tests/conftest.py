@@ -80,17 +80,19 @@ def tiny_qwen(tokenizer):
     return loaded("qwen2", tokenizer)
 
 
+TWO_CHATS = (("Who founded Oxinnovate?", "Qi founded it."), ("Who is the CEO of Apple?", "Tim Cook."))
+
+
 @pytest.fixture(autouse=True)
 def few_generic_prompts(request, monkeypatch):
     """Unit tests on tiny models: the preserving solve (on by default) collects its keys from two
-    short generic chats instead of 110 long ones (seconds, not a minute, per model). Integration
-    tests on the real model keep the shipped list."""
+    short generic chats instead of the 110 shipped ones. Integration tests on the real model keep
+    the shipped list."""
     if request.node.get_closest_marker("integration"):
         return
     import memory.preserve
 
-    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
-    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
+    monkeypatch.setattr(memory.preserve, "CHATS", TWO_CHATS)
 
 
 SMALL_MODEL = "qwen2.5-coder-0.5b"

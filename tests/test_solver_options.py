@@ -132,8 +132,6 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     import memory.preserve
 
     monkeypatch.setenv("QF_HOME", str(tmp_path))
-    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
-    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
     config = EditorConfig(layer=3, preserve=10.0, gain=1.0, max_answer_tokens=4, verify_tokens=4)
     editor = QFEditor(tiny_qwen, config)
     assert not (tmp_path / "keys").exists()  # nothing to solve yet: nothing collected
@@ -141,7 +139,6 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     rows = editor.capture(fact)
     editor.add_rows("f", rows)
     assert len(list((tmp_path / "keys").glob("L3-*.safetensors"))) == 1
-    assert len(list((tmp_path / "keys").glob("chats-*.json"))) == 1
     calls = []
     monkeypatch.setattr(memory.preserve, "generic_chats", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(memory.preserve, "collect_covariance", lambda *a, **k: calls.append(1))
@@ -165,10 +162,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     from click.testing import CliRunner
 
     import cli
-    import memory.preserve
 
-    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
-    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
     args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance"])
@@ -186,14 +180,11 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
 
 
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
-    import memory.preserve
     from agent.ledger_editor import LedgerEditor
     from conftest import loaded
     from store import Store
 
     monkeypatch.setenv("QF_HOME", str(tmp_path))
-    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?", "Who is the CEO of Apple?"))
-    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 4)
     config = EditorConfig(layer=3, preserve=20.0, gain=1.5, focus=4, auto_significance=True, max_answer_tokens=4,
                           verify_tokens=4)
     facts = [Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"),
@@ -244,10 +235,7 @@ def test_models_prepare_collects_the_keys_up_front(tiny_model_dir, tmp_path, mon
     from click.testing import CliRunner
 
     import cli
-    import memory.preserve
 
-    monkeypatch.setattr(memory.preserve, "PROMPTS", ("Who founded Oxinnovate?",))
-    monkeypatch.setattr(memory.preserve, "ANSWER_TOKENS", 3)
     keys = tmp_path / "home" / "keys"
     skipped = CliRunner().invoke(cli.main, ["models", "prepare", str(tiny_model_dir), "--no-keys", "--preserve", "5"])
     assert skipped.exit_code == 0 and not keys.exists()
@@ -292,3 +280,16 @@ def test_focus_is_refused_below_the_last_layer_and_recorded_with_the_rows(tiny_q
     from memory.focus import focused
 
     assert ((dW @ r.U_plain.T.double() - focused(R, r.focus)).norm() / R.norm()) < 1e-4
+
+
+def test_generic_chats_are_the_question_in_the_template_then_the_answer(tokenizer):
+    import memory.preserve
+    from memory.generic_chats import CHATS
+    from memory.prompts import render_prompt
+
+    assert len(CHATS) >= 100 and all(q.strip() and a.strip() for q, a in CHATS)  # the shipped list
+    chats = memory.preserve.generic_chats(tokenizer)  # the unit tests' two chats (conftest)
+    assert len(chats) == len(memory.preserve.CHATS)
+    for ids, (question, answer) in zip(chats, memory.preserve.CHATS):
+        prompt = render_prompt(tokenizer, question)
+        assert ids[:len(prompt)] == prompt and tokenizer.decode(ids[len(prompt):]) == answer
