@@ -84,7 +84,7 @@ TWO_CHATS = (("Who founded Oxinnovate?", "Qi founded it."), ("Who is the CEO of 
 
 
 @pytest.fixture(autouse=True)
-def few_generic_prompts(request, monkeypatch):
+def few_generic_chats(request, monkeypatch):
     """Unit tests on tiny models: the preserving solve (on by default) collects its keys from two
     short generic chats instead of the 110 shipped ones. Integration tests on the real model keep
     the shipped list."""
@@ -120,7 +120,7 @@ def small_model_name():
     except ModelFileError as exc:
         require("the small model", False, str(exc))
     # Convert it and collect its keys for the preserving solve once, up front, so no test's own
-    # time limit pays for them (about 10 minutes the first time on a 2-core CPU, then cached).
+    # time limit pays for them (about a minute and a half the first time on a 2-core CPU, then cached).
     import subprocess
     import sys
     from pathlib import Path
