@@ -47,7 +47,7 @@ class PreservingMetric:
             raise ValueError("the key covariance is zero: no keys were collected")
         M = C * (strength / scale)
         M.diagonal().add_(1.0)
-        self.strength, self.dim = strength, D
+        self.strength = strength
         self._cholesky = torch.linalg.cholesky(M)
 
     def keys(self, U_plain: torch.Tensor) -> torch.Tensor:
