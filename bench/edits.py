@@ -43,7 +43,6 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
 
 
-
 # --- QF --------------------------------------------------------------------------------
 def _pass(poser: Poser, prompt: list[int], target: list[int]) -> Pass:
     """Prompt + target tokens; its rows predict ``target`` (the last target is never fed)."""
@@ -88,6 +87,16 @@ class QFMethod(EditMethod):
         self.editor.rebuild()
 
 
+def _setting(part: str) -> tuple[str, object]:
+    """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
+    if part in ("auto", "all"):
+        return "auto_significance", part == "auto"
+    field_name = {"p": "preserve", "g": "gain", "f": "focus"}.get(part[:1])
+    if field_name is None or not part[1:]:
+        raise ValueError(part)
+    return field_name, (int if field_name == "focus" else float)(part[1:])
+
+
 def qf_settings(name: str) -> dict | None:
     """EditorConfig fields of a QF variant name (see METHODS); None for "qf" (the editor's own)."""
     if name == "qf":
@@ -95,20 +104,11 @@ def qf_settings(name: str) -> dict | None:
     if name == "qf-paper":
         return dict(PAPER_RULE)
     base, *parts = name.split("/")
-    settings: dict = {}
     try:
-        for part in parts:
-            if part in ("auto", "all"):
-                settings["auto_significance"] = part == "auto"
-            elif part[:1] in ("p", "g") and part[1:]:
-                settings["preserve" if part[0] == "p" else "gain"] = float(part[1:])
-            elif part[:1] == "f" and part[1:]:
-                settings["focus"] = int(part[1:])
-            else:
-                raise ValueError(part)
+        settings = dict(_setting(part) for part in parts)
     except ValueError:
         settings = {}
-    if base != "qf" or not settings or len(settings) != len(parts):
+    if base != "qf" or not parts or len(settings) != len(parts):
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}, or qf/ + settings such as "
                          "qf/p10/g1.5/auto")
     return settings
