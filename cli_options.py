@@ -22,18 +22,19 @@ def model_options(fn):
                   help="Model dtype (the edited matrix is always float32).")
     @click.option("--layer", type=int, default=None, help="Decoder layer to edit (default: the last; the paper used 23 of 28).")
     @click.option("--system", default=None, help="System prompt of the chat (default: the chat template's own).")
+    # The defaults named in these helps are EditorConfig's (tests/test_solver_options.py checks them).
     @click.option("--preserve", type=click.FloatRange(min=0), envvar="QF_PRESERVE", default=None,
-                  help="QF: strength of the K0-preserving solve (0 = the paper's minimum-norm rule; "
-                       "default: see README). [env QF_PRESERVE]")
+                  help="QF: strength of the K0-preserving solve (default 10; 0 = the paper's minimum-norm "
+                       "rule). [env QF_PRESERVE]")
     @click.option("--gain", type=click.FloatRange(min=0, min_open=True), envvar="QF_GAIN", default=None,
-                  help="QF: write gain x the instructed pass's change (1 = the paper's rule; default: see README). "
+                  help="QF: write gain x the instructed pass's change (default 1.5; 1 = the paper's rule). "
                        "[env QF_GAIN]")
     @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
                   help="QF at the last layer: write only the change of the answer token's and the plain pass's "
-                       "top K tokens' logits (0 = all of it, the paper's rule; default: see README). [env QF_FOCUS]")
+                       "top K tokens' logits (default 0 = all of it, the paper's rule). [env QF_FOCUS]")
     @click.option("--auto-significance/--all-rows", "auto_significance", envvar="QF_AUTO_SIGNIFICANCE", default=None,
                   help="QF: drop the rows the model already predicts without the fact / constrain every row "
-                       "(default: see README). [env QF_AUTO_SIGNIFICANCE]")
+                       "(default: every row). [env QF_AUTO_SIGNIFICANCE]")
     @functools.wraps(fn)
     def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance}

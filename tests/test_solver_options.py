@@ -293,3 +293,14 @@ def test_generic_chats_are_the_question_in_the_template_then_the_answer(tokenize
     for ids, (question, answer) in zip(chats, memory.preserve.CHATS):
         prompt = render_prompt(tokenizer, question)
         assert ids[:len(prompt)] == prompt and tokenizer.decode(ids[len(prompt):]) == answer
+
+
+def test_the_solver_flags_help_names_the_library_defaults():
+    from click.testing import CliRunner
+
+    import cli
+
+    text = " ".join(CliRunner().invoke(cli.main, ["learn", "--help"]).output.split())
+    defaults = EditorConfig()
+    assert f"default {defaults.preserve:g};" in text and f"default {defaults.gain:g};" in text
+    assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
