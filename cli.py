@@ -106,9 +106,9 @@ def learn(instruction, query, answer, significance, method, lr, model_name, devi
         "timings": result.timings,
     }
     if method == "qf":
-        config = editor.config
-        data["solver"] = {"preserve": config.preserve, "gain": config.gain, "focus": config.focus,
-                          "auto_significance": config.auto_significance}
+        from memory.answering import solver_settings_of
+
+        data["solver"] = solver_settings_of(editor.config)
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
                          f"answer written: {result.answer}\nclosed-book now: {result.verification}")
 

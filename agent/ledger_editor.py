@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from memory import architecture as arch
+from memory.answering import PAPER_RULE, solver_settings_of
 from memory.consolidate import Consolidation, EditorConfig, QFEditor
 from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
@@ -121,8 +122,10 @@ class LedgerEditor:
     def _warn_on_other_solver(self, active) -> None:
         """The weights are the joint solve of the active facts under *this* process's solver
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
+        # Only these act on the joint solve; focus and significance are kept with each fact's rows.
+        # An edit recorded before they existed was solved with the paper's rule.
         now = {"preserve": self.config.preserve, "gain": self.config.gain}
-        other = [e.id for e in active if any(e.hyperparams.get(k, 1.0 if k == "gain" else 0.0) != v for k, v in now.items())]
+        other = [e.id for e in active if any(e.hyperparams.get(k, PAPER_RULE[k]) != v for k, v in now.items())]
         if other:
             log.warning("%d active edit(s) were solved with other settings than %s (e.g. edit %d); the weights "
                         "are re-solved with these", len(other), now, other[0])
@@ -162,9 +165,7 @@ class LedgerEditor:
                 hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta}
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
-                hyperparams = {"ridge": editor.config.ridge, "preserve": editor.config.preserve,
-                               "gain": editor.config.gain, "focus": editor.config.focus,
-                               "auto_significance": editor.config.auto_significance}
+                hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
                 "significance": rows.significance.tolist(), "source": source or {},

@@ -42,6 +42,11 @@ class EditorConfig:
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False}
 
 
+def solver_settings_of(config: EditorConfig) -> dict:
+    """The QF solver settings of ``config`` (the fields PAPER_RULE names), as recorded and reported."""
+    return {name: getattr(config, name) for name in PAPER_RULE}
+
+
 @dataclass
 class Consolidation:
     key: Hashable
