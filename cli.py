@@ -14,7 +14,7 @@ import warnings
 import click
 
 from bench.commands import bench
-from cli_options import (USER_ERRORS, db_option, emit, json_option, model_options, solver_settings, tqdm_progress,
+from cli_options import (db_option, emit, json_option, model_options, solver_settings, tqdm_progress,
                          user_errors)
 
 log = logging.getLogger("qf")
@@ -303,9 +303,9 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
 @main.command()
 @click.option("--model", "model_name", envvar="QF_MODEL", default=None, help="The stock model to convert. [env QF_MODEL]")
 @click.option("--layer", type=int, default=None, help="Layer to convert (default: the paper's depth, 23 of 28).")
-@click.option("--steps", type=int, default=460, show_default=True,
-              help="AdamW steps at batch 1 (alpha = 0.99**step reaches 0 at step 459, when down_proj is refit; "
-                   "the reference ran 12,000, and on the 0.5B 1,500 did worse than 460: docs/QF2.md).")
+@click.option("--steps", type=int, default=700, show_default=True,
+              help="AdamW steps at batch 1 (alpha = 0.99**step reaches 0 at step 459, when down_proj is refit, "
+                   "then distillation goes on; the reference ran 12,000: docs/QF2.md).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help='Chat rows, JSON lines of {"messages": [...]} (e.g. company_iqa/train.jsonl); default: a built-in corpus.')
 @click.option("--validation", "validation_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -318,6 +318,12 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
 @click.option("--checkpoint-every", type=int, default=250, show_default=True, help="Steps between resume checkpoints.")
 @click.option("--readout-rows", type=int, default=512, show_default=True,
               help="Rows whose stock outputs refit down_proj in closed form when alpha reaches 0; 0: the paper's recipe.")
+@click.option("--distill", type=float, default=1.0, show_default=True,
+              help="Weight of the KL to the stock model at the answer tokens, plus one generic chat per step; 0: the paper's loss.")
+@click.option("--eval-every", type=int, default=100, show_default=True,
+              help="Steps between measures of agreement with the stock model on held-out chats (logged with -v).")
+@click.option("--surrogate-beta", type=float, default=10.0, show_default=True,
+              help="Train through the firing with the gradient of sigmoid(S*z) (forward unchanged); 0: off, the paper's.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted conversion saved under the output name.")
 @click.option("--restart", is_flag=True, help="Discard an interrupted conversion and start afresh.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
@@ -326,7 +332,7 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
 @json_option
 @user_errors
 def convert(model_name, layer, steps, data_path, validation_path, holdout, corpus_rows, out_name, beta, lr,
-            checkpoint_every, readout_rows, resume, restart, device, dtype, db, as_json):
+            checkpoint_every, readout_rows, distill, eval_every, surrogate_beta, resume, restart, device, dtype, db, as_json):
     """QFt: convert a model for QF2 (trains layers L-1..L+1; --resume continues an interrupted run)."""
     from tqdm.auto import tqdm
 
@@ -345,7 +351,8 @@ def convert(model_name, layer, steps, data_path, validation_path, holdout, corpu
         result, checkpoint_id = convert_model(
             model_name, layer=layer, steps=steps, data_path=data_path, validation_path=validation_path,
             holdout=holdout, corpus_rows=corpus_rows, out_name=out_name, beta=beta, lr=lr,
-            checkpoint_every=checkpoint_every, readout_rows=readout_rows, resume=resume, restart=restart,
+            checkpoint_every=checkpoint_every, readout_rows=readout_rows, distill=distill, eval_every=eval_every,
+            surrogate_beta=surrogate_beta, resume=resume, restart=restart,
             device=device, dtype=dtype, db=db,
             progress=progress, caching=caching)
     data = {**result, "checkpoint_id": checkpoint_id}

@@ -43,10 +43,12 @@ def conversion_data(data_path: str | None, validation_path: str | None, holdout:
     return train, validation, f"{data_path} ({len(validation)} rows held out)"
 
 
-def convert_model(model_name: str | None, *, layer: int | None = None, steps: int = 460, data_path: str | None = None,
+def convert_model(model_name: str | None, *, layer: int | None = None, steps: int = 700, data_path: str | None = None,
                   validation_path: str | None = None, holdout: int = 50, corpus_rows: int = 3000,
                   out_name: str | None = None, beta: float = 1000.0, lr: float = 5e-5, checkpoint_every: int = 250,
-                  readout_rows: int = 512, resume: bool = False, restart: bool = False,
+                  readout_rows: int = 512, distill: float = QFtConfig.distill, eval_every: int = QFtConfig.eval_every,
+                  surrogate_beta: float = QFtConfig.surrogate_beta,
+                  resume: bool = False, restart: bool = False,
                   device: str = "auto", dtype: str = "auto", db: str | None = None,
                   progress: Progress | None = None,
                   caching: Callable[[int, int], None] | None = None) -> tuple[dict, int]:
@@ -57,7 +59,8 @@ def convert_model(model_name: str | None, *, layer: int | None = None, steps: in
     loaded = load_model(model_name, device=device, dtype=dtype)
     layer = arch.check_layer(loaded.model, arch.paper_layer(loaded.model) if layer is None else layer)
     config = QFtConfig(layer=layer, beta=beta, steps=steps, lr=lr, checkpoint_every=checkpoint_every,
-                       readout_rows=readout_rows)
+                       readout_rows=readout_rows, distill=distill, eval_every=eval_every,
+                       surrogate_beta=surrogate_beta)
     name = out_name or f"{Path(loaded.name).name}-qf2-L{layer}"
     if "/" in name or not name.strip():
         raise ValueError(f"--out takes a plain name (the model is saved under {models_dir()}), not {name!r}")
@@ -93,11 +96,20 @@ def conversion_summary(result: dict) -> str:
              f"validation loss {result['validation_loss_before']:.3f} (stock) -> {result['validation_loss']:.3f} (converted)"]
     if result["readout_error"] is not None:
         lines.append(f"readout refit on {result['readout_tokens']} tokens: relative error {result['readout_error']:.3f}")
+    if result.get("chat_kl") is not None:
+        lines.append(f"held-out chats (distill {result['distill']:g}): KL to the stock model {result['chat_kl']:.3f}, "
+                     f"top-1 agreement {result['chat_top1']:.3f}")
     lines.append("validation answers (greedy):")
     for answer in result["validation_answers"] or []:
         system = next((m["content"] for m in answer["messages"] if m["role"] == "system"), "") or "-"
         lines += [f"  Q: {answer['messages'][-1]['content']}  (system: {system})",
                   f"     expected:  {answer['expected']}",
+                  f"     stock:     {answer['answer_before']}",
+                  f"     converted: {answer['answer']}"]
+    lines.append("general requests (greedy):")
+    for answer in result.get("chat_answers") or []:
+        system = next((m["content"] for m in answer["messages"] if m["role"] == "system"), "") or "(default)"
+        lines += [f"  Q: {answer['messages'][-1]['content']}  (system: {system})",
                   f"     stock:     {answer['answer_before']}",
                   f"     converted: {answer['answer']}"]
     lines.append(f"use it with --model {result['name']}")

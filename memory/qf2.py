@@ -36,9 +36,19 @@ ALPHA_DECAY = 0.99  # alpha = ALPHA_DECAY ** step ...
 ALPHA_FLOOR = 0.01  # ... and exactly 0 once it falls below this (after 459 steps)
 
 
-def firing(pre_activation: torch.Tensor, beta: float) -> torch.Tensor:
-    """The firing pattern sigmoid(beta * z) of up_proj's output z (any shape)."""
-    return torch.sigmoid(beta * pre_activation)
+def firing(pre_activation: torch.Tensor, beta: float, surrogate_beta: float | None = None) -> torch.Tensor:
+    """The firing pattern sigmoid(beta * z) of up_proj's output z (any shape).
+
+    With ``surrogate_beta`` (training only) the value is the same, but the gradient is that of
+    sigmoid(surrogate_beta * z): at beta 1000 the firing is a step whose gradient vanishes for all
+    but a sliver of units, and a softer surrogate lets the layers below learn what fires
+    (a straight-through estimator, as spiking networks are trained).
+    """
+    fired = torch.sigmoid(beta * pre_activation)
+    if surrogate_beta is None or not pre_activation.requires_grad:
+        return fired
+    soft = torch.sigmoid(surrogate_beta * pre_activation)
+    return fired.detach() + (soft - soft.detach())
 
 
 def qf2_factors(

@@ -59,6 +59,7 @@ class QF2Block(nn.Module):
         # The stock MLP as a plain attribute, not a submodule: registering it would duplicate keys.
         object.__setattr__(self, "original", original)
         self.config = model.config
+        self.surrogate_beta: float | None = None  # QFt training only: the firing's gradient (memory.qf2.firing)
         self._residual: torch.Tensor | None = None  # r of the forward in progress
         self._blend: torch.Tensor | None = None
         norm = decoder_layer.get_submodule(self.parts.mlp_norm)
@@ -83,7 +84,7 @@ class QF2Block(nn.Module):
         """FF_qf2(h) = down_proj(sigmoid(beta * up_proj(h)))."""
         up = self.get_submodule(self.parts.up_proj)
         down = self.get_submodule(self.parts.down_proj)
-        return down(firing(up(h), self.beta))
+        return down(firing(up(h), self.beta, self.surrogate_beta))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha

@@ -19,13 +19,18 @@ What makes it fast on CPU:
   layer (lm_head never runs), and reused every epoch. A training step runs layers L-1..end only.
 - Logits only where the loss is: the final norm and lm_head run on the answer rows alone.
 
+Distillation (memory.qft_distill, on by default): beside the answer loss, the KL from the stock
+model's predictions (kept from the caching pass) at the answer positions, and one generic chat
+exchange per step on that term alone, so the layers learn to stand in for the stock MLP on
+ordinary use, not only on the training rows' answers.
+
 The trainable layers are trained in float32 and cast back to the model's dtype at the end: an
 AdamW step of lr 5e-5 moves a weight by about 5e-5, less than half a bf16 ulp for any weight
 above 0.016 in magnitude, so in bf16 most updates would round away. Layers above L+1 are frozen but still run (backward
 too): the loss is measured after them.
 
-Resume: every ``checkpoint_every`` steps the trainable layers and AdamW's moments are written to
-``OUT/resume/`` (safetensors, plus state.json); ``convert`` with the same base model, data and
+Resume (memory.qft_resume): every ``checkpoint_every`` steps the trainable layers and AdamW's
+moments are written to ``OUT/resume/`` (safetensors, plus state.json); ``convert`` with the same base model, data and
 settings continues from there. The example order is a function of (seed, epoch), so nothing else
 is needed. On success the result is ``OUT`` as a Hugging Face checkpoint (safetensors, tokenizer,
 ``config.qf2``; load it with ``from_pretrained`` then ``memory.qf2_block.install_from_config``)
@@ -39,17 +44,15 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memory import architecture as arch
@@ -59,12 +62,13 @@ from memory.delta import tensor_sha256
 from memory.generate import greedy_reply
 from memory.qf2 import alpha_at, faded_step
 from memory.qf2_block import install, installed
+from memory.qft_distill import check_rows, chat_rows, kl_to_teacher, top1_agreement
 from memory.qft_readout import DEFAULT_RIDGE, fit_readout
+from memory.qft_resume import RESUME_DIR, load_resume, resume_key, resume_step, save_resume
 
 log = logging.getLogger(__name__)
 
 RESULT_JSON = "qft.json"
-RESUME_DIR = "resume"
 Progress = Callable[[int, float, float], None]  # (steps done, that step's loss, its alpha)
 
 
@@ -80,6 +84,15 @@ class QFtConfig:
     # outputs over the first ``readout_rows`` training rows; 0 keeps the paper's recipe (no refit).
     readout_rows: int = 512
     readout_ridge: float = DEFAULT_RIDGE
+    # Weight of the distillation term: KL(stock || converted) at each row's answer positions,
+    # and one generic chat exchange per step on that term alone (memory.qft_distill). 0 is the
+    # paper's loss (answers only). With surrogate_beta 10 it kept the 0.5B's chat ability where the
+    # paper's loss did not (docs/QF2.md, 2026-12-01).
+    distill: float = 1.0
+    # Gradient of the firing during training: that of sigmoid(surrogate_beta * z) instead of the
+    # vanishing one at beta (memory.qf2.firing); the forward pass is unchanged. 0: off (the paper's).
+    surrogate_beta: float = 10.0
+    eval_every: int = 100  # steps between measures of agreement with the stock model on held-out chats; 0: end only
     loss_window: int = 100  # the reported train loss is the mean over this many last steps
     seed: int = 0  # the example order is a permutation per epoch drawn from (seed, epoch)
 
@@ -100,6 +113,14 @@ class QFtResult:
     readout_error: float | None = None  # relative error of the closed-form readout on its tokens
     readout_tokens: int = 0
     validation_answers: list[dict] | None = None  # greedy answers to the validation rows, stock and converted
+    distill: float = 0.0
+    surrogate_beta: float = 0.0
+    # Agreement with the stock model on held-out generic chats (answer tokens, teacher forced):
+    # mean KL(stock || converted) and the share of tokens whose top-1 prediction is the stock's.
+    chat_kl: float | None = None
+    chat_top1: float | None = None
+    chat_curve: list[dict] | None = None  # {"step", "kl", "top1"} every eval_every steps
+    chat_answers: list[dict] | None = None  # greedy answers to memory.qft_distill.CHAT_CHECKS, stock and converted
 
 
 # --- rows ------------------------------------------------------------------------------
@@ -152,6 +173,8 @@ class CachedExample:
     rows: torch.Tensor  # (T,) positions whose next token is a target
     targets: torch.Tensor  # (T,) answer tokens + end of turn
     stock_output: torch.Tensor | None = None  # (S, D) the stock output of the converted layer, for the readout
+    teacher: torch.Tensor | None = None  # (S, D) the stock model's final norm output, for distillation
+    answer_loss: bool = True  # False: a generic chat exchange, trained on the distillation term alone
 
 
 class _PrefixDone(Exception):
@@ -159,27 +182,36 @@ class _PrefixDone(Exception):
 
 
 @torch.no_grad()
-def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = None) -> CachedExample:
+def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = None,
+                 teacher: bool = False) -> CachedExample:
     """One forward pass, stopped as the last layer starts, recording what layers first.. receive
-    (and, with ``output_of``, that layer's output: run on the stock model, the readout's target)."""
+    (and, with ``output_of``, that layer's output: run on the stock model, the readout's target;
+    with ``teacher``, the final norm's output: the stock model's predictions, lm_head not run)."""
     layers = arch.decoder_layers(model)
     calls: list[tuple[torch.Tensor, dict]] = []
     outputs: list[torch.Tensor] = []
+    finals: list[torch.Tensor] = []
 
     def record(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         calls.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        if module is layers[-1] and output_of != len(layers) - 1:
+        if module is layers[-1] and output_of != len(layers) - 1 and not teacher:
             raise _PrefixDone
 
     def keep_output(module, args, output):
         outputs.append((output if isinstance(output, torch.Tensor) else output[0])[0].float())
-        if module is layers[-1]:
+        if module is layers[-1] and not teacher:
             raise _PrefixDone
+
+    def keep_final(module, args, output):
+        finals.append(output[0])
+        raise _PrefixDone
 
     handles = [layers[i].register_forward_pre_hook(record, with_kwargs=True) for i in range(first, len(layers))]
     if output_of is not None:
         handles.append(layers[output_of].register_forward_hook(keep_output))
+    if teacher:
+        handles.append(_final_norm(model).register_forward_hook(keep_final))
     try:
         model(input_ids=p.input_ids.to(_device(model)), use_cache=False)
     except _PrefixDone:
@@ -190,7 +222,7 @@ def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = 
     hidden = calls[0][0]
     targets = torch.tensor(p.targets, device=hidden.device)
     return CachedExample(hidden, [kwargs for _, kwargs in calls], p.rows.to(hidden.device), targets,
-                         outputs[0] if outputs else None)
+                         outputs[0] if outputs else None, finals[0] if finals else None)
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -215,16 +247,47 @@ def _final_norm(model: nn.Module) -> nn.Module:
     return model.get_decoder().norm
 
 
-def tail_loss(model: nn.Module, example: CachedExample, first: int) -> torch.Tensor:
-    """Mean cross-entropy over the answer rows, running layers first..last, the norm and lm_head."""
+def _tail_output(model: nn.Module, example: CachedExample, first: int) -> torch.Tensor:
+    """The last layer's output (S, D), running layers first..last from the cached hidden state."""
     h = example.hidden
     for layer, kwargs in zip(arch.decoder_layers(model)[first:], example.layer_kwargs):
         out = layer(h.to(_dtype(layer)), **kwargs)
         h = out if isinstance(out, torch.Tensor) else out[0]
+    return h[0]
+
+
+def _logits(model: nn.Module, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
+    """lm_head's float32 logits for last-layer outputs h (or, ``normed``, final norm outputs)."""
     norm, head = _final_norm(model), model.get_output_embeddings()
-    normed = norm(h[0, example.rows].to(_dtype(norm)))
-    logits = head(normed.to(_dtype(head)))
-    return F.cross_entropy(logits.float(), example.targets)
+    if not normed:
+        h = norm(h.to(_dtype(norm)))
+    return head(h.to(_dtype(head))).float()
+
+
+def tail_loss(model: nn.Module, example: CachedExample, first: int, distill: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the answer rows (unless the example has none to learn), plus
+    ``distill`` x the mean KL to the stock model's predictions at those rows; runs layers
+    first..last, then the norm and lm_head at the answer rows only."""
+    h = _tail_output(model, example, first)
+    logits = _logits(model, h[example.rows])
+    loss = F.cross_entropy(logits, example.targets) if example.answer_loss else torch.zeros((), device=h.device)
+    if distill and example.teacher is not None:
+        with torch.no_grad():
+            teacher = _logits(model, example.teacher[example.rows], normed=True)
+        loss = loss + distill * kl_to_teacher(logits, teacher)
+    return loss
+
+
+@torch.no_grad()
+def chat_agreement(model: nn.Module, examples: list[CachedExample], first: int) -> tuple[float, float]:
+    """(mean KL(stock || model), top-1 agreement) over the answer rows of examples with a teacher."""
+    kls, agreements = [], []
+    for example in examples:
+        logits = _logits(model, _tail_output(model, example, first)[example.rows])
+        teacher = _logits(model, example.teacher[example.rows], normed=True)
+        kls.append(float(kl_to_teacher(logits, teacher)))
+        agreements.append(top1_agreement(logits, teacher))
+    return sum(kls) / len(kls), sum(agreements) / len(agreements)
 
 
 @torch.no_grad()
@@ -235,7 +298,7 @@ def mean_loss(model: nn.Module, examples: list[CachedExample], first: int) -> fl
     return sum(float(tail_loss(model, e, first)) for e in examples) / len(examples)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return random.Random(f"qft/{seed}/{epoch}").sample(range(n), n)
 
@@ -244,53 +307,6 @@ def example_index(step: int, n: int, seed: int) -> int:
     """Which row step ``step`` trains on: epoch by epoch, each a seeded permutation."""
     epoch, i = divmod(step, n)
     return _epoch_order(seed, epoch, n)[i]
-
-
-# --- resume checkpoints ----------------------------------------------------------------
-def _resume_key(config: QFtConfig, base: dict, data_sha256: str, layer: int) -> dict:
-    """What must match for a resume checkpoint to continue this run (steps may grow)."""
-    return {"base": base, "data_sha256": data_sha256, "layer": layer, "beta": config.beta, "lr": config.lr,
-            "weight_decay": config.weight_decay, "seed": config.seed, "readout_rows": config.readout_rows,
-            "readout_ridge": config.readout_ridge}
-
-
-def _save_resume(out: Path, step: int, key: dict, losses: list[float], params: dict, optimizer) -> None:
-    partial, final, old = out / f"{RESUME_DIR}.partial", out / RESUME_DIR, out / f"{RESUME_DIR}.old"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({name: p.detach().contiguous() for name, p in params.items()}, str(partial / "trainable.safetensors"))
-    state = optimizer.state_dict()["state"]  # {parameter index: {"step", "exp_avg", "exp_avg_sq"}}
-    moments = {f"{i}.{name}": value.contiguous() for i, values in state.items() for name, value in values.items()}
-    save_file(moments, str(partial / "optimizer.safetensors"))
-    (partial / "state.json").write_text(json.dumps({"step": step, "key": key, "recent_losses": losses}))
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@torch.no_grad()
-def _load_resume(out: Path, key: dict, params: dict, optimizer) -> tuple[int, list[float]]:
-    """(steps done, recent losses) from OUT/resume, or (0, []) when there is none."""
-    folder = out / RESUME_DIR
-    if not (folder / "state.json").exists():
-        return 0, []
-    state = json.loads((folder / "state.json").read_text())
-    differs = sorted(k for k in key if state["key"].get(k) != key[k])
-    if differs:
-        raise ValueError(
-            f"{folder} is a checkpoint of another run (its {', '.join(differs)} differ); "
-            "use another output directory or delete that folder to start afresh"
-        )
-    for name, value in load_file(str(folder / "trainable.safetensors")).items():
-        params[name].copy_(value)
-    moments: dict[int, dict] = {}
-    for name, value in load_file(str(folder / "optimizer.safetensors")).items():
-        index, field = name.split(".", 1)
-        moments.setdefault(int(index), {})[field] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
-    log.info("resuming QFt from step %d (%s)", state["step"], folder)
-    return state["step"], state["recent_losses"]
 
 
 # --- the conversion --------------------------------------------------------------------
@@ -338,15 +354,107 @@ def _refit_readout(model: nn.Module, examples: list[CachedExample], first: int, 
     return fit.relative_error, fit.tokens
 
 
+def _chat_point(model: nn.Module, held_chats: list[CachedExample], first: int, step: int) -> dict:
+    kl, top1 = chat_agreement(model, held_chats, first)
+    log.info("step %d: held-out chats, KL to the stock model %.4f, top-1 agreement %.3f", step, kl, top1)
+    return {"step": step, "kl": kl, "top1": top1}
+
+
 def greedy_replies(model: nn.Module, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> list[str]:
     """The greedy reply to each row's prompt (the row without its answer)."""
     return [greedy_reply(model, tokenizer, row["messages"][:-1], max_new_tokens).text for row in rows]
 
 
-def _resume_step(out: Path) -> int:
-    """The step OUT/resume stopped at (0 without one); _load_resume checks it belongs to this run."""
-    state = out / RESUME_DIR / "state.json"
-    return json.loads(state.read_text())["step"] if state.exists() else 0
+@dataclass
+class _CachedRows:
+    validation: list[CachedExample]
+    held_chats: list[CachedExample]  # with the stock model's predictions: the chat-ability measure
+    chats: list[CachedExample]  # generic chats trained on the distillation term (none without it)
+    train: dict[int, CachedExample]  # by index in the training rows
+
+
+def _cache_rows(loaded: LoadedModel, first: int, layer: int, train_rows: list[dict], validation_rows: list[dict],
+                needed: list[int], readout_ids: list[int], distilling: bool,
+                caching: Callable[[int, int], None] | None) -> _CachedRows:
+    """One pass per row through the frozen layers (on the stock model), reused every epoch; of the
+    training rows, only those this run trains on. The readout's rows (and, when distilling, the
+    chats) keep the stock output of ``layer``; with distillation every trained row keeps the stock
+    model's predictions."""
+    chat_train = chat_rows(held_out=False) if distilling else []
+    chat_held = chat_rows(held_out=True)
+    total, done = len(validation_rows) + len(chat_held) + len(chat_train) + len(needed), 0
+    readout_layer = layer if readout_ids else None
+
+    def cached(row: dict, output_of: int | None = None, teacher: bool = distilling) -> CachedExample:
+        nonlocal done
+        p = chat_pass(loaded.tokenizer, row["messages"])
+        example = cache_prefix(loaded.model, p, first, output_of, teacher)
+        done += 1
+        if caching is not None:
+            caching(done, total)
+        return example
+
+    return _CachedRows(
+        validation=[cached(row, teacher=False) for row in validation_rows],
+        held_chats=[cached(row, teacher=True) for row in chat_held],
+        chats=[replace(cached(row, readout_layer), answer_loss=False) for row in chat_train],
+        train={index: cached(train_rows[index], layer if index in readout_ids else None) for index in needed},
+    )
+
+
+@contextlib.contextmanager
+def _finally(undo: Callable[[], None]):
+    try:
+        yield
+    finally:
+        undo()
+
+
+@dataclass
+class _Trained:
+    losses: list[float]  # the last loss_window steps'
+    curve: list[dict]  # agreement with the stock model on held-out chats every eval_every steps
+    readout_error: float | None = None
+    readout_tokens: int = 0
+
+
+def _train(model: nn.Module, block, tail: range, n_rows: int, rows: _CachedRows, readout_ids: list[int],
+           config: QFtConfig, out: Path, key: dict, progress: Progress | None) -> _Trained:
+    """The AdamW steps (from a matching resume checkpoint, if any), alpha faded step by step; the
+    readout refit (when ``readout_ids``) at the step alpha reaches 0."""
+    trained, first = _Trained(losses=[], curve=[]), tail.start
+    block.surrogate_beta = config.surrogate_beta or None
+    with _trainable_in_float32(model, tail) as params, _finally(lambda: setattr(block, "surrogate_beta", None)):
+        optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+        done, trained.losses = load_resume(out, key, params, optimizer)
+        for step in range(done, config.steps):
+            block.alpha = alpha_at(step)
+            if readout_ids and step == faded_step():
+                trained.readout_error, trained.readout_tokens = _refit_readout(
+                    model, [rows.train[i] for i in readout_ids] + rows.chats, first, block.layer, config, params,
+                    optimizer)
+            loss = tail_loss(model, rows.train[example_index(step, n_rows, config.seed)], first, config.distill)
+            if rows.chats:
+                chat = rows.chats[example_index(step, len(rows.chats), config.seed)]
+                loss = loss + tail_loss(model, chat, first, config.distill)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            trained.losses = (trained.losses + [loss.item()])[-config.loss_window:]
+            if progress is not None:
+                progress(step + 1, trained.losses[-1], block.alpha)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                save_resume(out, step + 1, key, trained.losses, params, optimizer)
+            if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+                trained.curve.append(_chat_point(model, rows.held_chats, first, step + 1))
+    return trained
+
+
+def _side_by_side(model: nn.Module, tokenizer, rows: list[dict], before: list[str], expected: bool = False) -> list[dict]:
+    """Each row's prompt with the greedy reply before conversion and now (and the row's own answer)."""
+    after = greedy_replies(model, tokenizer, rows)
+    return [{"messages": row["messages"][:-1], **({"expected": row["messages"][-1]["content"]} if expected else {}),
+             "answer_before": b, "answer": a} for row, b, a in zip(rows, before, after)]
 
 
 def convert(
@@ -377,54 +485,32 @@ def convert(
             "weights_sha256": weights_sha256(model)}
     data_sha256 = rows_sha256(train_rows)
     faded = faded_step()
-    resumes_at = _resume_step(out)
+    resumes_at = resume_step(out)
     refit = config.readout_rows > 0 and resumes_at <= faded < config.steps
     needed, readout_ids = _rows_to_cache(config, len(train_rows), resumes_at, refit)
-    # One pass per row through the frozen layers (on the stock model), reused every epoch; only
-    # the rows this run trains on.
-    validation = [cache_prefix(model, chat_pass(tokenizer, row["messages"]), tail.start) for row in validation_rows]
-    train: dict[int, CachedExample] = {}
-    for i, index in enumerate(needed):
-        p = chat_pass(tokenizer, train_rows[index]["messages"])
-        train[index] = cache_prefix(model, p, tail.start, output_of=layer if index in readout_ids else None)
-        if caching is not None:
-            caching(i + 1, len(needed))
-    validation_before = mean_loss(model, validation, tail.start)
+    rows = _cache_rows(loaded, tail.start, layer, train_rows, validation_rows, needed,
+                       readout_ids if refit else [], config.distill > 0, caching)
+    validation_before = mean_loss(model, rows.validation, tail.start)
     answers_before = greedy_replies(model, tokenizer, validation_rows)
+    checks_before = greedy_replies(model, tokenizer, check_rows())
 
     block = install(model, layer, config.beta, alpha=1.0)
-    key = _resume_key(config, base, data_sha256, layer)
-    readout_error, readout_tokens = None, 0
-    with _trainable_in_float32(model, tail) as params:
-        optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-        done, losses = _load_resume(out, key, params, optimizer)
-        for step in range(done, config.steps):
-            block.alpha = alpha_at(step)
-            if refit and step == faded:
-                readout_error, readout_tokens = _refit_readout(
-                    model, [train[i] for i in readout_ids], tail.start, layer, config, params, optimizer)
-            loss = tail_loss(model, train[example_index(step, len(train_rows), config.seed)], tail.start)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses = (losses + [loss.item()])[-config.loss_window:]
-            if progress is not None:
-                progress(step + 1, losses[-1], block.alpha)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                _save_resume(out, step + 1, key, losses, params, optimizer)
-
+    trained = _train(model, block, tail, len(train_rows), rows, readout_ids if refit else [], config,
+                     out, resume_key(config, base, data_sha256, layer), progress)
     block.alpha = alpha_at(config.steps)
     if block.alpha > 0:
         log.warning("QFt stopped at alpha %.3f: QF2 applies to a fully converted layer (>= %d steps)", block.alpha, faded)
-    answers_after = greedy_replies(model, tokenizer, validation_rows)
+    curve = trained.curve + [_chat_point(model, rows.held_chats, tail.start, config.steps)]
+    losses = trained.losses
     result = QFtResult(
         out=str(out), base=base, layer=layer, beta=config.beta, alpha=block.alpha, steps=config.steps,
         data_sha256=data_sha256, train_loss=sum(losses) / len(losses) if losses else None,
-        validation_loss=mean_loss(model, validation, tail.start), validation_loss_before=validation_before,
-        seconds=time.perf_counter() - start_time, readout_error=readout_error, readout_tokens=readout_tokens,
-        validation_answers=[{"messages": row["messages"][:-1], "expected": row["messages"][-1]["content"],
-                             "answer_before": before, "answer": after}
-                            for row, before, after in zip(validation_rows, answers_before, answers_after)],
+        validation_loss=mean_loss(model, rows.validation, tail.start), validation_loss_before=validation_before,
+        seconds=time.perf_counter() - start_time, readout_error=trained.readout_error,
+        readout_tokens=trained.readout_tokens,
+        validation_answers=_side_by_side(model, tokenizer, validation_rows, answers_before, expected=True),
+        distill=config.distill, surrogate_beta=config.surrogate_beta, chat_kl=curve[-1]["kl"], chat_top1=curve[-1]["top1"], chat_curve=curve,
+        chat_answers=_side_by_side(model, tokenizer, check_rows(), checks_before),
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -56,3 +56,18 @@ def test_an_interrupted_conversion_is_resumed_or_restarted_only_when_asked(tmp_p
     restarted = invoke(*args, "--restart")
     assert restarted.exit_code == 0, restarted.output + repr(restarted.exception)
     assert json.loads(restarted.output)["steps"] == 6 and not partial.exists()
+
+
+def test_convert_flags_default_to_the_library_settings_and_reach_it(tmp_path, tiny_model_dir):
+    from memory.qft import QFtConfig
+
+    options = {p.name: p for p in cli.convert.params}
+    assert options["distill"].default == QFtConfig.distill and options["eval_every"].default == QFtConfig.eval_every
+    assert options["surrogate_beta"].default == QFtConfig.surrogate_beta
+    done = invoke("convert", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "2", "--steps", "4",
+                  "--corpus-rows", "20", "--holdout", "2", "--checkpoint-every", "0", "--distill", "0.5",
+                  "--eval-every", "2", "--out", "tiny-distill")
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    assert "held-out chats (distill 0.5)" in done.output and "general requests (greedy):" in done.output
+    saved = json.loads((tmp_path / "home" / "models" / "tiny-distill" / "qft.json").read_text())
+    assert saved["distill"] == 0.5 and [p["step"] for p in saved["chat_curve"]] == [2, 4]
