@@ -30,8 +30,9 @@ above 0.016 in magnitude, so in bf16 most updates would round away. Layers above
 too): the loss is measured after them.
 
 Resume (memory.qft_resume): every ``checkpoint_every`` steps the trainable layers and AdamW's
-moments are written to ``OUT/resume/`` (safetensors, plus state.json); ``convert`` with the same base model, data and
-settings continues from there. The example order is a function of (seed, epoch), so nothing else
+moments are written to ``OUT/resume/`` (safetensors, plus state.json); ``convert`` with the
+same base model, data and settings continues from there (the chat-agreement points before the
+interruption are not kept). The example order is a function of (seed, epoch), so nothing else
 is needed. On success the result is ``OUT`` as a Hugging Face checkpoint (safetensors, tokenizer,
 ``config.qf2``; load it with ``from_pretrained`` then ``memory.qf2_block.install_from_config``)
 plus ``OUT/qft.json``, and ``OUT/resume/`` is removed.
@@ -509,7 +510,8 @@ def convert(
         seconds=time.perf_counter() - start_time, readout_error=trained.readout_error,
         readout_tokens=trained.readout_tokens,
         validation_answers=_side_by_side(model, tokenizer, validation_rows, answers_before, expected=True),
-        distill=config.distill, surrogate_beta=config.surrogate_beta, chat_kl=curve[-1]["kl"], chat_top1=curve[-1]["top1"], chat_curve=curve,
+        distill=config.distill, surrogate_beta=config.surrogate_beta,
+        chat_kl=curve[-1]["kl"], chat_top1=curve[-1]["top1"], chat_curve=curve,
         chat_answers=_side_by_side(model, tokenizer, check_rows(), checks_before),
     )
     model.save_pretrained(out)
