@@ -100,17 +100,18 @@ def conversion_summary(result: dict) -> str:
         lines.append(f"held-out chats (distill {result['distill']:g}): KL to the stock model {result['chat_kl']:.3f}, "
                      f"top-1 agreement {result['chat_top1']:.3f}")
     lines.append("validation answers (greedy):")
-    for answer in result["validation_answers"] or []:
-        system = next((m["content"] for m in answer["messages"] if m["role"] == "system"), "") or "-"
-        lines += [f"  Q: {answer['messages'][-1]['content']}  (system: {system})",
-                  f"     expected:  {answer['expected']}",
-                  f"     stock:     {answer['answer_before']}",
-                  f"     converted: {answer['answer']}"]
+    lines += [line for answer in result["validation_answers"] or [] for line in _answer_lines(answer, "-")]
     lines.append("general requests (greedy):")
-    for answer in result.get("chat_answers") or []:
-        system = next((m["content"] for m in answer["messages"] if m["role"] == "system"), "") or "(default)"
-        lines += [f"  Q: {answer['messages'][-1]['content']}  (system: {system})",
-                  f"     stock:     {answer['answer_before']}",
-                  f"     converted: {answer['answer']}"]
+    lines += [line for answer in result.get("chat_answers") or [] for line in _answer_lines(answer, "(default)")]
     lines.append(f"use it with --model {result['name']}")
     return "\n".join(lines)
+
+
+def _answer_lines(answer: dict, no_system: str) -> list[str]:
+    """One side-by-side answer: the question (and its system prompt), the expected answer if the
+    row has one, the stock and the converted model's replies."""
+    system = next((m["content"] for m in answer["messages"] if m["role"] == "system"), "") or no_system
+    lines = [f"  Q: {answer['messages'][-1]['content']}  (system: {system})"]
+    if "expected" in answer:
+        lines.append(f"     expected:  {answer['expected']}")
+    return lines + [f"     stock:     {answer['answer_before']}", f"     converted: {answer['answer']}"]

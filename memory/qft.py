@@ -404,11 +404,14 @@ def _cache_rows(loaded: LoadedModel, first: int, layer: int, train_rows: list[di
 
 
 @contextlib.contextmanager
-def _finally(undo: Callable[[], None]):
+def _surrogate_gradient(block, surrogate_beta: float):
+    """Train through the block's firing with the gradient of sigmoid(surrogate_beta * z) (0: the
+    true gradient); the block goes back to the plain firing on exit."""
+    block.surrogate_beta = surrogate_beta or None
     try:
         yield
     finally:
-        undo()
+        block.surrogate_beta = None
 
 
 @dataclass
@@ -423,14 +426,13 @@ def _train(model: nn.Module, block, tail: range, n_rows: int, rows: _CachedRows,
            config: QFtConfig, out: Path, key: dict, progress: Progress | None) -> _Trained:
     """The AdamW steps (from a matching resume checkpoint, if any), alpha faded step by step; the
     readout refit (when ``readout_ids``) at the step alpha reaches 0."""
-    trained, first = _Trained(losses=[], curve=[]), tail.start
-    block.surrogate_beta = config.surrogate_beta or None
-    with _trainable_in_float32(model, tail) as params, _finally(lambda: setattr(block, "surrogate_beta", None)):
+    trained, first, faded = _Trained(losses=[], curve=[]), tail.start, faded_step()
+    with _trainable_in_float32(model, tail) as params, _surrogate_gradient(block, config.surrogate_beta):
         optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
         done, trained.losses = load_resume(out, key, params, optimizer)
         for step in range(done, config.steps):
             block.alpha = alpha_at(step)
-            if readout_ids and step == faded_step():
+            if readout_ids and step == faded:
                 trained.readout_error, trained.readout_tokens = _refit_readout(
                     model, [rows.train[i] for i in readout_ids] + rows.chats, first, block.layer, config, params,
                     optimizer)
@@ -489,14 +491,14 @@ def convert(
     resumes_at = resume_step(out)
     refit = config.readout_rows > 0 and resumes_at <= faded < config.steps
     needed, readout_ids = _rows_to_cache(config, len(train_rows), resumes_at, refit)
-    rows = _cache_rows(loaded, tail.start, layer, train_rows, validation_rows, needed,
-                       readout_ids if refit else [], config.distill > 0, caching)
+    rows = _cache_rows(loaded, tail.start, layer, train_rows, validation_rows, needed, readout_ids,
+                       config.distill > 0, caching)
     validation_before = mean_loss(model, rows.validation, tail.start)
     answers_before = greedy_replies(model, tokenizer, validation_rows)
     checks_before = greedy_replies(model, tokenizer, check_rows())
 
     block = install(model, layer, config.beta, alpha=1.0)
-    trained = _train(model, block, tail, len(train_rows), rows, readout_ids if refit else [], config,
+    trained = _train(model, block, tail, len(train_rows), rows, readout_ids, config,
                      out, resume_key(config, base, data_sha256, layer), progress)
     block.alpha = alpha_at(config.steps)
     if block.alpha > 0:
