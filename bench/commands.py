@@ -130,6 +130,10 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--batch", type=int, default=1, show_default=True, help="Facts per consolidation.")
 @click.option("--eval-every", type=int, default=None, help="Also score the cases edited so far every K edits (curve).")
 @click.option("--gen-tokens", type=int, default=16, show_default=True, help="Greedy answer length cap (0: skip generation).")
+@click.option("--gen-cases", type=click.IntRange(min=0), default=None,
+              help="Greedy answers for the first K cases only (default: all); teacher-forced scores cover all.")
+@click.option("--full-eval", is_flag=True,
+              help="Score with full forward passes even where the cached last-layer scorer applies (a check; slow).")
 @click.option("--ft-steps", type=int, default=25, show_default=True, help="FT-L step cap per consolidation.")
 @click.option("--ft-lr", type=float, default=5e-4, show_default=True, help="FT-L Adam learning rate.")
 @model_options
@@ -138,11 +142,15 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG of metrics against edits.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @user_errors
-def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, gen_tokens, ft_steps, ft_lr,
-          model_name, device, dtype, layer, system, as_json, out_path, plot_path, progress):
-    """Sequential edits on CounterFact / zsRE: efficacy, generalization, specificity per method."""
+def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, gen_tokens, gen_cases, full_eval, ft_steps,
+          ft_lr, model_name, device, dtype, layer, system, as_json, out_path, plot_path, progress):
+    """Sequential edits on CounterFact / zsRE: efficacy, generalization, specificity per method.
+
+    At the last layer (the default) teacher-forced scores come from activations cached once per
+    case (only the LM head runs after each edit), and QF variants share each fact's captures."""
     from bench.datasets import read_cases
     from bench.edits import format_curve, format_table, run_benchmark
+    from memory.architecture import num_layers
 
     cases, skipped, family = read_cases(data_path, fmt, limit, offset)
     for index, reason in skipped:
@@ -151,11 +159,13 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
     editor = make_editor(model_name, device, dtype, layer, system)
     loaded = editor.loaded
     result = run_benchmark(editor, cases, template=template, methods=methods, batch=batch, eval_every=eval_every,
-                           gen_tokens=gen_tokens, ft_steps=ft_steps, ft_lr=ft_lr, progress=tqdm_progress(progress))
+                           gen_tokens=gen_tokens, ft_steps=ft_steps, ft_lr=ft_lr, progress=tqdm_progress(progress),
+                           gen_cases=gen_cases, cached_eval=not full_eval)
     result["config"] = {
         "data": str(Path(data_path).resolve()), "family": family, "template": template, "model": loaded.name,
         "layer": editor.layer, "device": str(loaded.device), "dtype": str(next(loaded.model.parameters()).dtype),
         "edits": len(cases), "offset": offset, "batch": batch, "methods": list(methods), "gen_tokens": gen_tokens,
+        "gen_cases": gen_cases, "cached_eval": not full_eval and editor.layer == num_layers(loaded.model) - 1,
         "ft_steps": ft_steps, "ft_lr": ft_lr, "system": system,
         "skipped": [{"index": i, "reason": r} for i, r in skipped],
     }

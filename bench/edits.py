@@ -27,6 +27,8 @@ import torch
 from bench import metrics as M
 from bench.baselines import EditMethod, FineTune, InContext
 from bench.datasets import EditCase, Poser, instruction_for, right_padded
+from bench.last_layer import LastLayerScorer
+from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
@@ -58,27 +60,40 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
 
 
 class QFMethod(EditMethod):
+    """QF through the editor's joint solve. ``captured`` (case index -> (rows, seconds)) may be shared
+    by the variants of one run: a fact's rows are upstream of the edited matrix and do not depend on
+    the solver's settings, except for focus and automatic significance (which are never shared)."""
+
     name = "qf"
 
-    def __init__(self, editor: QFEditor, poser: Poser):
+    def __init__(self, editor: QFEditor, poser: Poser, captured: dict[int, tuple[FactRows, float]] | None = None):
         self.editor, self.poser = editor, poser
         self.keys: list[tuple[str, int]] = []
+        shareable = not (editor.config.focus or editor.config.auto_significance)
+        self.captured = captured if captured is not None and shareable else {}
 
-    def rows(self, case: EditCase) -> FactRows:
-        if self.poser.template == "chat":
-            fact = Fact(instruction_for(case, "chat"), case.prompt, case.target_new)
-            return self.editor.capture(fact)
-        return plain_rows(self.editor, self.poser, case)
+    def rows(self, case: EditCase) -> tuple[FactRows, float]:
+        """The case's rows and the seconds their two capture passes took (when they were taken)."""
+        if case.index not in self.captured:
+            t0 = time.perf_counter()
+            if self.poser.template == "chat":
+                rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new))
+            else:
+                rows = plain_rows(self.editor, self.poser, case)
+            self.captured[case.index] = rows, time.perf_counter() - t0
+        return self.captured[case.index]
 
     def edit(self, cases: list[EditCase]) -> dict:
-        rows = 0
+        rows, capture_seconds = 0, 0.0
         for case in cases:
-            fact_rows = self.rows(case)
+            fact_rows, seconds = self.rows(case)
             self.editor.add_rows(("bench", case.index), fact_rows)
             self.keys.append(("bench", case.index))
             rows += fact_rows.num_rows
-        self.editor.rebuild()
-        return {"rows": rows}
+            capture_seconds += seconds
+        solve_seconds = self.editor.rebuild()
+        # A consolidation's cost: the capture as measured when it ran (once per run), then the solve.
+        return {"rows": rows, "seconds": capture_seconds + solve_seconds, "solve_seconds": solve_seconds}
 
     def restore(self) -> None:
         for key in self.keys:
@@ -121,9 +136,9 @@ def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None) ->
 
 
 def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4,
-                progress: Progress | None = None) -> EditMethod:
+                progress: Progress | None = None, captured: dict | None = None) -> EditMethod:
     if name.startswith("qf"):
-        method = QFMethod(qf_variant(name, editor, progress), poser)
+        method = QFMethod(qf_variant(name, editor, progress), poser, captured)
         method.name = name
         return method
     if name == "ft":
@@ -170,9 +185,19 @@ def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], conte
             for i, (k, (_, cont)) in enumerate(tokens.items())}
 
 
-def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int) -> CaseEval:
-    """Teacher-forced scores, and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour."""
-    result = CaseEval(teacher_forced(model, poser, scored_pairs(case), context))
+def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int,
+                  scorer: LastLayerScorer | None = None) -> CaseEval:
+    """Teacher-forced scores, and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour.
+
+    With a ``scorer`` (edits confined to the last down_proj) and no context, the scores come from
+    its cached activations instead of a forward pass (bench.last_layer)."""
+    if scorer is not None and context is None:
+        if case.index not in scorer:
+            tokens = {k: (poser.prompt_ids(p), poser.answer_ids(c)) for k, (p, c) in scored_pairs(case).items()}
+            scorer.prepare(case.index, tokens, poser.pad_id)
+        result = CaseEval(scorer.scores(case.index))
+    else:
+        result = CaseEval(teacher_forced(model, poser, scored_pairs(case), context))
     if gen_tokens > 0:
         names = {"prompt": case.prompt, "paraphrase": case.paraphrase, "neighborhood": case.neighborhood}
         prompts = [poser.prompt_ids(text, context) for text in names.values()]
@@ -206,18 +231,38 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
     return lambda n=1: None
 
 
-def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update) -> tuple[list[CaseEval], list[dict]]:
+def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scorer=None, gen_cases=None
+                  ) -> tuple[list[CaseEval], list[dict]]:
+    """Evaluate every case; greedy answers (gen_tokens > 0) for the first ``gen_cases`` only (None: all)."""
     evals, per_case = [], []
     for i, case in enumerate(cases):
-        ev = evaluate_case(model, poser, case, context_of(case), gen_tokens)
+        generate = gen_tokens if gen_cases is None or i < gen_cases else 0
+        ev = evaluate_case(model, poser, case, context_of(case), generate, scorer)
         evals.append(ev)
         per_case.append(case_metrics(case, ev, pre[i] if pre is not None else ev))
         update(1)
     return evals, per_case
 
 
-def run_method(editor: QFEditor, poser: Poser, method: EditMethod, cases: list[EditCase], pre: list[CaseEval],
-               batch: int, eval_every: int | None, gen_tokens: int, progress: Progress) -> tuple[dict, list[dict]]:
+@dataclass
+class Evaluation:
+    """How a run evaluates: the posed template, the pre-edit reference, greedy answers (up to
+    ``gen_tokens`` tokens, for the first ``gen_cases`` cases; None: all) and the cached scorer."""
+
+    poser: Poser
+    gen_tokens: int = 16
+    gen_cases: int | None = None
+    scorer: LastLayerScorer | None = None
+    pre: list[CaseEval] | None = None
+
+    def run(self, model, cases: list[EditCase], context_of, update, generate: bool = True
+            ) -> tuple[list[CaseEval], list[dict]]:
+        return _evaluate_all(model, self.poser, cases, self.pre, context_of, self.gen_tokens if generate else 0,
+                             update, self.scorer, self.gen_cases)
+
+
+def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], evaluation: Evaluation, batch: int,
+               eval_every: int | None, progress: Progress) -> tuple[dict, list[dict]]:
     """Edit all cases sequentially with ``method``, evaluate, restore. Returns (summary, per-case records)."""
     weight = editor.model.get_parameter(editor.parameter)
     base_sha = tensor_sha256(weight.detach().float())
@@ -228,18 +273,18 @@ def run_method(editor: QFEditor, poser: Poser, method: EditMethod, cases: list[E
             chunk = cases[start:start + batch]
             t0 = time.perf_counter()
             details.append(method.edit(chunk))
-            seconds = time.perf_counter() - t0
+            seconds = details[-1].get("seconds", time.perf_counter() - t0)
             per_edit.append(seconds / len(chunk))
             total += seconds
             update(len(chunk))
             done = start + len(chunk)
             if eval_every and done < len(cases) and done // eval_every > start // eval_every:
-                _, tf = _evaluate_all(editor.model, poser, cases[:done], pre, method.context, 0, _no_progress("", 0))
+                _, tf = evaluation.run(editor.model, cases[:done], method.context, _no_progress("", 0), generate=False)
                 curve.append({"edits": done, **M.aggregate(tf)})
         relative = M.relative_norm(weight, editor.joint.W0)
         t0 = time.perf_counter()
-        evals, per_case = _evaluate_all(editor.model, poser, cases, pre, method.context, gen_tokens,
-                                        progress(f"{method.name}: evaluating", len(cases)))
+        evals, per_case = evaluation.run(editor.model, cases, method.context,
+                                         progress(f"{method.name}: evaluating", len(cases)))
         eval_seconds = time.perf_counter() - t0
     finally:  # the next method starts from the base weights, also after an error
         method.restore()
@@ -255,27 +300,35 @@ def run_method(editor: QFEditor, poser: Poser, method: EditMethod, cases: list[E
     }
     if details and "steps" in details[0]:
         summary["ft_steps_median"] = statistics.median(d["steps"] for d in details)
+    if details and "solve_seconds" in details[0]:
+        summary["solve_seconds_last"] = details[-1]["solve_seconds"]  # the re-solve over all rows, at the end
     return summary, [case_record(ev, m) for ev, m in zip(evals, per_case)]
 
 
 def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat", methods: tuple[str, ...] = ("qf",),
                   batch: int = 1, eval_every: int | None = None, gen_tokens: int = 16, ft_steps: int = 25,
-                  ft_lr: float = 5e-4, progress: Progress | None = None) -> dict:
-    """The whole benchmark; returns {"pre", "methods", "cases"} (see docs/RESULTS.md)."""
+                  ft_lr: float = 5e-4, progress: Progress | None = None, gen_cases: int | None = None,
+                  cached_eval: bool = True) -> dict:
+    """The whole benchmark; returns {"pre", "methods", "cases"} (see docs/RESULTS.md).
+
+    ``cached_eval``: when the editor edits the last layer, teacher-forced scores come from cached
+    activations (bench.last_layer; in-context scores still run the model)."""
     if not cases:
         raise ValueError("no cases to edit: check --data, --offset and --limit")
     if batch < 1:
         raise ValueError("--batch must be at least 1")
     progress = progress or _no_progress
-    poser = Poser(editor.tokenizer, template, editor.config.system)
-    pre, pre_metrics = _evaluate_all(editor.model, poser, cases, None, lambda c: None, gen_tokens,
-                                     progress("pre-edit: evaluating", len(cases)))
+    last = arch.num_layers(editor.model) - 1
+    scorer = LastLayerScorer(editor.model, editor.parameter) if cached_eval and editor.layer == last else None
+    evaluation = Evaluation(Poser(editor.tokenizer, template, editor.config.system), gen_tokens, gen_cases, scorer)
+    pre, pre_metrics = evaluation.run(editor.model, cases, lambda c: None, progress("pre-edit: evaluating", len(cases)))
     # The base model is its own reference: its zsRE specificity (agreement) and its
     # neighborhood_unchanged are 1 by definition.
-    results, records = {}, {}
+    evaluation.pre = pre
+    results, records, captured = {}, {}, {}
     for name in methods:
-        method = make_method(name, editor, poser, ft_steps, ft_lr, progress)
-        results[name], records[name] = run_method(editor, poser, method, cases, pre, batch, eval_every, gen_tokens, progress)
+        method = make_method(name, editor, evaluation.poser, ft_steps, ft_lr, progress, captured)
+        results[name], records[name] = run_method(editor, method, cases, evaluation, batch, eval_every, progress)
     out_cases = []
     for i, case in enumerate(cases):
         row = {"index": case.index, "subject": case.subject, "prompt": case.prompt, "target_new": case.target_new,

@@ -115,11 +115,12 @@ def generation_case(answers: dict[str, tuple[int, ...]], texts: dict[str, str], 
 
 
 def aggregate(cases: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of every per-case metric, plus the harmonic mean of the three headline ones."""
+    """Mean of every per-case metric over the cases that have it (greedy answers may be limited to
+    the first cases), plus the harmonic mean of the three headline ones."""
     if not cases:
         return {}
-    keys = [k for k in cases[0] if all(k in c for c in cases)]
-    out = {k: sum(c[k] for c in cases) / len(cases) for k in keys}
+    keys = list(dict.fromkeys(k for c in cases for k in c))
+    out = {k: statistics.fmean(c[k] for c in cases if k in c) for k in keys}
     if all(k in out for k in HEADLINE):
         out["harmonic_mean"] = harmonic_mean([out[k] for k in HEADLINE])
     return out

@@ -1,0 +1,83 @@
+"""Teacher-forced scores after edits of the last layer's down_proj, without a forward pass.
+
+When every edit a method makes is confined to ``down_proj`` of the model's last layer (QF at its
+default layer, FT-L on the same matrix), nothing upstream of that matrix changes: at each scored
+position the residual entering the last MLP (``h``, the input of its norm) and the input of
+down_proj (``u``) are those of the base model. The logits there are then
+
+    lm_head(final_norm(h + W u))
+
+for the live weight W. ``LastLayerScorer`` runs the model once per case, cut short at the last
+down_proj (the same right-padded batch ``bench.edits.teacher_forced`` scores), keeps h and u at
+the scored positions, and afterwards scores any W with the LM head alone: about 1/50 of a forward
+pass on the 0.5B, which is what makes 1,000-edit curves affordable on a CPU. The full forward pass
+stays the reference (tests/test_bench_last_layer.py compares both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench import metrics as M
+from bench.datasets import right_padded
+from memory import architecture as arch
+from memory.capture import Capture
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One scored continuation: h (k, N) and u (k, D) at the k positions predicting ``targets``."""
+
+    h: torch.Tensor
+    u: torch.Tensor
+    targets: tuple[int, ...]
+
+
+class LastLayerScorer:
+    def __init__(self, model, parameter: str):
+        layer = arch.num_layers(model) - 1
+        self.down_name = arch.module_path(model, layer, "down_proj")
+        if parameter != f"{self.down_name}.weight":
+            raise ValueError(f"the cached scorer needs edits of {self.down_name}, not {parameter}")
+        self.model = model
+        self.norm_name = arch.module_path(model, layer, "mlp_norm")
+        self.down_proj = model.get_submodule(self.down_name)
+        self.weight = model.get_parameter(parameter)
+        self.final_norm = model.get_submodule(arch.architecture_of(model).final_norm)
+        self.head = model.get_output_embeddings()
+        self._rows: dict[Hashable, dict[str, _Rows]] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._rows
+
+    @torch.no_grad()
+    def prepare(self, key: Hashable, tokens: dict[str, tuple[list[int], list[int]]], pad_id: int) -> None:
+        """Capture h and u for ``tokens`` (name -> (prompt ids, continuation ids)) at the current
+        weights below the last down_proj, which no edit of it changes."""
+        ids, mask, rows = right_padded(list(tokens.values()), pad_id)
+        device = self.weight.device
+        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
+            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        h, u = cap.inputs[self.norm_name], cap.inputs[self.down_name]
+        self._rows[key] = {name: _Rows(h[i, rows[i]].clone(), u[i, rows[i]].clone(), tuple(cont))
+                           for i, (name, (_, cont)) in enumerate(tokens.items())}
+
+    @torch.no_grad()
+    def scores(self, key: Hashable) -> dict[str, M.TokenScores]:
+        """The teacher-forced scores of a prepared case under the live weight."""
+        rows = self._rows[key]
+        h = torch.cat([r.h for r in rows.values()])
+        u = torch.cat([r.u for r in rows.values()])
+        # As the model computes it: down_proj in its weight's dtype, the sum in the residual's.
+        mlp = F.linear(u.to(self.weight.dtype), self.weight, self.down_proj.bias).to(h.dtype)
+        logits = self.head(self.final_norm(h + mlp)).float().cpu()
+        out, start = {}, 0
+        for name, r in rows.items():
+            stop = start + len(r.targets)
+            out[name] = M.token_scores(logits[start:stop], r.targets)
+            start = stop
+        return out
