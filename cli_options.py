@@ -35,9 +35,13 @@ def model_options(fn):
     @click.option("--auto-significance/--all-rows", "auto_significance", envvar="QF_AUTO_SIGNIFICANCE", default=None,
                   help="QF: drop the rows the model already predicts without the fact / constrain every row "
                        "(default: every row). [env QF_AUTO_SIGNIFICANCE]")
+    @click.option("--condition", type=click.FloatRange(min=0), envvar="QF_CONDITION", default=None,
+                  help="QF: cap the condition number of the facts' row system at K by raising the ridge "
+                       "(default 0 = no cap, the paper's rule). [env QF_CONDITION]")
     @functools.wraps(fn)
-    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, **kwargs):
-        solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance}
+    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, **kwargs):
+        solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
+                  "condition": condition}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -45,8 +49,8 @@ def model_options(fn):
 
 
 def solver_settings() -> dict:
-    """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance), as
-    EditorConfig fields; the library's defaults for those not given."""
+    """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
+    --condition), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -41,8 +41,8 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # QF solver variants (issue 7), side by side: "qf" is the editor's own configuration (the
 # defaults, or the CLI's flags); "qf-paper" the paper's rule (identity norm, gain 1, every row);
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
-# G), fK (focus on the target's and top K tokens' logits), auto (automatic significance), all
-# (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
+# G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), auto (automatic
+# significance), all (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def _setting(part: str) -> tuple[str, object]:
     """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
     if part in ("auto", "all"):
         return "auto_significance", part == "auto"
-    field_name = {"p": "preserve", "g": "gain", "f": "focus"}.get(part[:1])
+    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
     return field_name, (int if field_name == "focus" else float)(part[1:])

@@ -32,6 +32,7 @@ class EditorConfig:
     gain: float = 1.5  # the residual to write is gain * R (1 = the instructed pass exactly), memory.qf
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
+    condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
@@ -39,7 +40,7 @@ class EditorConfig:
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
-PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False}
+PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0}
 
 
 def solver_settings_of(config: EditorConfig) -> dict:

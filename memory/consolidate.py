@@ -57,7 +57,7 @@ class QFEditor(Answering):
             sha = tensor_sha256(W0.detach().float().cpu())
             metric = LazyMetric(config.preserve, lambda: self._metric(sha, progress))
         self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
-                            gain=config.gain)
+                            gain=config.gain, max_condition=config.condition)
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
 

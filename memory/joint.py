@@ -25,13 +25,15 @@ from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
-                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0):
+                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0,
+                 max_condition: float = 0.0):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
         self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
         self.metric = metric  # None: the identity norm, the paper's rule
         self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
+        self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
         self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
@@ -113,7 +115,7 @@ class JointQF:
             sig = torch.cat([self._sig[k] for k in self._keys])
             U_plain = torch.cat([self._U_plain[k] for k in self._keys]).T  # (D, T)
             Z = torch.cat([self._Z[k] for k in self._keys]).T if self.metric is not None else None
-            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram, Z=Z)
+            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram, Z=Z, max_condition=self.max_condition)
         return LowRankDelta(
             left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
             model=self.model, layer=self.layer, metadata={"method": "qf", "facts": str(len(self._keys)), **self.solver},
@@ -123,7 +125,7 @@ class JointQF:
     def solver(self) -> dict[str, str]:
         """The solve's settings, as recorded with each edit."""
         return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
-                "gain": str(self.gain)}
+                "gain": str(self.gain), "condition": str(self.max_condition)}
 
     def share(self, delta: LowRankDelta, key: Hashable) -> LowRankDelta:
         """One fact's part of a joint delta (its columns of left, rows of right); shares sum to dW."""

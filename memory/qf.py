@@ -31,6 +31,19 @@ independent rows are met to better than 1e-6 relative (tested), while duplicated
 rows (the same fact twice) stay finite instead of exploding.  Everything is float64; the
 system is solved by Cholesky, never an explicit inverse.
 
+Ridge from the rows' conditioning (issue 7). As facts accumulate, their rows crowd the key space
+(at the last layer the answer positions of different questions have similar keys) and the row
+system ``S G S`` becomes ill-conditioned: its smallest eigenvalues lam_min let the solve amplify
+tiny differences between rows by 1 / lam_min, which is where ||dW|| explodes and where unrelated
+prompts' keys get large changes. With a condition cap kappa the ridge is raised to
+
+    lam = max(ridge * trace(S G S) / T,  lam_max(S G S) / kappa)
+
+so the regularized system's condition number stays below kappa + 1 at any scale (lam_max by
+power iteration, a few T x T products). Rows that are well separated are still met almost
+exactly; only the directions the rows barely span (eigenvalues below lam_max / kappa) are damped.
+kappa = 0 turns the cap off (the paper's rule).
+
 Preserving what the model knows (issue 7). The identity norm ``||dW||_F`` treats every
 direction of the key space alike, though the matrix mostly sees a few. Given the covariance
 ``C = K0 K0^T / n`` of the keys K0 it sees on generic text (memory.preserve), we minimize instead
@@ -80,6 +93,31 @@ def qf_gram(U_plain: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tenso
     return U64.T @ (U64 if Z is None else Z.double())
 
 
+def top_eigenvalue(A: torch.Tensor, iterations: int = 30) -> float:
+    """The largest eigenvalue of a symmetric positive semi-definite A (T, T), by power iteration.
+
+    Starts from the all-ones vector (the rows' common direction, near the top one for keys that
+    share a mean); a slight underestimate at worst, which only lowers the ridge it sets."""
+    v = torch.ones(A.shape[0], dtype=A.dtype, device=A.device)
+    value = 0.0
+    for _ in range(iterations):
+        w = A @ v
+        norm = float(torch.linalg.vector_norm(w))
+        if norm == 0.0:
+            return 0.0
+        value = float(v @ w) / float(v @ v)
+        v = w / norm
+    return value
+
+
+def row_ridge(Gs: torch.Tensor, ridge: float, max_condition: float = 0.0) -> float:
+    """The ridge added to the row system ``S G S`` (module doc, "Ridge" and its conditioning)."""
+    lam = ridge * float(Gs.diagonal().mean())
+    if max_condition > 0:
+        lam = max(lam, top_eigenvalue(Gs) / max_condition)
+    return lam
+
+
 def qf_solve(
     R: torch.Tensor,
     U_plain: torch.Tensor,
@@ -87,11 +125,13 @@ def qf_solve(
     ridge: float = DEFAULT_RIDGE,
     gram: torch.Tensor | None = None,
     Z: torch.Tensor | None = None,
+    max_condition: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimum-norm dW with dW U' = R (weighted ridge, see module doc) as (left, right).
 
     R (N, T); U_plain (D, T); significance (T,) >= 0; Z = M^{-1} U' (D, T) for a preserving
-    metric (None: the identity, the paper's rule); gram: a precomputed U'^T Z (T, T).
+    metric (None: the identity, the paper's rule); gram: a precomputed U'^T Z (T, T);
+    max_condition: the condition cap kappa of the row system (0: none).
     Returns left (N, T) float64 and right = Z^T (T, D) (U'^T, in U_plain's dtype, without Z);
     dW = left @ right. Rows with significance 0 get a zero column in ``left``.
     """
@@ -100,6 +140,8 @@ def qf_solve(
         raise ValueError(f"R has {R.shape[1]} rows, U' has {T}")
     if ridge < 0:
         raise ValueError("ridge must be >= 0")
+    if max_condition < 0:
+        raise ValueError("the condition cap must be >= 0 (0: none)")
     s = torch.ones(T, dtype=torch.float64) if significance is None else significance.double().to(R.device)
     if s.shape != (T,) or bool((s < 0).any()):
         raise ValueError("significance must be T non-negative weights")
@@ -109,8 +151,7 @@ def qf_solve(
     if bool(keep.any()):
         sk = s[keep]
         Gs = sk[:, None] * G[keep][:, keep] * sk[None, :]
-        lam = ridge * float(Gs.diagonal().mean())
-        Gs.diagonal().add_(lam)
+        Gs.diagonal().add_(row_ridge(Gs, ridge, max_condition))
         # left_k = R_k S (S G S + lam I)^{-1} S ; solve the transposed SPD system.
         L = torch.linalg.cholesky(Gs)
         rhs = (R.double()[:, keep] * sk[None, :]).T  # (t, N)

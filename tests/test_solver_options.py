@@ -1,6 +1,7 @@
 """Issue 7's solver options on tiny random models: the K0-preserving metric and automatic significance."""
 
 import torch
+import pytest
 
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact, FactRows, auto_significance
@@ -165,18 +166,20 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
 
     args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
-    out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance"])
+    out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance",
+                                               "--condition", "1e6"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
-    assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True}
+    assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
+    assert shown["edits"][0]["hyperparams"]["condition"] == 1e6
     monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
     monkeypatch.setenv("QF_GAIN", "1")
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
-    assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False}
+    assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0}
 
 
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
@@ -185,8 +188,8 @@ def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(to
     from store import Store
 
     monkeypatch.setenv("QF_HOME", str(tmp_path))
-    config = EditorConfig(layer=3, preserve=20.0, gain=1.5, focus=4, auto_significance=True, max_answer_tokens=4,
-                          verify_tokens=4)
+    config = EditorConfig(layer=3, preserve=20.0, gain=1.5, focus=4, auto_significance=True, condition=1e4,
+                          max_answer_tokens=4, verify_tokens=4)
     facts = [Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"),
              Fact("My daughter's name is Lena.", "What is my daughter's name?", "Lena")]
     store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
@@ -219,13 +222,13 @@ def test_gain_scales_the_written_change_and_meets_the_scaled_rows():
 
 
 def test_bench_variant_names():
-    import pytest
-
     from bench.edits import qf_settings
 
     assert qf_settings("qf") is None
-    assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False}
+    assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
+                                       "condition": 0.0}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
+    assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
         with pytest.raises(ValueError):
             qf_settings(bad)
@@ -266,7 +269,7 @@ def test_focus_keeps_exactly_the_change_of_the_chosen_logits():
 
 
 def test_focus_is_refused_below_the_last_layer_and_recorded_with_the_rows(tiny_qwen):
-    import pytest
+
 
     with pytest.raises(ValueError, match="last layer"):
         QFEditor(tiny_qwen, EditorConfig(layer=1, focus=4))
@@ -304,3 +307,50 @@ def test_the_solver_flags_help_names_the_library_defaults():
     defaults = EditorConfig()
     assert f"default {defaults.preserve:g};" in text and f"default {defaults.gain:g};" in text
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
+
+
+# --- the ridge from the rows' conditioning -------------------------------------------------
+def test_top_eigenvalue_matches_the_spectrum():
+    from memory.qf import top_eigenvalue
+
+    A = torch.randn(40, 12, dtype=torch.float64)
+    G = A @ A.T  # rank 12, PSD
+    assert top_eigenvalue(G, iterations=200) == pytest.approx(float(torch.linalg.eigvalsh(G)[-1]), rel=1e-6)
+    assert top_eigenvalue(torch.zeros(3, 3, dtype=torch.float64)) == 0.0
+
+
+def test_the_condition_cap_bounds_the_row_system_and_the_update_past_the_key_space():
+    from memory.qf import row_ridge
+
+    torch.manual_seed(0)
+    W0 = torch.randn(N, D, dtype=torch.float64)
+    mean = torch.randn(D, 1, dtype=torch.float64) * 5  # keys sharing a large mean, as at the last layer
+    T = 3 * D  # more rows than key dimensions: they cannot all be met
+    U_plain = mean + 0.1 * torch.randn(D, T, dtype=torch.float64)
+    U = U_plain + 0.05 * torch.randn(D, T, dtype=torch.float64)
+    V, V_plain = torch.randn(N, T, dtype=torch.float64), torch.randn(N, T, dtype=torch.float64)
+    R = qf_residual(W0, U, V, U_plain, V_plain)
+    G = U_plain.T @ U_plain
+    for kappa in (1e2, 1e4, 1e6):
+        system = G.clone()
+        system.diagonal().add_(row_ridge(G, 1e-8, kappa))
+        eig = torch.linalg.eigvalsh(system)
+        assert float(eig[-1] / eig[0]) <= kappa * 1.01 + 1
+    norms = {}
+    for kappa in (0.0, 1e6, 1e3):
+        left, right = qf_solve(R, U_plain, ridge=1e-8, max_condition=kappa)
+        dW = left @ right.double()
+        assert bool(torch.isfinite(dW).all())
+        norms[kappa] = float(torch.linalg.matrix_norm(dW))
+    assert norms[1e3] < norms[1e6] < norms[0.0]  # the cap damps what the rows barely span
+
+
+def test_a_cap_that_does_not_bind_still_meets_independent_rows():
+    torch.manual_seed(1)
+    W0 = torch.randn(N, D, dtype=torch.float64)
+    U_plain = torch.randn(D, 4, dtype=torch.float64)  # 4 independent, well-conditioned rows
+    U = U_plain + 0.1 * torch.randn(D, 4, dtype=torch.float64)
+    V, V_plain = torch.randn(N, 4, dtype=torch.float64), torch.randn(N, 4, dtype=torch.float64)
+    R = qf_residual(W0, U, V, U_plain, V_plain)
+    left, right = qf_solve(R, U_plain, max_condition=1e8)
+    assert torch.allclose((left @ right.double()) @ U_plain, R, rtol=1e-5, atol=1e-6)
