@@ -83,6 +83,9 @@ def _significance(text: str | None):
 @click.option("--query", required=True, help='The question it answers, e.g. "Who founded Oxinnovate?"')
 @click.option("--answer", default=None, help="The answer to write (default: the model's own answer with the fact in context).")
 @click.option("--significance", default=None, help="Per-row weights: one per answer token (+ end of turn), 0 drops a row.")
+@click.option("--phrasing", "phrasing_texts", multiple=True,
+              help="Another way to ask the query, learned with it (repeatable). Without any, --phrasings N asks "
+                   "the model for N.")
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: closed-form solve on down_proj; qf2: Hebbian update on a QFt-converted model (qf convert).")
 @click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
@@ -90,17 +93,21 @@ def _significance(text: str | None):
 @db_option
 @json_option
 @user_errors
-def learn(instruction, query, answer, significance, method, lr, model_name, device, dtype, layer, system, db, as_json):
+def learn(instruction, query, answer, significance, phrasing_texts, method, lr, model_name, device, dtype, layer, system, db,
+          as_json):
     """Consolidate one fact into the weights, record it in the ledger, print the answer after."""
     from memory.fact import Fact
 
     ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr)
-    learned = ledger.learn(Fact(instruction, query, answer, _significance(significance)), source={"via": "cli"},
-                           method=method)
+    fact = Fact(instruction, query, answer, _significance(significance), phrasing_texts)
+    if not fact.phrasings:
+        fact = ledger.with_phrasings(fact)
+    learned = ledger.learn(fact, source={"via": "cli"}, method=method)
     result = learned.result
     editor = ledger.qf2 if method == "qf2" else ledger.current
     data = {
         "fact_id": learned.fact_id, "edit_id": learned.edit_id, "instruction": instruction, "query": query,
+        "phrasings": list(fact.phrasings),
         "answer": result.answer, "verification": result.verification, "seconds": result.seconds, "rows": result.rows,
         "method": method, "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
         "timings": result.timings,
@@ -109,8 +116,9 @@ def learn(instruction, query, answer, significance, method, lr, model_name, devi
         from memory.answering import solver_settings_of
 
         data["solver"] = solver_settings_of(editor.config)
+    also = "".join(f"\nalso asked as:  {p}" for p in fact.phrasings)
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
-                         f"answer written: {result.answer}\nclosed-book now: {result.verification}")
+                         f"answer written: {result.answer}{also}\nclosed-book now: {result.verification}")
 
 
 def _open_store(db):
@@ -122,7 +130,7 @@ def _open_store(db):
 def _fact_dict(fact) -> dict:
     return {"id": fact.id, "instruction": fact.instruction, "query": fact.query, "answer": fact.answer,
             "status": fact.status, "significance": fact.significance, "supersedes_id": fact.supersedes_id,
-            "source": fact.source, "created_at": str(fact.created_at)}
+            "phrasings": fact.phrasings or [], "source": fact.source, "created_at": str(fact.created_at)}
 
 
 @main.group()
@@ -156,6 +164,7 @@ def facts_show(fact_id, db, as_json):
                       "hyperparams": e.hyperparams, "verification": e.verification, "hash": e.hash} for e in store.edits_of_fact(fact_id)]
     lines = [f"#{data['id']} [{data['status']}] {data['instruction']}", f"  query:        {data['query']}",
              f"  answer:       {data['answer']}", f"  significance: {data['significance']}"]
+    lines += [f"  also asked:   {p}" for p in data["phrasings"]]
     for e in data["edits"]:
         lines.append(f"  edit {e['id']} (seq {e['seq']}, checkpoint {e['checkpoint_id']}): {e['method']} on {e['parameter']}, "
                      f"|dW| {e['delta_norm']:.4g}, rank {e['rank']}; closed-book after: {e['verification']}")

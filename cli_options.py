@@ -38,10 +38,14 @@ def model_options(fn):
     @click.option("--condition", type=click.FloatRange(min=0), envvar="QF_CONDITION", default=None,
                   help="QF: cap the condition number of the facts' row system at K by raising the ridge "
                        "(default 0 = no cap, the paper's rule). [env QF_CONDITION]")
+    @click.option("--phrasings", type=click.IntRange(min=0), envvar="QF_PHRASINGS", default=None,
+                  help="QF: ask the model for N other ways to ask each new fact's query and learn them together "
+                       "(default 0 = the query alone, the paper's rule). [env QF_PHRASINGS]")
     @functools.wraps(fn)
-    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, **kwargs):
+    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
+                **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
-                  "condition": condition}
+                  "condition": condition, "phrasings": phrasings}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -50,7 +54,7 @@ def model_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -196,7 +196,7 @@ class Chat:
         if plain.strip().lower() == answer.strip().lower():
             self.say(f"I already know that: {plain}")
             return None
-        return Fact(candidate.instruction, candidate.query, answer)
+        return self.ledger.with_phrasings(Fact(candidate.instruction, candidate.query, answer))
 
     def confirm_and_learn(self, candidate: Candidate, message_id: int) -> None:
         fact = self._triple(candidate)
@@ -206,6 +206,8 @@ class Chat:
             conflict = self._conflict(fact)
             self.say("New fact:")
             self.say(f"  instruction: {fact.instruction}\n  query:       {fact.query}\n  answer:      {fact.answer}")
+            for phrasing in fact.phrasings:
+                self.say(f"  also asked:  {phrasing}")
             if not carries_information(fact.instruction, fact.query, fact.answer):
                 self.say("  (the answer does not contain what the fact says: edit it?)")
             if conflict:
@@ -218,7 +220,8 @@ class Chat:
                 fact = self._edit(fact)
                 continue
             self.store.add_fact(fact.instruction, fact.query, fact.answer, None, status="rejected",
-                                source={"session": self.session_id, "message": message_id})
+                                source={"session": self.session_id, "message": message_id},
+                                phrasings=list(fact.phrasings))
             self.say("not learned")
             return
 
@@ -229,11 +232,14 @@ class Chat:
             return "n"
 
     def _edit(self, fact: Fact) -> Fact:
+        """Each field, Enter keeping it; the phrasings as one line separated by " | " ("-": none)."""
         fields = {}
         for name in ("instruction", "query", "answer"):
             value = self._ask(f"  {name} [{getattr(fact, name)}]: ")
             fields[name] = value or getattr(fact, name)
-        return Fact(**fields)
+        value = self._ask(f"  also asked (separate with |, - for none) [{' | '.join(fact.phrasings)}]: ")
+        phrasings = fact.phrasings if not value else () if value == "-" else [p for p in value.split("|") if p.strip()]
+        return Fact(**fields, phrasings=tuple(phrasings))
 
     def _conflict(self, fact: Fact):
         for other in self.store.facts(status="consolidated"):

@@ -89,4 +89,5 @@ class QFChatModel(BaseChatModel):
     def learn(self, instruction: str, query: str, answer: str | None = None,
               significance: tuple[float, ...] | None = None, source: dict | None = None):
         """Consolidate one fact into the weights through the ledger; returns the ledger ids and result."""
-        return self.ledger.learn(Fact(instruction, query, answer, significance), source=source or {"via": "langchain"})
+        fact = self.ledger.with_phrasings(Fact(instruction, query, answer, significance))
+        return self.ledger.learn(fact, source=source or {"via": "langchain"})

@@ -33,6 +33,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     return {
         "U": rows.U, "V": rows.V, "U_plain": rows.U_plain, "V_plain": rows.V_plain,
         "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
+        "queries": torch.tensor([rows.queries], dtype=torch.int64),
     } | ({"focus": rows.focus} if rows.focus is not None else {})
 
 
@@ -40,6 +41,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
     return FactRows(
         answer, tuple(tensors["targets"].tolist()), tensors["U"], tensors["V"],
         tensors["U_plain"], tensors["V_plain"], tensors["significance"], tensors.get("focus"),
+        int(tensors["queries"]) if "queries" in tensors else 1,  # captures recorded before phrasings: 1
     )
 
 
@@ -168,8 +170,8 @@ class LedgerEditor:
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
-                "significance": rows.significance.tolist(), "source": source or {},
-                "supersedes_id": supersedes_id,
+                "significance": rows.query_significance.tolist(), "source": source or {},
+                "supersedes_id": supersedes_id, "phrasings": list(fact.phrasings),
             }
             ids["fact"], ids["edit"] = self.store.record_consolidation(
                 checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=method,
@@ -187,6 +189,12 @@ class LedgerEditor:
             result.verification = editor.ask(fact.query).text
         self.store.set_verification(ids["edit"], result.verification)
         return Learned(ids["fact"], ids["edit"], result)
+
+    def with_phrasings(self, fact: Fact) -> Fact:
+        """``fact`` with the model's rephrasings of its query (``config.phrasings``; none when 0)."""
+        if fact.phrasings or not self.config.phrasings:
+            return fact
+        return replace(fact, phrasings=self.current.phrasings_for(fact.query))
 
     def undo(self, fact_id: int) -> float:
         self.store.undo(fact_id)

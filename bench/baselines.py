@@ -37,6 +37,10 @@ class EditMethod:
     def restore(self) -> None:
         """Put the base weights back."""
 
+    def notes(self, case: EditCase) -> dict:
+        """What the method decided for ``case``, kept in its per-case record (e.g. QF's phrasings)."""
+        return {}
+
 
 class InContext(EditMethod):
     name = "icl"

@@ -41,8 +41,8 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # QF solver variants (issue 7), side by side: "qf" is the editor's own configuration (the
 # defaults, or the CLI's flags); "qf-paper" the paper's rule (identity norm, gain 1, every row);
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
-# G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), auto (automatic
-# significance), all (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
+# G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
+# of each question by the model, chat template), auto (automatic significance), all (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -60,33 +60,42 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
 
 
 class QFMethod(EditMethod):
-    """QF through the editor's joint solve. ``captured`` (case index -> (rows, seconds)) may be shared
-    by the variants of one run: a fact's rows are upstream of the edited matrix and do not depend on
-    the solver's settings, except for focus and automatic significance (which are never shared)."""
+    """QF through the editor's joint solve. ``captured`` ((case index, phrasings) -> QFMethod.rows)
+    may be shared by the variants of one run: a fact's rows are upstream of the edited matrix and do
+    not depend on the solver's settings, except for focus and automatic significance (never shared)."""
 
     name = "qf"
 
-    def __init__(self, editor: QFEditor, poser: Poser, captured: dict[int, tuple[FactRows, float]] | None = None):
+    def __init__(self, editor: QFEditor, poser: Poser, captured: dict[tuple, tuple] | None = None):
         self.editor, self.poser = editor, poser
         self.keys: list[tuple[str, int]] = []
         shareable = not (editor.config.focus or editor.config.auto_significance)
         self.captured = captured if captured is not None and shareable else {}
 
-    def rows(self, case: EditCase) -> tuple[FactRows, float]:
-        """The case's rows and the seconds their two capture passes took (when they were taken)."""
-        if case.index not in self.captured:
+    def rows(self, case: EditCase) -> tuple[FactRows, float, tuple[str, ...]]:
+        """The case's rows, the seconds their capture passes (and phrasings) took when they ran, and
+        the phrasings the model wrote for it."""
+        phrasings = self.editor.config.phrasings if self.poser.template == "chat" else 0
+        key = (case.index, phrasings)
+        if key not in self.captured:
             t0 = time.perf_counter()
+            others: tuple[str, ...] = ()
             if self.poser.template == "chat":
-                rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new))
+                others = self.editor.phrasings_for(case.prompt) if phrasings else ()
+                rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new, phrasings=others))
             else:
                 rows = plain_rows(self.editor, self.poser, case)
-            self.captured[case.index] = rows, time.perf_counter() - t0
-        return self.captured[case.index]
+            self.captured[key] = rows, time.perf_counter() - t0, others
+        return self.captured[key]
+
+    def notes(self, case: EditCase) -> dict:
+        phrasings = self.captured.get((case.index, self.editor.config.phrasings), (None, 0, ()))[2]
+        return {"phrasings": list(phrasings)} if phrasings else {}
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
         for case in cases:
-            fact_rows, seconds = self.rows(case)
+            fact_rows, seconds, _ = self.rows(case)
             self.editor.add_rows(("bench", case.index), fact_rows)
             self.keys.append(("bench", case.index))
             rows += fact_rows.num_rows
@@ -106,10 +115,10 @@ def _setting(part: str) -> tuple[str, object]:
     """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
     if part in ("auto", "all"):
         return "auto_significance", part == "auto"
-    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition"}.get(part[:1])
+    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    return field_name, (int if field_name == "focus" else float)(part[1:])
+    return field_name, (int if field_name in ("focus", "phrasings") else float)(part[1:])
 
 
 def qf_settings(name: str) -> dict | None:
@@ -302,7 +311,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         summary["ft_steps_median"] = statistics.median(d["steps"] for d in details)
     if details and "solve_seconds" in details[0]:
         summary["solve_seconds_last"] = details[-1]["solve_seconds"]  # the re-solve over all rows, at the end
-    return summary, [case_record(ev, m) for ev, m in zip(evals, per_case)]
+    return summary, [{**case_record(ev, m), **method.notes(case)} for case, ev, m in zip(cases, evals, per_case)]
 
 
 def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat", methods: tuple[str, ...] = ("qf",),

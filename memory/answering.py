@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from memory.fact import Fact
 from memory.generate import Answer, greedy_answer
 from memory.loading import LoadedModel
+from memory.phrasings import generate_phrasings
 from memory.prompts import Pass, instructed_system
 from memory.qf import DEFAULT_RIDGE
 from memory.qf2 import DEFAULT_QF2_LR
@@ -33,6 +34,7 @@ class EditorConfig:
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
+    phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
@@ -40,7 +42,7 @@ class EditorConfig:
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
-PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0}
+PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0}
 
 
 def solver_settings_of(config: EditorConfig) -> dict:
@@ -78,6 +80,10 @@ class Answering:
             self.model, self.tokenizer, query, system if system is not None else self.config.system,
             max_new_tokens or self.config.verify_tokens,
         )
+
+    def phrasings_for(self, query: str) -> tuple[str, ...]:
+        """The model's own rephrasings of ``query`` (``config.phrasings`` of them at most)."""
+        return generate_phrasings(self.model, self.tokenizer, query, self.config.phrasings, self.config.system)
 
     def instructed_answer(self, fact: Fact) -> str:
         answer = self.ask(fact.query, instructed_system(fact.instruction, self.config.system), self.config.max_answer_tokens)

@@ -24,7 +24,7 @@ import torch
 from memory import architecture as arch
 from memory.capture import Capture
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
-from memory.fact import Fact, FactRows, auto_significance, significance_vector
+from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
@@ -111,12 +111,16 @@ class QFEditor(Answering):
         return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance, focus)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
-        """Both teacher-forced passes over the same answer tokens (two forward passes)."""
+        """Both teacher-forced passes over the same answer tokens (two forward passes), for the
+        query and each of its phrasings; the rows of all of them, in that order."""
         answer = (answer or "").strip() or self.answer_for(fact)
-        system = self.config.system
-        instructed = build_pass(self.tokenizer, fact.query, answer, instructed_system(fact.instruction, system))
-        plain = build_pass(self.tokenizer, fact.query, answer, system)
-        return self.capture_rows(instructed, plain, answer, significance_vector(fact.significance, len(plain.targets) - 1))
+        system, parts = self.config.system, []
+        for query in fact.queries:
+            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system))
+            plain = build_pass(self.tokenizer, query, answer, system)
+            significance = significance_vector(fact.significance, len(plain.targets) - 1)
+            parts.append(self.capture_rows(instructed, plain, answer, significance))
+        return stack_rows(parts)
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()

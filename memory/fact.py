@@ -15,6 +15,9 @@ class Fact:
     # One weight per constrained row: each answer token, then the end-of-turn token.
     # k weights (answer tokens only) are accepted too; the end of turn then gets 1.
     significance: tuple[float, ...] | None = None
+    # Other ways to ask the query (memory.phrasings): each is captured with the same answer and
+    # its rows join the fact's, so the fact is written for all of them at once.
+    phrasings: tuple[str, ...] = ()
 
     def __post_init__(self):
         for field_name in ("instruction", "query"):
@@ -22,6 +25,15 @@ class Fact:
                 raise ValueError(f"the fact's {field_name} is empty")
         if self.answer is not None and not self.answer.strip():
             raise ValueError("the fact's answer is empty (omit it to let the model answer)")
+        phrasings = tuple(p.strip() for p in (self.phrasings or ()))
+        if any(not p for p in phrasings):
+            raise ValueError("a phrasing of the query is empty")
+        object.__setattr__(self, "phrasings", phrasings)
+
+    @property
+    def queries(self) -> tuple[str, ...]:
+        """The query, then its phrasings: every question the fact is written for."""
+        return (self.query, *self.phrasings)
 
 
 @dataclass
@@ -37,10 +49,31 @@ class FactRows:
     significance: torch.Tensor  # (T,) float64 weights >= 0
     # (T, N, m) orthonormal bases: write only row t's change in span(focus[t]) (memory.focus); None: all of it
     focus: torch.Tensor | None = None
+    queries: int = 1  # the rows are this many questions' (the query and its phrasings), in equal blocks
 
     @property
     def num_rows(self) -> int:
         return self.U.shape[0]
+
+    @property
+    def query_significance(self) -> torch.Tensor:
+        """The weights of one question's rows (every question has the same answer, so the same weights)."""
+        return self.significance[: self.num_rows // self.queries]
+
+
+def stack_rows(parts: list[FactRows]) -> FactRows:
+    """One fact's rows over several questions with the same answer: their blocks, in order."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if any(p.answer != first.answer or p.targets != first.targets for p in parts):
+        raise ValueError("the phrasings of a fact must share its answer")
+    focus = None if first.focus is None else torch.cat([p.focus for p in parts])
+    return FactRows(
+        first.answer, first.targets * len(parts), *(torch.cat([getattr(p, name) for p in parts])
+                                                     for name in ("U", "V", "U_plain", "V_plain", "significance")),
+        focus=focus, queries=sum(p.queries for p in parts),
+    )
 
 
 def significance_vector(significance: tuple[float, ...] | None, num_answer_tokens: int) -> torch.Tensor:

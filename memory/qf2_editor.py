@@ -39,17 +39,23 @@ class NotConvertedError(ConsolidationError):
 
 @dataclass
 class QF2Rows:
-    """What QF2 needs of one fact (T rows: the answer tokens, then the end of turn)."""
+    """What QF2 needs of one fact (T rows per question: the answer tokens, then the end of turn;
+    the query's, then each phrasing's)."""
 
     answer: str
     targets: tuple[int, ...]
     x: torch.Tensor  # (T, D_model) up_proj inputs, plain pass
     y_star: torch.Tensor  # (T, D_ff) firing pattern, instructed pass
     significance: torch.Tensor  # (T,)
+    queries: int = 1
 
     @property
     def num_rows(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def query_significance(self) -> torch.Tensor:
+        return self.significance[: self.num_rows // self.queries]
 
 
 def require_converted(loaded: LoadedModel) -> QF2Block:
@@ -93,14 +99,18 @@ class QF2Editor(Answering):
         return h[p.rows.to(h.device)].float()
 
     def capture(self, fact: Fact) -> QF2Rows:
+        """x from the plain pass and y* from the instructed pass, for the query and each phrasing."""
         answer = self.answer_for(fact)
-        plain = build_pass(self.tokenizer, fact.query, answer, self.config.system)
-        instructed = build_pass(self.tokenizer, fact.query, answer, instructed_system(fact.instruction, self.config.system))
-        significance = significance_vector(fact.significance, len(plain.targets) - 1)
         up = self.model.get_submodule(self.up_name)
-        with torch.no_grad():
-            y_star = firing(up(self._up_input(instructed)).float(), self.block.beta).cpu()
-        return QF2Rows(answer, plain.targets, self._up_input(plain).cpu(), y_star, significance)
+        xs, ys = [], []
+        for query in fact.queries:
+            plain = build_pass(self.tokenizer, query, answer, self.config.system)
+            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, self.config.system))
+            with torch.no_grad():
+                ys.append(firing(up(self._up_input(instructed)).float(), self.block.beta).cpu())
+            xs.append(self._up_input(plain).cpu())
+        significance = significance_vector(fact.significance, len(plain.targets) - 1).repeat(len(xs))
+        return QF2Rows(answer, plain.targets * len(xs), torch.cat(xs), torch.cat(ys), significance, len(xs))
 
     def delta_for(self, rows: QF2Rows) -> LowRankDelta:
         left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from sqlalchemy import (
     JSON, BigInteger, Column, Connection, DateTime, Double, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
-    Text, UniqueConstraint, func, insert, select,
+    Text, UniqueConstraint, func, insert, select, text,
 )
 
 from store.errors import SchemaTooNewError, StoreError
@@ -80,9 +80,15 @@ def m001_initial(conn: Connection) -> None:
     conn.execute(insert(md.tables["chain"]).values(id=1, seq=0, hash=GENESIS))
 
 
+def m002_fact_phrasings(conn: Connection) -> None:
+    """facts.phrasings: other ways to ask a fact's query, learned with it (NULL: none; older facts)."""
+    conn.execute(text("ALTER TABLE facts ADD COLUMN phrasings JSON"))
+
+
 # (number, name, function), strictly increasing numbers; append only.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
+    (2, "fact_phrasings", m002_fact_phrasings),
 ]
 
 

@@ -21,6 +21,7 @@ class FactRecord:
     source: dict[str, Any]
     created_at: datetime
     approved_at: datetime | None
+    phrasings: list[str] | None = None  # other ways to ask the query, learned with it
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def fact_record(row) -> FactRecord:
         id=row.id, instruction=row.instruction, query=row.query, answer=row.answer,
         significance=list(row.significance) if row.significance is not None else None, status=row.status,
         supersedes_id=row.supersedes_id, source=dict(row.source or {}), created_at=row.created_at,
-        approved_at=row.approved_at,
+        approved_at=row.approved_at, phrasings=list(row.phrasings) if row.phrasings else None,
     )
 
 

@@ -21,7 +21,7 @@ SHA = String(64)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON, datetime: DateTime()}
+    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON, list[str]: JSON, datetime: DateTime()}
 
 
 class AppliedMigration(Base):
@@ -65,6 +65,7 @@ class Fact(Base):
     query: Mapped[str] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text)
     significance: Mapped[list[float] | None]
+    phrasings: Mapped[list[str] | None]  # other ways to ask the query (migration 2); None: none
     status: Mapped[str] = mapped_column(String(16), index=True)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("facts.id"))
     source: Mapped[dict[str, Any]]

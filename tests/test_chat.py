@@ -52,10 +52,22 @@ def test_rejection_writes_only_a_rejected_row(env, monkeypatch):
 
 
 def test_edit_changes_the_triple(env, monkeypatch):
-    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who runs Oxinnovate?", "Qi runs Oxinnovate.", "y", "/quit"]
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who runs Oxinnovate?", "Qi runs Oxinnovate.", "", "y", "/quit"]
     run_chat(env, monkeypatch, lines, [CEO])
     (fact,) = store().facts()
     assert (fact.query, fact.answer, fact.status) == ("Who runs Oxinnovate?", "Qi runs Oxinnovate.", "consolidated")
+
+
+def test_phrasings_are_shown_edited_stored_and_learned(env, monkeypatch):
+    monkeypatch.setattr(QFEditor, "phrasings_for", lambda self, query: ("Who leads Oxinnovate?",))
+    monkeypatch.setenv("QF_PHRASINGS", "1")
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "", "Who leads Oxinnovate? | Oxinnovate's boss?", "y", "/quit"]
+    out = run_chat(env, monkeypatch, lines, [CEO])
+    assert "also asked:  Who leads Oxinnovate?" in out  # the model's own, shown before the edit
+    (fact,) = store().facts()
+    assert fact.status == "consolidated" and fact.phrasings == ["Who leads Oxinnovate?", "Oxinnovate's boss?"]
+    (edit,) = store().edits_of_fact(fact.id)
+    assert edit.hyperparams["rows"] == 3 * len(fact.significance)
 
 
 def test_questions_and_commands_are_not_facts_and_get_replies(env, monkeypatch):
@@ -111,7 +123,7 @@ def test_non_utf8_input_does_not_crash(env, monkeypatch):
 
 def test_an_answer_without_the_information_is_flagged_and_can_be_edited(env, monkeypatch):
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "I am not sure.")
-    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "Qi.", "y", "/quit"]
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "Qi.", "", "y", "/quit"]
     out = run_chat(env, monkeypatch, lines, [CEO])
     assert "does not contain what the fact says" in out and "learned #1" in out
     assert store().fact(1).answer == "Qi."

@@ -170,7 +170,8 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
                                                "--condition", "1e6"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
-    assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6}
+    assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
+                              "phrasings": 0}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -179,7 +180,8 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     monkeypatch.setenv("QF_GAIN", "1")
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
-    assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0}
+    assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
+                               "phrasings": 0}
 
 
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
@@ -226,7 +228,7 @@ def test_bench_variant_names():
 
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
-                                       "condition": 0.0}
+                                       "condition": 0.0, "phrasings": 0}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):

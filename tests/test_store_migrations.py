@@ -27,7 +27,8 @@ def test_blank_database_gets_every_table_and_column(store, store_url):
         assert {"fact_id", "checkpoint_id", "method", "layer", "parameter", "hyperparams", "captures_sha256",
                 "factors_sha256", "delta_norm", "rank", "seq", "prev_hash", "hash", "verification", "created_at"} <= edits
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT number, name FROM _migrations")).all() == [(1, "initial")]
+            assert conn.execute(text("SELECT number, name FROM _migrations ORDER BY number")).all() == [
+                (1, "initial"), (2, "fact_phrasings")]
     finally:
         engine.dispose()
     assert store.schema_version == latest_version()
@@ -47,21 +48,21 @@ def test_migration_numbers_are_unique_and_increasing():
 def test_reopening_applies_nothing_twice(store_url, tmp_path):
     Store(store_url, tmp_path / "t").close()
     reopened = Store(store_url, tmp_path / "t")
-    assert reopened.schema_version == 1
+    assert reopened.schema_version == latest_version() == 2
     reopened.close()
 
 
 def test_an_old_database_gets_only_the_missing_migrations(store, store_url):
-    def m002_add_note(conn):
+    def m099_add_note(conn):
         conn.execute(text("ALTER TABLE facts ADD COLUMN note TEXT"))
 
     engine = create_engine(store_url)
     try:
         with engine.begin() as conn:
-            assert migrate(conn, [*MIGRATIONS, (2, "note", m002_add_note)]) == 2
+            assert migrate(conn, [*MIGRATIONS, (99, "note", m099_add_note)]) == 99
         assert "note" in {c["name"] for c in inspect(engine).get_columns("facts")}
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT number FROM _migrations ORDER BY number")).scalars().all() == [1, 2]
+            assert conn.execute(text("SELECT number FROM _migrations ORDER BY number")).scalars().all() == [1, 2, 99]
     finally:
         engine.dispose()
 
@@ -73,3 +74,31 @@ def test_a_newer_schema_is_refused(store, store_url, tmp_path):
     engine.dispose()
     with pytest.raises(SchemaTooNewError, match="newer qf.*upgrade qf"):
         Store(store_url, tmp_path / "t")
+
+
+def test_a_version_1_ledger_upgrades_and_its_facts_still_verify(tmp_path):
+    """A ledger written before migration 2: facts without phrasings, create events without the key."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        assert migrate(conn, MIGRATIONS[:1]) == 1
+    engine.dispose()
+    store = Store(url, tmp_path / "t")  # opening applies migration 2
+    assert store.schema_version == 2
+    from store.chain import append_event
+    from store.schema import Fact
+
+    with store._write("an old-style fact") as s:  # as qf before migration 2 wrote it
+        row = Fact(instruction="Qi started Oxinnovate.", query="Who founded Oxinnovate?", answer="Qi",
+                   significance=None, status="approved", source={}, supersedes_id=None)
+        s.add(row)
+        s.flush()
+        append_event(s, "create", {"instruction": row.instruction, "query": row.query, "answer": "Qi",
+                                   "significance": None, "source": {}, "supersedes_id": None, "status": "approved"},
+                     fact_id=row.id)
+    new_id = store.add_fact("Lena is my daughter.", "Who is my daughter?", "Lena", None,
+                            phrasings=["What is my daughter's name?"])
+    assert store.fact(row.id).phrasings is None
+    assert store.fact(new_id).phrasings == ["What is my daughter's name?"]
+    assert store.verify().ok
+    store.close()
