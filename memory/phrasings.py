@@ -3,39 +3,52 @@
 QF writes the rows of the question it is given; a rephrasing reaches those rows only partly. A
 fact can therefore carry extra phrasings of its query: each is captured like the query (the
 instruction in context vs not, the same answer teacher-forced) and its rows join the fact's, so
-one solve covers them together. The model is asked for them *without* the instruction in context
-(it must not answer, only rephrase); the parse keeps distinct questions and drops numbering,
-answers and the query itself.
+one solve covers them together.
+
+The model is asked *without* the instruction in context (it must rephrase, not answer), once per
+phrasing with a different style hint, all in one batched greedy generation. A small model asked
+for several rephrasings in one reply tends to repeat the question or copy a worked example
+(measured on the 0.5B, docs/RESULTS.md); one style per request gives distinct ones. The parse keeps
+the first line of each reply if it is a question, differs from the query and the others (ignoring
+case and punctuation), and still names everything the query names: a rephrasing that lost the
+subject ("When was AWS established?" for "When was WEFS established?") would teach the answer to
+another question.
 """
 
 from __future__ import annotations
 
 import re
 
-from memory.generate import greedy_reply
+from memory.generate import greedy_batch, stop_ids
+from memory.prompts import render_conversation
 
-PHRASING_REQUEST = (
-    "Rewrite the question below in {n} different ways that ask for exactly the same thing. "
-    "Write one question per line, with no numbering and no answer.\n\nQuestion: {query}"
-)
-_LEAD = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|question\s*\d*\s*:)\s*", re.IGNORECASE)
+STYLES = ("Use different words.", "Make it shorter.", "Start it with a different word.", "Make it more casual.")
+PHRASING_REQUEST = ("Rewrite this question so that it asks exactly the same thing. {style} "
+                    "Reply with the new question only.\n\n{query}")
+_LEAD = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d+[.):]|question\s*\d*\s*:)\s*", re.IGNORECASE)
 
 
 def _words(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\w+", text.lower()))
 
 
+def names_in(query: str) -> set[str]:
+    """What a question names: its capitalized words after the first, and words with digits (lowercased)."""
+    words = re.findall(r"\w+", query)
+    return {w.lower() for i, w in enumerate(words) if (i > 0 and w[:1].isupper()) or any(c.isdigit() for c in w)}
+
+
 def parse_phrasings(text: str, query: str, limit: int) -> tuple[str, ...]:
     """At most ``limit`` distinct questions from the model's lines: bullets and numbers removed,
-    each a question (ends with "?"), none equal to ``query`` or each other (ignoring case and
-    punctuation)."""
-    seen, out = {_words(query)}, []
+    each a question (ends with "?") naming all the query names, none equal to ``query`` or each
+    other (ignoring case and punctuation)."""
+    seen, out, names = {_words(query)}, [], names_in(query)
     for line in text.splitlines():
         candidate = _LEAD.sub("", line).strip().strip('"').strip()
         if not candidate.endswith("?") or len(candidate) < 4:
             continue
         key = _words(candidate)
-        if not key or key in seen:
+        if not key or key in seen or not names <= set(key):
             continue
         seen.add(key)
         out.append(candidate)
@@ -45,11 +58,14 @@ def parse_phrasings(text: str, query: str, limit: int) -> tuple[str, ...]:
 
 
 def generate_phrasings(model, tokenizer, query: str, n: int, system: str | None = None,
-                       max_new_tokens: int = 120) -> tuple[str, ...]:
-    """Up to ``n`` rephrasings of ``query`` by the model's greedy answer (may be fewer)."""
+                       max_new_tokens: int = 28) -> tuple[str, ...]:
+    """Up to ``n`` rephrasings of ``query`` (at most one per style), from one batched greedy pass."""
     if n <= 0:
         return ()
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": PHRASING_REQUEST.format(n=n, query=query)}]
-    reply = greedy_reply(model, tokenizer, messages, max_new_tokens=max_new_tokens)
-    return parse_phrasings(reply.text, query, n)
+    head = [{"role": "system", "content": system}] if system else []
+    prompts = [render_conversation(tokenizer, head + [{"role": "user", "content": PHRASING_REQUEST.format(
+        style=style, query=query)}]) for style in STYLES[:n]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    replies = greedy_batch(model, prompts, stop_ids(tokenizer), max_new_tokens, pad)
+    firsts = [tokenizer.decode(r, skip_special_tokens=True).strip().split("\n")[0] for r in replies]
+    return parse_phrasings("\n".join(firsts), query, n)

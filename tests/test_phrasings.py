@@ -9,7 +9,7 @@ from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact
-from memory.phrasings import generate_phrasings, parse_phrasings
+from memory.phrasings import generate_phrasings, names_in, parse_phrasings
 from memory.prompts import build_pass, instructed_system
 
 FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi", phrasings=("Who started Oxinnovate?",
@@ -27,25 +27,32 @@ def test_parse_keeps_distinct_questions_without_numbering_or_the_query():
     assert parse_phrasings("", "Who?", 3) == ()
 
 
-def test_generation_asks_without_the_instruction_and_returns_at_most_n(tiny_qwen, monkeypatch):
+def test_a_phrasing_that_loses_what_the_query_names_is_dropped():
+    assert names_in("When was WEFS established in 1999?") == {"wefs", "1999"}
+    assert names_in("Who founded Oxinnovate?") == {"oxinnovate"}
+    text = "When was AWS Web Services established?\nWhen was WEFS created?"
+    assert parse_phrasings(text, "When was WEFS established?", 3) == ("When was WEFS created?",)
+
+
+def test_generation_asks_once_per_style_without_the_instruction(tiny_qwen, monkeypatch):
     import memory.phrasings as phrasings
-    from memory.generate import Answer
 
-    seen = {}
+    tok, seen = tiny_qwen.tokenizer, {}
+    replies = ["Who started Oxinnovate?\nIt was Qi.", "Who founded Oxinnovate?", "Who set up Oxinnovate?"]
 
-    def fake_reply(model, tokenizer, messages, max_new_tokens):
-        seen["messages"] = messages
-        return Answer("Who started Oxinnovate?\nWho set up Oxinnovate?\nWho created Oxinnovate?", (), True)
+    def fake_batch(model, prompts, stops, max_new_tokens, pad_id):
+        seen["prompts"] = [tok.decode(p) for p in prompts]
+        return [tuple(tok(r, add_special_tokens=False).input_ids) for r in replies[:len(prompts)]]
 
-    monkeypatch.setattr(phrasings, "greedy_reply", fake_reply)
-    out = generate_phrasings(tiny_qwen.model, tiny_qwen.tokenizer, "Who founded Oxinnovate?", 2)
-    assert out == ("Who started Oxinnovate?", "Who set up Oxinnovate?")
-    assert "Who founded Oxinnovate?" in seen["messages"][-1]["content"] and "Qi" not in json.dumps(seen["messages"])
-    assert generate_phrasings(tiny_qwen.model, tiny_qwen.tokenizer, "Who?", 0) == ()
+    monkeypatch.setattr(phrasings, "greedy_batch", fake_batch)
+    out = generate_phrasings(tiny_qwen.model, tok, "Who founded Oxinnovate?", 3)
+    assert out == ("Who started Oxinnovate?", "Who set up Oxinnovate?")  # the query itself is not a phrasing
+    assert len(seen["prompts"]) == 3 and all("Who founded Oxinnovate?" in p for p in seen["prompts"])
+    assert len({p for p in seen["prompts"]}) == 3  # one style each
+    assert generate_phrasings(tiny_qwen.model, tok, "Who?", 0) == ()
     # The real model runs end to end (a random model's lines are rarely questions: maybe none).
     monkeypatch.undo()
-    assert len(generate_phrasings(tiny_qwen.model, tiny_qwen.tokenizer, "Who founded Oxinnovate?", 2,
-                                  max_new_tokens=8)) <= 2
+    assert len(generate_phrasings(tiny_qwen.model, tok, "Who founded Oxinnovate?", 2, max_new_tokens=8)) <= 2
 
 
 def test_a_fact_rejects_an_empty_phrasing_and_lists_its_questions():
