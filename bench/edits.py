@@ -194,19 +194,18 @@ def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], conte
             for i, (k, (_, cont)) in enumerate(tokens.items())}
 
 
-def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int,
-                  scorer: LastLayerScorer | None = None) -> CaseEval:
-    """Teacher-forced scores, and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour.
+def prepare_scorer(scorer: LastLayerScorer, poser: Poser, case: EditCase) -> None:
+    """Cache the case's activations for the last-layer scorer (once per run)."""
+    if case.index not in scorer:
+        tokens = {k: (poser.prompt_ids(p), poser.answer_ids(c)) for k, (p, c) in scored_pairs(case).items()}
+        scorer.prepare(case.index, tokens, poser.pad_id)
 
-    With a ``scorer`` (edits confined to the last down_proj) and no context, the scores come from
-    its cached activations instead of a forward pass (bench.last_layer)."""
-    if scorer is not None and context is None:
-        if case.index not in scorer:
-            tokens = {k: (poser.prompt_ids(p), poser.answer_ids(c)) for k, (p, c) in scored_pairs(case).items()}
-            scorer.prepare(case.index, tokens, poser.pad_id)
-        result = CaseEval(scorer.scores(case.index))
-    else:
-        result = CaseEval(teacher_forced(model, poser, scored_pairs(case), context))
+
+def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int,
+                  scores: dict[str, M.TokenScores] | None = None) -> CaseEval:
+    """Teacher-forced scores (unless given, e.g. by the cached last-layer scorer, bench.last_layer),
+    and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour."""
+    result = CaseEval(scores if scores is not None else teacher_forced(model, poser, scored_pairs(case), context))
     if gen_tokens > 0:
         names = {"prompt": case.prompt, "paraphrase": case.paraphrase, "neighborhood": case.neighborhood}
         prompts = [poser.prompt_ids(text, context) for text in names.values()]
@@ -242,14 +241,26 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
 
 def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scorer=None, gen_cases=None
                   ) -> tuple[list[CaseEval], list[dict]]:
-    """Evaluate every case; greedy answers (gen_tokens > 0) for the first ``gen_cases`` only (None: all)."""
+    """Evaluate every case; greedy answers (gen_tokens > 0) for the first ``gen_cases`` only (None: all).
+
+    With a ``scorer``, cases evaluated without context are scored from its cache, all at once."""
+    cached, counted = {}, set()
+    if scorer is not None:
+        plain = [case for case in cases if context_of(case) is None]
+        for case in plain:
+            if case.index not in scorer:  # a forward pass: this is the slow part, shown as progress
+                prepare_scorer(scorer, poser, case)
+                counted.add(case.index)
+                update(1)
+        cached = scorer.scores_many([case.index for case in plain])
     evals, per_case = [], []
     for i, case in enumerate(cases):
         generate = gen_tokens if gen_cases is None or i < gen_cases else 0
-        ev = evaluate_case(model, poser, case, context_of(case), generate, scorer)
+        ev = evaluate_case(model, poser, case, context_of(case), generate, cached.get(case.index))
         evals.append(ev)
         per_case.append(case_metrics(case, ev, pre[i] if pre is not None else ev))
-        update(1)
+        if case.index not in counted:
+            update(1)
     return evals, per_case
 
 
