@@ -89,16 +89,19 @@ def _significance(text: str | None):
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: closed-form solve on down_proj; qf2: Hebbian update on a QFt-converted model (qf convert).")
 @click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
+@click.option("--qf2-rule", type=click.Choice(["paper", "delta"]), default=None,
+              help="QF2: paper = lr s (y* - 0.5) x^T (default); delta = lr s (y* - y) x^T, moving only the units "
+                   "whose plain firing y differs from the instructed y*.")
 @model_options
 @db_option
 @json_option
 @user_errors
-def learn(instruction, query, answer, significance, phrasing_texts, method, lr, model_name, device, dtype, layer, system, db,
-          as_json):
+def learn(instruction, query, answer, significance, phrasing_texts, method, lr, qf2_rule, model_name, device, dtype, layer,
+          system, db, as_json):
     """Consolidate one fact into the weights, record it in the ledger, print the answer after."""
     from memory.fact import Fact
 
-    ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr)
+    ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr, qf2_rule=qf2_rule)
     fact = Fact(instruction, query, answer, _significance(significance), phrasing_texts)
     if not fact.phrasings:
         fact = ledger.with_phrasings(fact)

@@ -47,7 +47,8 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
 
 def qf2_rows_to_tensors(rows: QF2Rows) -> dict[str, torch.Tensor]:
     return {"x": rows.x, "y_star": rows.y_star, "significance": rows.significance,
-            "targets": torch.tensor(rows.targets, dtype=torch.int64)}
+            "targets": torch.tensor(rows.targets, dtype=torch.int64)} | (
+        {"y_plain": rows.y_plain} if rows.y_plain is not None else {})
 
 
 @dataclass
@@ -164,7 +165,7 @@ class LedgerEditor:
         def record(key, rows, delta):
             if method == "qf2":
                 share, captures = delta, qf2_rows_to_tensors(rows)
-                hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta}
+                hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta, "rule": editor.config.qf2_rule}
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}

@@ -26,12 +26,14 @@ def open_store(db: str | None = None) -> Store:
 def open_ledger(
     db: str | None = None, model: str | None = None, device: str = "auto", dtype: str = "auto",
     layer: int | None = None, system: str | None = None, store: Store | None = None, lr: float | None = None,
-    solver: dict | None = None, progress=None,
+    solver: dict | None = None, progress=None, qf2_rule: str | None = None,
 ) -> LedgerEditor:
     """Load the model once and rebuild its weights from the ledger's active facts.
 
-    ``solver``: QF solver settings (EditorConfig fields: preserve, auto_significance) over the defaults."""
+    ``solver``: QF solver settings (EditorConfig fields: preserve, auto_significance) over the defaults;
+    ``lr`` and ``qf2_rule``: QF2's, over its defaults."""
     store = store or open_store(db)
     loaded = load_model(model, device=device, dtype=dtype)
     config = EditorConfig(layer=layer, system=system, **(solver or {}))
-    return LedgerEditor(store, loaded, config if lr is None else replace(config, lr=lr), progress=progress)
+    qf2 = {k: v for k, v in {"lr": lr, "qf2_rule": qf2_rule}.items() if v is not None}
+    return LedgerEditor(store, loaded, replace(config, **qf2), progress=progress)

@@ -24,10 +24,12 @@ def bench() -> None:
               help="qf: the QF paper's protocol; qf2: the QF2 paper's, on a converted model (qf convert).")
 @click.option("--paper-layer", is_flag=True, help="QF: edit the paper's layer (23 of 28, proportional) instead of the default.")
 @click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
+@click.option("--qf2-rule", type=click.Choice(["paper", "delta"]), default=None,
+              help="QF2 update: paper (y* - 0.5, default) or delta (y* - the plain firing).")
 @model_options
 @json_option
 @user_errors
-def bench_paper(method, paper_layer, lr, model_name, device, dtype, layer, system, as_json):
+def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, layer, system, as_json):
     """Run the 8 steps of the QF (or QF2) paper's Table 1 and print pass/fail per step."""
     from dataclasses import replace
 
@@ -42,11 +44,13 @@ def bench_paper(method, paper_layer, lr, model_name, device, dtype, layer, syste
     # The protocol reproduces the paper: its exact rule unless the command line says otherwise.
     solver = {**PAPER_RULE, **solver_settings()}
     config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver)
-    config = config if lr is None else replace(config, lr=lr)
+    config = replace(config, **{k: v for k, v in {"lr": lr, "qf2_rule": qf2_rule}.items() if v is not None})
     editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
     steps = run_paper_protocol(editor, PROTOCOLS[method])
     passed = sum(s.passed for s in steps)
     data = {"method": method, "model": loaded.name, "layer": editor.layer, "passed": passed, "steps": steps_as_dicts(steps)}
+    if method == "qf2":
+        data.update(lr=config.lr, rule=config.qf2_rule)
     where = f"QF2 at layer {editor.layer}" if method == "qf2" else f"layer {editor.layer}"
     emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, {where})")
 

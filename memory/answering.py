@@ -16,7 +16,7 @@ from memory.loading import LoadedModel
 from memory.phrasings import generate_phrasings
 from memory.prompts import Pass, instructed_system
 from memory.qf import DEFAULT_RIDGE
-from memory.qf2 import DEFAULT_QF2_LR
+from memory.qf2 import DEFAULT_QF2_LR, QF2_RULES
 
 
 class ConsolidationError(ValueError):
@@ -36,6 +36,7 @@ class EditorConfig:
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
+    qf2_rule: str = "paper"  # QF2: "paper" (y* - 0.5) or "delta" (y* - the plain firing), memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
     verify_tokens: int = 64  # cap for the closed-book verification answer
@@ -65,6 +66,8 @@ class Answering:
     """The loaded model and the editor settings, and the questions every editor asks."""
 
     def __init__(self, loaded: LoadedModel, config: EditorConfig):
+        if config.qf2_rule not in QF2_RULES:
+            raise ValueError(f"the QF2 rule is one of {', '.join(QF2_RULES)}, not {config.qf2_rule!r}")
         self.loaded, self.config = loaded, config
 
     @property

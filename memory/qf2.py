@@ -16,7 +16,13 @@ written by making the plain pass fire like the instructed pass. Symbols, with T 
     dW = lr * sum_t s_t (y*_t - 0.5) x_t^T
 
 Each unit's pre-activation on x_t moves by ``lr * s_t (y*_t - 0.5) |x_t|^2`` (plus the other
-rows' cross terms): up where the instructed pass fires, down where it stays silent. Unlike QF
+rows' cross terms): up where the instructed pass fires, down where it stays silent.
+
+The delta rule (an option, not the paper's): ``dW = lr * sum_t s_t (y*_t - y_t) x_t^T`` with y_t
+the plain pass's own firing at the current weights. At beta 1000 firing is 0 or 1, so only the
+units where the two passes disagree move (by +-lr s_t |x_t|^2); units that already fire as the
+instructed pass does are left alone, where the paper's rule pushes every one of the D_ff units
+further out on every fact (the change that broke the known-company control, docs/QF2.md). Unlike QF
 there is no solve, so updates simply stack (W'' = W' + dW2); each dW is kept as its rank-T factor
 pair, so undo is the exact subtraction of its factors (memory.delta).
 
@@ -51,13 +57,17 @@ def firing(pre_activation: torch.Tensor, beta: float, surrogate_beta: float | No
     return fired.detach() + (soft - soft.detach())
 
 
+QF2_RULES = ("paper", "delta")
+
+
 def qf2_factors(
-    x: torch.Tensor, y_star: torch.Tensor, significance: torch.Tensor, lr: float
+    x: torch.Tensor, y_star: torch.Tensor, significance: torch.Tensor, lr: float, y_plain: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The QF2 update dW = lr * sum_t s_t (y*_t - 0.5) x_t^T as factors (left, right), float64.
 
     x (T, D_model) plain-pass MLP inputs; y_star (T, D_ff) instructed firing patterns in [0, 1];
-    significance (T,) finite weights >= 0 (0 drops a row); lr > 0.
+    significance (T,) finite weights >= 0 (0 drops a row); lr > 0; y_plain (T, D_ff), the plain
+    pass's firing, for the delta rule (y*_t - y_t in place of y*_t - 0.5; module doc).
     Returns left (D_ff, T) = lr * ((y* - 0.5) * s)^T and right (T, D_model) = x; dW = left @ right.
     """
     if x.ndim != 2 or y_star.ndim != 2:
@@ -77,7 +87,10 @@ def qf2_factors(
     y = y_star.double()
     if not bool(((y >= 0) & (y <= 1)).all()):
         raise ValueError("y* must be a firing pattern, sigmoid(beta * up_proj(h)), with values in [0, 1]")
-    left = lr * ((y - 0.5) * s[:, None]).T
+    if y_plain is not None and y_plain.shape != y_star.shape:
+        raise ValueError(f"y (plain) has shape {tuple(y_plain.shape)}, y* has {tuple(y_star.shape)}")
+    reference = 0.5 if y_plain is None else y_plain.double()
+    left = lr * ((y - reference) * s[:, None]).T
     return left, x.double()
 
 

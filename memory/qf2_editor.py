@@ -48,6 +48,7 @@ class QF2Rows:
     y_star: torch.Tensor  # (T, D_ff) firing pattern, instructed pass
     significance: torch.Tensor  # (T,)
     queries: int = 1
+    y_plain: torch.Tensor | None = None  # (T, D_ff) the plain pass's firing, for the delta rule only
 
     @property
     def num_rows(self) -> int:
@@ -102,18 +103,22 @@ class QF2Editor(Answering):
         """x from the plain pass and y* from the instructed pass, for the query and each phrasing."""
         answer = self.answer_for(fact)
         up = self.model.get_submodule(self.up_name)
-        xs, ys = [], []
+        xs, ys, y_plain = [], [], []
         for query in fact.queries:
             plain = build_pass(self.tokenizer, query, answer, self.config.system)
             instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, self.config.system))
+            x = self._up_input(plain)
             with torch.no_grad():
                 ys.append(firing(up(self._up_input(instructed)).float(), self.block.beta).cpu())
-            xs.append(self._up_input(plain).cpu())
+                if self.config.qf2_rule == "delta":  # at the current weights, other facts' updates included
+                    y_plain.append(firing(up(x).float(), self.block.beta).cpu())
+            xs.append(x.cpu())
         significance = significance_vector(fact.significance, len(plain.targets) - 1).repeat(len(xs))
-        return QF2Rows(answer, plain.targets * len(xs), torch.cat(xs), torch.cat(ys), significance, len(xs))
+        return QF2Rows(answer, plain.targets * len(xs), torch.cat(xs), torch.cat(ys), significance, len(xs),
+                       torch.cat(y_plain) if y_plain else None)
 
     def delta_for(self, rows: QF2Rows) -> LowRankDelta:
-        left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr)
+        left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr, rows.y_plain)
         return self.delta_from_factors(left, right)
 
     def delta_from_factors(self, left: torch.Tensor, right: torch.Tensor) -> LowRankDelta:

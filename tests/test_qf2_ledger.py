@@ -132,3 +132,33 @@ def test_a_fact_the_model_cannot_be_taught_fails_its_steps_and_the_protocol_goes
     assert not steps[6].passed and "not learned" in steps[6].answer  # step 7: the second fact
     assert all("not learned" not in s.answer for s in steps[:6] + steps[7:])
     assert torch.equal(up_weight(editor), before)  # the first fact was learned, then removed
+
+
+# --- the delta rule (an option, not the paper's) -----------------------------------------------
+def test_the_delta_rule_is_the_formula_and_moves_only_disagreeing_units(store, tokenizer):
+    from memory.qf2 import firing
+
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(lr=1e-3, qf2_rule="delta"))
+    editor = ledger.qf2
+    before = up_weight(ledger)
+    rows = editor.capture(FACTS[0])
+    up = editor.model.get_submodule(editor.up_name)
+    with torch.no_grad():
+        assert torch.equal(rows.y_plain, firing(up(rows.x.to(up.weight.dtype)).float(), editor.block.beta).cpu())
+    learned = ledger.learn(FACTS[0], method="qf2")
+    left, right = qf2_factors(rows.x, rows.y_star, rows.significance, 1e-3, rows.y_plain)
+    change = up_weight(ledger).double() - before.double()
+    assert torch.allclose(change, left @ right, atol=1e-6)
+    # Units on the same side in both passes at every row barely move (beta 10 here, so y* - y is
+    # small, not 0); the paper's rule moves them by lr s (y* - 0.5) x, a half-unit push each.
+    agree = (rows.y_plain.round() == rows.y_star.round()).all(0)
+    assert bool(agree.any()) and not bool(agree.all())
+    paper_left, _ = qf2_factors(rows.x, rows.y_star, rows.significance, 1e-3)
+    paper = paper_left @ right
+    assert change[agree].norm() < 0.5 * paper[agree].norm()
+    (edit,) = store.edits_of_fact(learned.fact_id)
+    assert edit.hyperparams["rule"] == "delta"
+    with pytest.raises(ValueError, match="plain"):
+        qf2_factors(rows.x, rows.y_star, rows.significance, 1e-3, rows.y_plain[:1])
+    with pytest.raises(ValueError, match="QF2 rule"):
+        LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="hebb"))
