@@ -42,7 +42,8 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # defaults, or the CLI's flags); "qf-paper" the paper's rule (identity norm, gain 1, every row);
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
 # G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
-# of each question by the model, chat template), auto (automatic significance), all (every row). E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8".
+# of each question by the model, chat template), auto (automatic significance), all (every row).
+# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3".
 
 
 # --- QF --------------------------------------------------------------------------------

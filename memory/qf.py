@@ -34,8 +34,9 @@ system is solved by Cholesky, never an explicit inverse.
 Ridge from the rows' conditioning (issue 7). As facts accumulate, their rows crowd the key space
 (at the last layer the answer positions of different questions have similar keys) and the row
 system ``S G S`` becomes ill-conditioned: its smallest eigenvalues lam_min let the solve amplify
-tiny differences between rows by 1 / lam_min, which is where ||dW|| explodes and where unrelated
-prompts' keys get large changes. With a condition cap kappa the ridge is raised to
+tiny differences between rows by 1 / lam_min, part of why ||dW|| grows with the number of facts
+(measured in docs/RESULTS.md: the cap shrinks ||dW|| and buys some specificity for some efficacy).
+With a condition cap kappa the ridge is raised to
 
     lam = max(ridge * trace(S G S) / T,  lam_max(S G S) / kappa)
 
