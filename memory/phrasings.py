@@ -10,9 +10,10 @@ phrasing with a different style hint, all in one batched greedy generation. A sm
 for several rephrasings in one reply tends to repeat the question or copy a worked example
 (measured on the 0.5B, docs/RESULTS.md); one style per request gives distinct ones. The parse keeps
 the first line of each reply if it is a question, differs from the query and the others (ignoring
-case and punctuation), and still names everything the query names: a rephrasing that lost the
-subject ("When was AWS established?" for "When was WEFS established?") would teach the answer to
-another question.
+case and punctuation), still names everything the query names and speaks of the same people: a
+rephrasing that lost the subject ("When was AWS Web Services established?" for "When was WEFS
+established?") or turned "my" into "your" ("What is your daughter's name?" for "What is my
+daughter's name?", both seen on the 0.5B) would teach the answer to another question.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\w+", text.lower()))
 
 
+PERSONS = frozenset({"i", "me", "my", "mine", "we", "us", "our", "ours", "you", "your", "yours"})
+
+
 def names_in(query: str) -> set[str]:
     """What a question names: its capitalized words after the first, and words with digits (lowercased)."""
     words = re.findall(r"\w+", query)
@@ -40,15 +44,16 @@ def names_in(query: str) -> set[str]:
 
 def parse_phrasings(text: str, query: str, limit: int) -> tuple[str, ...]:
     """At most ``limit`` distinct questions from the model's lines: bullets and numbers removed,
-    each a question (ends with "?") naming all the query names, none equal to ``query`` or each
-    other (ignoring case and punctuation)."""
+    each a question (ends with "?") naming all the query names with the same first and second
+    persons, none equal to ``query`` or each other (ignoring case and punctuation)."""
     seen, out, names = {_words(query)}, [], names_in(query)
+    persons = PERSONS & set(_words(query))
     for line in text.splitlines():
         candidate = _LEAD.sub("", line).strip().strip('"').strip()
         if not candidate.endswith("?") or len(candidate) < 4:
             continue
         key = _words(candidate)
-        if not key or key in seen or not names <= set(key):
+        if not key or key in seen or not names <= set(key) or PERSONS & set(key) != persons:
             continue
         seen.add(key)
         out.append(candidate)

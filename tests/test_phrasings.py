@@ -32,6 +32,8 @@ def test_a_phrasing_that_loses_what_the_query_names_is_dropped():
     assert names_in("Who founded Oxinnovate?") == {"oxinnovate"}
     text = "When was AWS Web Services established?\nWhen was WEFS created?"
     assert parse_phrasings(text, "When was WEFS established?", 3) == ("When was WEFS created?",)
+    text = "What is your daughter's name?\nWhat do I call my daughter?\nWhat is my daughter called?"
+    assert parse_phrasings(text, "What is my daughter's name?", 3) == ("What is my daughter called?",)
 
 
 def test_generation_asks_once_per_style_without_the_instruction(tiny_qwen, monkeypatch):
