@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
+from memory.answering import with_qf2_settings
 from memory.consolidate import EditorConfig
 from memory.loading import load_model
 from memory.paths import data_dir
@@ -35,5 +35,4 @@ def open_ledger(
     store = store or open_store(db)
     loaded = load_model(model, device=device, dtype=dtype)
     config = EditorConfig(layer=layer, system=system, **(solver or {}))
-    qf2 = {k: v for k, v in {"lr": lr, "qf2_rule": qf2_rule}.items() if v is not None}
-    return LedgerEditor(store, loaded, replace(config, **qf2), progress=progress)
+    return LedgerEditor(store, loaded, with_qf2_settings(config, lr, qf2_rule), progress=progress)

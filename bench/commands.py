@@ -31,11 +31,9 @@ def bench() -> None:
 @user_errors
 def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, layer, system, as_json):
     """Run the 8 steps of the QF (or QF2) paper's Table 1 and print pass/fail per step."""
-    from dataclasses import replace
-
     from bench.paper import PROTOCOLS, format_table, run_paper_protocol, steps_as_dicts
     from memory.architecture import paper_layer as layer_of_paper
-    from memory.answering import PAPER_RULE
+    from memory.answering import PAPER_RULE, with_qf2_settings
     from memory.consolidate import EditorConfig, QFEditor
     from memory.loading import load_model
     from memory.qf2_editor import QF2Editor
@@ -44,7 +42,7 @@ def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, la
     # The protocol reproduces the paper: its exact rule unless the command line says otherwise.
     solver = {**PAPER_RULE, **solver_settings()}
     config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver)
-    config = replace(config, **{k: v for k, v in {"lr": lr, "qf2_rule": qf2_rule}.items() if v is not None})
+    config = with_qf2_settings(config, lr, qf2_rule)
     editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
     steps = run_paper_protocol(editor, PROTOCOLS[method])
     passed = sum(s.passed for s in steps)

@@ -8,7 +8,7 @@ answer it will write, unless one is given) and, after, closed-book (the verifica
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from memory.fact import Fact
 from memory.generate import Answer, greedy_answer
@@ -44,6 +44,12 @@ class EditorConfig:
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0}
+
+
+def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:
+    """``config`` with the QF2 learning rate and rule given on a command line (None keeps config's)."""
+    given = {"lr": lr, "qf2_rule": rule}
+    return replace(config, **{name: value for name, value in given.items() if value is not None})
 
 
 def solver_settings_of(config: EditorConfig) -> dict:
