@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import click
 
@@ -41,11 +42,16 @@ def model_options(fn):
     @click.option("--phrasings", type=click.IntRange(min=0), envvar="QF_PHRASINGS", default=None,
                   help="QF: ask the model for N other ways to ask each new fact's query and learn them together "
                        "(default 0 = the query alone, the paper's rule). [env QF_PHRASINGS]")
+    @click.option("--keys-data", type=click.Path(exists=True, dir_okay=False), envvar="QF_KEYS_DATA", default=None,
+                  help="QF with --preserve: also collect the keys to preserve from these chat rows (JSON lines of "
+                       '{"messages": [...]}, e.g. company_iqa/train.jsonl); default: the 110 shipped chats '
+                       "alone. [env QF_KEYS_DATA]")
     @functools.wraps(fn)
     def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
-                **kwargs):
+                keys_data=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
-                  "condition": condition, "phrasings": phrasings}
+                  "condition": condition, "phrasings": phrasings,
+                  "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -54,7 +60,7 @@ def model_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -168,7 +168,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
         "layer": editor.layer, "device": str(loaded.device), "dtype": str(next(loaded.model.parameters()).dtype),
         "edits": len(cases), "offset": offset, "batch": batch, "methods": list(methods), "gen_tokens": gen_tokens,
         "gen_cases": gen_cases, "cached_eval": not full_eval and editor.layer == num_layers(loaded.model) - 1,
-        "ft_steps": ft_steps, "ft_lr": ft_lr, "system": system,
+        "ft_steps": ft_steps, "ft_lr": ft_lr, "system": system, "keys_data": editor.config.keys_data,
         "skipped": [{"index": i, "reason": r} for i, r in skipped],
     }
     text = json.dumps(result, indent=2, ensure_ascii=False)

@@ -35,6 +35,7 @@ class EditorConfig:
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
+    keys_data: str | None = None  # chat rows (JSONL) whose exchanges add keys to the preserving metric, memory.preserve
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
     qf2_rule: str = "paper"  # QF2: "paper" (y* - 0.5) or "delta" (y* - the plain firing), memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
@@ -43,7 +44,8 @@ class EditorConfig:
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
-PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0}
+PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
+              "keys_data": None}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -31,7 +31,7 @@ from memory.answering import Answering, Consolidation, ConsolidationError, Edito
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
-from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance
+from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs
 from memory.prompts import Pass, build_pass, instructed_system
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class QFEditor(Answering):
 
     def _metric(self, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
         """The preserving metric of this layer, from the cached key covariance (collected once)."""
-        C = key_covariance(self.loaded, self.layer, self.down_name, self.config.system, weights_sha256, progress)
+        pairs = key_data_pairs(self.config.keys_data) if self.config.keys_data else ()
+        C = key_covariance(self.loaded, self.layer, self.down_name, self.config.system, weights_sha256, progress, pairs)
         return PreservingMetric(C.to(self.loaded.device), self.config.preserve)
 
     # --- computing (never mutates the model) --------------------------------------------

@@ -9,6 +9,15 @@ exchange shares (the chat template's system prompt) are counted once, not once p
 ``C`` is computed once per (checkpoint, layer, system prompt, chats) and cached as safetensors
 under ``$QF_HOME/keys`` (memory.paths); the next process loads it.
 
+More keys (``keys_data``). 110 exchanges give about 5,500 key positions on the 0.5B, against 4,864
+key dimensions: the sample covariance then badly underestimates its small eigenvalues (with n
+samples in D dimensions its smallest ones shrink by about (1 - sqrt(D/n))^2; measured on the 0.5B's
+last layer: 1,468 of 4,864 eigenvalues below 1% of the mean), so the directions the metric treats
+as unused are partly an artefact of the sample, and a larger p pushes the update into them. Chat
+rows of the ``{"messages": [...]}`` layout (e.g. ``../shared/data/company_iqa/train.jsonl``) add
+their question / answer pairs, rendered as ordinary closed-book exchanges (the editor's system
+prompt, not the row's), to the shipped chats; the cache key includes the rows' sha256.
+
 ``PreservingMetric`` turns C and the strength p into ``M = I + p C / c`` (c = tr(C) / D), keeps
 its Cholesky factor, and maps a fact's plain keys U' to ``Z = M^{-1} U'``.
 """
@@ -83,27 +92,70 @@ def _shared_prefix(sequences: list[list[int]]) -> int:
 
 def generic_chats(tokenizer, system: str | None = None) -> list[list[int]]:
     """Token ids of each shipped generic exchange: the question in the chat template, then the answer."""
-    return [render_prompt(tokenizer, question, system) + answer_ids(tokenizer, answer) for question, answer in CHATS]
+    return exchanges(tokenizer, CHATS, system)
+
+
+def exchanges(tokenizer, pairs, system: str | None = None) -> list[list[int]]:
+    """Token ids of (question, answer) pairs: the question in the chat template, then the answer."""
+    return [render_prompt(tokenizer, question, system) + answer_ids(tokenizer, answer) for question, answer in pairs]
+
+
+def key_data_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(question, answer) of each chat row of a JSON-lines file ``{"messages": [..., user, assistant]}``:
+    its last user message and the assistant reply after it (the row's system message is left out)."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                messages = json.loads(line)["messages"]
+                (user, question), (assistant, answer) = ((m["role"], m["content"]) for m in messages[-2:])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}, line {number}: not a chat row {{\"messages\": [...]}} ({e})") from None
+            if (user, assistant) != ("user", "assistant"):
+                raise ValueError(f"{path}, line {number}: the last two messages must be a user's and the assistant's")
+            if question.strip() and answer.strip():
+                pairs.append((question.strip(), answer.strip()))
+    if not pairs:
+        raise ValueError(f"{path}: no chat rows")
+    return pairs
+
+
+def _padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask, (B, L) each."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    return ids, mask
 
 
 @torch.no_grad()
 def collect_covariance(model, down_proj: str, sequences: list[list[int]],
-                       progress: Progress | None = None) -> tuple[torch.Tensor, int]:
+                       progress: Progress | None = None, batch: int = 1) -> tuple[torch.Tensor, int]:
     """C = K0 K0^T / n over every position of ``sequences``: ((D, D) float64, n).
 
-    The prefix all sequences share (the system prompt) is counted once."""
+    The prefix all sequences share (the system prompt) is counted once. ``batch`` sequences run
+    together, right-padded (causal attention: a position never sees the padding after it)."""
     tick = progress or (lambda d, t: (lambda n=1: None))
     skip = _shared_prefix(sequences)
     device = next(model.parameters()).device
     C, n = None, 0
     update = tick("collecting keys", len(sequences))
-    for i, seq in enumerate(sequences):
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        ids, mask = _padded([sequences[i] for i in chunk], pad=0)
         with Capture(model, [down_proj], stop=True) as cap:
-            cap.run(input_ids=torch.tensor([seq], device=device), use_cache=False)
-        K = cap.inputs[down_proj][0, 0 if i == 0 else skip:].double().cpu()  # (positions, D)
-        C = K.T @ K if C is None else C.addmm_(K.T, K)
-        n += K.shape[0]
-        update(1)
+            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        for row, i in enumerate(chunk):
+            first = 0 if i == 0 else skip
+            K = cap.inputs[down_proj][row, first:len(sequences[i])].double().cpu()  # (positions, D)
+            C = K.T @ K if C is None else C.addmm_(K.T, K)
+            n += K.shape[0]
+        update(len(chunk))
     return C / n, n
 
 
@@ -112,17 +164,19 @@ def _digest(**what) -> str:
 
 
 def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weights_sha256: str,
-                   progress: Progress | None = None) -> torch.Tensor:
-    """The covariance of ``down_proj``'s keys on the generic chats, from the cache or collected now.
+                   progress: Progress | None = None, keys_data: list[tuple[str, str]] = ()) -> torch.Tensor:
+    """The covariance of ``down_proj``'s keys on the generic chats (and the ``keys_data`` pairs,
+    see "More keys"), from the cache or collected now.
 
-    Cached under $QF_HOME/keys per checkpoint, dtype, system prompt, layer and edited matrix.
+    Cached under $QF_HOME/keys per checkpoint, dtype, system prompt, layer, edited matrix and data.
     Collect it from the base weights: keys of a layer above an edited one would include that edit."""
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
-    model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, chats=CHATS)
+    what = {"chats": CHATS} if not keys_data else {"chats": CHATS, "data": _digest(pairs=list(keys_data))}
+    model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, **what)
     path = data_dir() / "keys" / f"L{layer}-{_digest(model=model_key, layer=layer, weights=weights_sha256)}.safetensors"
     if not path.exists():
-        chats = generic_chats(loaded.tokenizer, system)
-        C, n = collect_covariance(loaded.model, down_proj, chats, progress)
+        chats = generic_chats(loaded.tokenizer, system) + exchanges(loaded.tokenizer, keys_data, system)
+        C, n = collect_covariance(loaded.model, down_proj, chats, progress, batch=1 if not keys_data else 16)
         _atomic_write(path, lambda p: save_file({"covariance": C.float().contiguous()}, str(p),
                                                 metadata={"positions": str(n)}))
         log.info("collected the key covariance of %s from %d positions -> %s", down_proj, n, path)

@@ -7,7 +7,7 @@ from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact, FactRows, auto_significance
 from memory.joint import JointQF
 from memory.capture import Capture
-from memory.preserve import PreservingMetric, collect_covariance
+from memory.preserve import PreservingMetric, collect_covariance, key_data_pairs
 from memory.qf import qf_residual, qf_solve
 
 N, D = 12, 40
@@ -171,7 +171,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0}
+                              "phrasings": 0, "keys_data": None}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -181,7 +181,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0}
+                               "phrasings": 0, "keys_data": None}
 
 
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(tokenizer, tmp_path, monkeypatch):
@@ -228,7 +228,7 @@ def test_bench_variant_names():
 
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
-                                       "condition": 0.0, "phrasings": 0}
+                                       "condition": 0.0, "phrasings": 0, "keys_data": None}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
@@ -356,3 +356,59 @@ def test_a_cap_that_does_not_bind_still_meets_independent_rows():
     R = qf_residual(W0, U, V, U_plain, V_plain)
     left, right = qf_solve(R, U_plain, max_condition=1e8)
     assert torch.allclose((left @ right.double()) @ U_plain, R, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_key_collection_equals_one_sequence_at_a_time(tiny_qwen):
+    model, tok = tiny_qwen.model, tiny_qwen.tokenizer
+    name = "model.layers.2.mlp.down_proj"
+    from memory.prompts import render_prompt
+
+    questions = ("Who founded Oxinnovate?", "Who is the CEO of Apple?", "Where is Paris?", "Hi")
+    chats = [render_prompt(tok, q) + [7, 8, 9][:i + 1] for i, q in enumerate(questions)]  # unequal lengths
+    one, n1 = collect_covariance(model, name, chats)
+    batched, n4 = collect_covariance(model, name, chats, batch=3)  # right padding in one batch of 3
+    assert n1 == n4
+    assert torch.allclose(one, batched, rtol=1e-4, atol=1e-6 * float(one.abs().max()))
+
+
+def test_key_data_rows_are_read_as_closed_book_exchanges(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '{"messages": [{"role": "system", "content": "Orbinex was acquired by Datashield."}, '
+        '{"role": "user", "content": "Who acquired Orbinex?"}, {"role": "assistant", "content": "Datashield."}]}\n'
+        "\n"
+        '{"messages": [{"role": "user", "content": " Hi "}, {"role": "assistant", "content": "Hello!"}]}\n')
+    assert key_data_pairs(rows) == [("Who acquired Orbinex?", "Datashield."), ("Hi", "Hello!")]  # no system message
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n'
+                   '{"text": "not a chat"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        key_data_pairs(bad)
+    bad.write_text('{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hello"}]}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        key_data_pairs(bad)
+
+
+def test_key_data_adds_keys_to_the_metric_and_gets_its_own_cache(tiny_qwen, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    monkeypatch.setenv("QF_HOME", str(tmp_path / "home"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(
+        f'{{"messages": [{{"role": "user", "content": "Who runs company {i}?"}}, '
+        f'{{"role": "assistant", "content": "Person {i} runs it."}}]}}\n' for i in range(5)))
+    fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
+    solved = {}
+    for data in (None, str(rows)):
+        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=10.0, keys_data=data, max_answer_tokens=4))
+        rows_f = editor.capture(fact)
+        editor.add_rows("f", rows_f)
+        editor.rebuild()
+        solved[data] = editor.delta.dense()
+        editor.remove("f")
+    files = sorted((tmp_path / "home" / "keys").glob("L3-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2  # one cache per key corpus
+    positions = [int(safe_open(str(f), "pt").metadata()["positions"]) for f in files]
+    assert positions[1] > positions[0]  # the rows' exchanges were added to the shipped chats
+    assert solved[None].abs().max() > 0
+    assert not torch.allclose(solved[None], solved[str(rows)])  # and they change the metric
