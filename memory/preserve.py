@@ -13,10 +13,11 @@ More keys (``keys_data``). 110 exchanges give about 5,500 key positions on the 0
 key dimensions: the sample covariance then badly underestimates its small eigenvalues (with n
 samples in D dimensions its smallest ones shrink by about (1 - sqrt(D/n))^2; measured on the 0.5B's
 last layer: 1,468 of 4,864 eigenvalues below 1% of the mean), so the directions the metric treats
-as unused are partly an artefact of the sample, and a larger p pushes the update into them. Chat
-rows of the ``{"messages": [...]}`` layout (e.g. ``../shared/data/company_iqa/train.jsonl``) add
-their question / answer pairs, rendered as ordinary closed-book exchanges (the editor's system
-prompt, not the row's), to the shipped chats; the cache key includes the rows' sha256.
+as unused may be an artefact of the sample. Chat rows of the ``{"messages": [...]}`` layout (e.g.
+``../shared/data/company_iqa/train.jsonl``) add their question / answer pairs, rendered as ordinary
+closed-book exchanges (the editor's system prompt, not the row's), to the shipped chats; the cache
+key includes a digest of those pairs. Measured (docs/RESULTS.md, "More keys"): 78,167 positions
+fix the spectrum but not specificity, so this stays an option.
 
 ``PreservingMetric`` turns C and the strength p into ``M = I + p C / c`` (c = tr(C) / D), keeps
 its Cholesky factor, and maps a fact's plain keys U' to ``Z = M^{-1} U'``.
