@@ -47,8 +47,8 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
 
 def qf2_rows_to_tensors(rows: QF2Rows) -> dict[str, torch.Tensor]:
     return {"x": rows.x, "y_star": rows.y_star, "significance": rows.significance,
-            "targets": torch.tensor(rows.targets, dtype=torch.int64)} | (
-        {"y_plain": rows.y_plain} if rows.y_plain is not None else {})
+            "targets": torch.tensor(rows.targets, dtype=torch.int64)} | {
+        name: getattr(rows, name) for name in ("y_plain", "z_plain", "z_star") if getattr(rows, name) is not None}
 
 
 @dataclass

@@ -24,8 +24,9 @@ def bench() -> None:
               help="qf: the QF paper's protocol; qf2: the QF2 paper's, on a converted model (qf convert).")
 @click.option("--paper-layer", is_flag=True, help="QF: edit the paper's layer (23 of 28, proportional) instead of the default.")
 @click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
-@click.option("--qf2-rule", type=click.Choice(["paper", "delta"]), default=None,
-              help="QF2 update: paper (y* - 0.5, default) or delta (y* - the plain firing).")
+@click.option("--qf2-rule", type=click.Choice(["paper", "delta", "solve"]), default=None,
+              help="QF2 update: paper (y* - 0.5, default), delta (y* - the plain firing) or solve (the minimum-norm "
+                   "change that makes the plain firing y*; no lr).")
 @model_options
 @json_option
 @user_errors

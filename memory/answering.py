@@ -11,7 +11,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
 from memory.fact import Fact
-from memory.generate import Answer, greedy_answer
+from memory.generate import Answer, greedy_answer, stop_ids
 from memory.loading import LoadedModel
 from memory.phrasings import generate_phrasings
 from memory.prompts import Pass, instructed_system
@@ -37,7 +37,7 @@ class EditorConfig:
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     keys_data: str | None = None  # chat rows (JSONL) whose exchanges add keys to the preserving metric, memory.preserve
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
-    qf2_rule: str = "paper"  # QF2: "paper" (y* - 0.5) or "delta" (y* - the plain firing), memory.qf2
+    qf2_rule: str = "paper"  # QF2: "paper" (y* - 0.5), "delta" (y* - the plain firing) or "solve", memory.qf2
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
     verify_tokens: int = 64  # cap for the closed-book verification answer
@@ -77,6 +77,10 @@ class Answering:
         if config.qf2_rule not in QF2_RULES:
             raise ValueError(f"the QF2 rule is one of {', '.join(QF2_RULES)}, not {config.qf2_rule!r}")
         self.loaded, self.config = loaded, config
+        # The tokens the instructed model emitted for each of its answers (stop token dropped). They
+        # can differ from the answer text re-tokenized (the 0.5B emits "Q" + "i" where the tokenizer
+        # writes "Qi"); greedy decoding after the edit follows the emitted path.
+        self._emitted: dict[str, tuple[int, ...]] = {}
 
     @property
     def model(self):
@@ -105,7 +109,13 @@ class Answering:
                 f"the model did not finish its answer within {self.config.max_answer_tokens} tokens with the "
                 f"instruction in context (it began {answer.text[:60]!r}); pass a short answer"
             )
+        stops = set(stop_ids(self.tokenizer))
+        self._emitted[answer.text] = tuple(t for t in answer.token_ids if t not in stops)
         return answer.text
+
+    def emitted_tokens(self, answer: str) -> tuple[int, ...] | None:
+        """The tokens the instructed model emitted for ``answer`` (None: not its own answer)."""
+        return self._emitted.get(answer)
 
     def _check_length(self, p: Pass) -> None:
         limit = getattr(self.model.config, "max_position_embeddings", None)

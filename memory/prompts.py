@@ -67,8 +67,11 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
     return tokenizer(answer, add_special_tokens=False).input_ids
 
 
-def build_pass(tokenizer, query: str, answer: str, system: str | None = None) -> Pass:
+def build_pass(tokenizer, query: str, answer: str, system: str | None = None,
+               answer_tokens: tuple[int, ...] | None = None) -> Pass:
+    """The pass of ``query`` answered by ``answer`` (as ``answer_tokens`` when given: e.g. the tokens
+    the model emitted, which need not be the text's own tokenization)."""
     prompt = render_prompt(tokenizer, query, system)
-    targets = answer_ids(tokenizer, answer) + [end_of_turn_id(tokenizer)]
+    targets = list(answer_tokens or answer_ids(tokenizer, answer)) + [end_of_turn_id(tokenizer)]
     ids = torch.tensor([prompt + targets[:-1]])
     return Pass(input_ids=ids, prompt_len=len(prompt), targets=tuple(targets))

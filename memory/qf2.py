@@ -26,6 +26,19 @@ further out on every fact (the change that broke the known-company control, docs
 there is no solve, so updates simply stack (W'' = W' + dW2); each dW is kept as its rank-T factor
 pair, so undo is the exact subtraction of its factors (memory.delta).
 
+The solved rule (an option, not the paper's; measured in docs/QF2.md): a Hebbian step moves every
+row's units by its own ``|x_t|^2`` *and* by every other row's cross terms ``x_s . x_t``, and the
+answer rows' inputs share a large common direction, so on a real conversion no lr makes the plain
+firing reach y* at all rows at once. Solving for the step instead, as QF does, reaches it exactly:
+with pre-activations z_t = W x_t (plain) and z*_t (instructed), the target change is
+``delta_t = z*_t - z_t`` at the units whose firing differs between the passes by more than a
+tolerance, and 0 at the others (held where they are), and
+
+    dW = min-norm solution of  dW x_t = delta_t  for every row t (weighted by s_t; memory.qf.qf_solve)
+
+so after the step the plain pass fires like the instructed pass at every answer row, and at the
+converted layer's output (no residual) it gives the instructed pass's output. lr is not used.
+
 Also here: the QFt blend schedule ``alpha = 0.99 ** step``, which fades the original MLP out.
 """
 
@@ -34,6 +47,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from memory.qf import qf_solve  # the solved rule is QF's weighted minimum-norm solve on up_proj
 
 # The reference code's rate with per-token significance up to 10 (DESIGN.md §1); not yet tuned
 # by measurement on a converted default model (that needs a full QFt conversion).
@@ -57,7 +72,8 @@ def firing(pre_activation: torch.Tensor, beta: float, surrogate_beta: float | No
     return fired.detach() + (soft - soft.detach())
 
 
-QF2_RULES = ("paper", "delta")
+QF2_RULES = ("paper", "delta", "solve")
+SOLVE_TOLERANCE = 1e-3  # the solved rule leaves a unit alone when its two firings differ by no more
 
 
 def qf2_factors(
@@ -92,6 +108,26 @@ def qf2_factors(
     reference = 0.5 if y_plain is None else y_plain.double()
     left = lr * ((y - reference) * s[:, None]).T
     return left, x.double()
+
+
+def qf2_solved_factors(
+    x: torch.Tensor, z_plain: torch.Tensor, z_star: torch.Tensor, significance: torch.Tensor, beta: float,
+    tolerance: float = SOLVE_TOLERANCE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The solved rule (module doc) as factors (left (D_ff, T) float64, right = x (T, D_model)).
+
+    x (T, D_model) plain-pass MLP inputs; z_plain, z_star (T, D_ff) up_proj pre-activations of the
+    plain and the instructed pass; significance (T,) >= 0; beta the layer's firing sharpness."""
+    if z_plain.shape != z_star.shape or z_plain.shape[0] != x.shape[0]:
+        raise ValueError(f"pre-activations {tuple(z_plain.shape)} and {tuple(z_star.shape)} must both be "
+                         f"(T, D_ff) with T = {x.shape[0]} rows of x")
+    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(z_plain).all()) and bool(torch.isfinite(z_star).all())):
+        raise ValueError("non-finite captures: capture the passes again")
+    zp, zs = z_plain.double(), z_star.double()
+    differs = (firing(zs, beta) - firing(zp, beta)).abs() > tolerance
+    change = torch.where(differs, zs - zp, torch.zeros_like(zp))  # (T, D_ff)
+    left, right = qf_solve(change.T, x.double().T, significance)
+    return left, right
 
 
 def alpha_at(step: int) -> float:

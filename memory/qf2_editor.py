@@ -27,7 +27,7 @@ from memory.fact import Fact, significance_vector
 from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
-from memory.qf2 import firing, qf2_factors
+from memory.qf2 import firing, qf2_factors, qf2_solved_factors
 from memory.qf2_block import QF2Block, installed
 
 METHOD = "qf2"
@@ -49,6 +49,8 @@ class QF2Rows:
     significance: torch.Tensor  # (T,)
     queries: int = 1
     y_plain: torch.Tensor | None = None  # (T, D_ff) the plain pass's firing, for the delta rule only
+    z_plain: torch.Tensor | None = None  # (T, D_ff) up_proj pre-activations, plain pass: the solved rule only
+    z_star: torch.Tensor | None = None  # (T, D_ff) the same, instructed pass: the solved rule only
 
     @property
     def num_rows(self) -> int:
@@ -103,22 +105,33 @@ class QF2Editor(Answering):
         """x from the plain pass and y* from the instructed pass, for the query and each phrasing."""
         answer = self.answer_for(fact)
         up = self.model.get_submodule(self.up_name)
-        xs, ys, y_plain = [], [], []
+        xs, ys, y_plain, z_plain, z_star = [], [], [], [], []
+        rule = self.config.qf2_rule
+        tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
         for query in fact.queries:
-            plain = build_pass(self.tokenizer, query, answer, self.config.system)
-            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, self.config.system))
+            plain = build_pass(self.tokenizer, query, answer, self.config.system, tokens)
+            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, self.config.system),
+                                    tokens)
             x = self._up_input(plain)
             with torch.no_grad():
-                ys.append(firing(up(self._up_input(instructed)).float(), self.block.beta).cpu())
-                if self.config.qf2_rule == "delta":  # at the current weights, other facts' updates included
+                z = up(self._up_input(instructed)).float()
+                ys.append(firing(z, self.block.beta).cpu())
+                if rule == "delta":  # at the current weights, other facts' updates included
                     y_plain.append(firing(up(x).float(), self.block.beta).cpu())
+                if rule == "solve":
+                    z_plain.append(up(x).float().cpu())
+                    z_star.append(z.cpu())
             xs.append(x.cpu())
         significance = significance_vector(fact.significance, len(plain.targets) - 1).repeat(len(xs))
+        stacked = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
         return QF2Rows(answer, plain.targets * len(xs), torch.cat(xs), torch.cat(ys), significance, len(xs),
-                       torch.cat(y_plain) if y_plain else None)
+                       stacked(y_plain), stacked(z_plain), stacked(z_star))
 
     def delta_for(self, rows: QF2Rows) -> LowRankDelta:
-        left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr, rows.y_plain)
+        if self.config.qf2_rule == "solve":
+            left, right = qf2_solved_factors(rows.x, rows.z_plain, rows.z_star, rows.significance, self.block.beta)
+        else:
+            left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr, rows.y_plain)
         return self.delta_from_factors(left, right)
 
     def delta_from_factors(self, left: torch.Tensor, right: torch.Tensor) -> LowRankDelta:

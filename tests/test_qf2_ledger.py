@@ -162,3 +162,50 @@ def test_the_delta_rule_is_the_formula_and_moves_only_disagreeing_units(store, t
         qf2_factors(rows.x, rows.y_star, rows.significance, 1e-3, rows.y_plain[:1])
     with pytest.raises(ValueError, match="QF2 rule"):
         LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="hebb"))
+
+
+# --- the solved rule (an option, not the paper's) ----------------------------------------------
+def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_undoes_exactly(store, tokenizer):
+    from memory.qf2 import SOLVE_TOLERANCE, firing, qf2_solved_factors
+
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    editor = ledger.qf2
+    before = up_weight(ledger)
+    rows = editor.capture(FACTS[0])
+    up = editor.model.get_submodule(editor.up_name)
+    with torch.no_grad():
+        assert torch.equal(rows.z_plain, up(rows.x.to(up.weight.dtype)).float().cpu())
+    assert torch.equal(rows.y_star, firing(rows.z_star, BETA))
+    differs = (firing(rows.z_star.double(), BETA) - firing(rows.z_plain.double(), BETA)).abs() > SOLVE_TOLERANCE
+    assert bool(differs.any()) and not bool(differs.all())
+    learned = ledger.learn(FACTS[0], method="qf2")
+    left, right = qf2_solved_factors(rows.x, rows.z_plain, rows.z_star, rows.significance, BETA)
+    assert torch.allclose(up_weight(ledger).double() - before.double(), left @ right, atol=1e-6)
+    with torch.no_grad():
+        z_after = up(rows.x.to(up.weight.dtype)).double()
+    scale = float(rows.z_star.abs().max())
+    # units that fired differently now get the instructed pre-activation; the others kept theirs
+    assert torch.allclose(z_after[differs], rows.z_star.double()[differs], atol=1e-4 * scale)
+    assert torch.allclose(z_after[~differs], rows.z_plain.double()[~differs], atol=1e-4 * scale)
+    assert float((firing(z_after, BETA) - rows.y_star.double()).abs().max()) < 2 * SOLVE_TOLERANCE
+    (edit,) = store.edits_of_fact(learned.fact_id)
+    assert edit.hyperparams["rule"] == "solve"
+    ledger.undo(learned.fact_id)
+    assert torch.equal(up_weight(ledger), before)
+    with pytest.raises(ValueError, match="pre-activations"):
+        qf2_solved_factors(rows.x, rows.z_plain[:1], rows.z_star, rows.significance, BETA)
+
+
+def test_the_models_own_answer_is_written_as_the_tokens_it_emitted(tokenizer, monkeypatch):
+    from memory.generate import Answer
+    from memory.prompts import answer_ids, end_of_turn_id
+
+    editor = QF2Editor(converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    emitted = tuple(answer_ids(tokenizer, "Q") + answer_ids(tokenizer, "i is the CEO."))
+    assert emitted != tuple(answer_ids(tokenizer, "Qi is the CEO."))  # not the text's own tokenization
+    end = end_of_turn_id(tokenizer)
+    monkeypatch.setattr(editor, "ask", lambda *a, **k: Answer("Qi is the CEO.", emitted + (end,), True))
+    rows = editor.capture(Fact(FACTS[0].instruction, FACTS[0].query))  # no answer given: the model's own
+    assert rows.answer == "Qi is the CEO." and rows.targets == emitted + (end,)
+    given = editor.capture(Fact(FACTS[0].instruction, FACTS[0].query, "Qi is the CEO of Oxinnovate."))
+    assert given.targets == tuple(answer_ids(tokenizer, "Qi is the CEO of Oxinnovate.")) + (end,)
