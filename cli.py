@@ -14,7 +14,7 @@ import warnings
 import click
 
 from bench.commands import bench
-from cli_options import (db_option, emit, json_option, model_options, solver_settings, tqdm_progress,
+from cli_options import (db_option, emit, json_option, model_options, qf2_options, solver_settings, tqdm_progress,
                          user_errors)
 
 log = logging.getLogger("qf")
@@ -88,11 +88,7 @@ def _significance(text: str | None):
                    "the model for N.")
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: closed-form solve on down_proj; qf2: Hebbian update on a QFt-converted model (qf convert).")
-@click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
-@click.option("--qf2-rule", type=click.Choice(["paper", "delta", "solve"]), default=None,
-              help="QF2: paper = lr s (y* - 0.5) x^T (default); delta = lr s (y* - y) x^T, moving only the units "
-                   "whose plain firing y differs from the instructed y*; solve = the minimum-norm change that makes "
-                   "the plain pass fire as the instructed one at every answer row (no lr).")
+@qf2_options
 @model_options
 @db_option
 @json_option

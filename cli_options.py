@@ -58,6 +58,16 @@ def model_options(fn):
     return wrapper
 
 
+def qf2_options(fn):
+    """--lr/--qf2-rule: QF2's learning rate and update rule (memory.qf2; None keeps EditorConfig's)."""
+    fn = click.option("--qf2-rule", type=click.Choice(["paper", "delta", "solve"]), default=None,
+                      help="QF2: paper = lr s (y* - 0.5) x^T (default); delta = lr s (y* - y) x^T, moving only the "
+                           "units whose plain firing y differs from the instructed y*; solve = the minimum-norm "
+                           "change that makes the plain pass fire as the instructed one at every answer row (no lr)."
+                      )(fn)
+    return click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")(fn)
+
+
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
     --condition, --phrasings, --keys-data), as EditorConfig fields; the library's defaults for those not given."""

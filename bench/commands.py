@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from cli_options import emit, json_option, make_editor, model_options, solver_settings, tqdm_progress, user_errors
+from cli_options import (emit, json_option, make_editor, model_options, qf2_options, solver_settings, tqdm_progress,
+                         user_errors)
 
 
 @click.group()
@@ -23,10 +24,7 @@ def bench() -> None:
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: the QF paper's protocol; qf2: the QF2 paper's, on a converted model (qf convert).")
 @click.option("--paper-layer", is_flag=True, help="QF: edit the paper's layer (23 of 28, proportional) instead of the default.")
-@click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")
-@click.option("--qf2-rule", type=click.Choice(["paper", "delta", "solve"]), default=None,
-              help="QF2 update: paper (y* - 0.5, default), delta (y* - the plain firing) or solve (the minimum-norm "
-                   "change that makes the plain firing y*; no lr).")
+@qf2_options
 @model_options
 @json_option
 @user_errors

@@ -209,3 +209,14 @@ def test_the_models_own_answer_is_written_as_the_tokens_it_emitted(tokenizer, mo
     assert rows.answer == "Qi is the CEO." and rows.targets == emitted + (end,)
     given = editor.capture(Fact(FACTS[0].instruction, FACTS[0].query, "Qi is the CEO of Oxinnovate."))
     assert given.targets == tuple(answer_ids(tokenizer, "Qi is the CEO of Oxinnovate.")) + (end,)
+
+
+def test_the_command_lines_offer_exactly_the_library_qf2_rules():
+    from click.testing import CliRunner
+
+    import cli
+    from memory.qf2 import QF2_RULES
+
+    for args in (["learn", "--help"], ["bench", "paper", "--help"]):
+        text = CliRunner().invoke(cli.main, args).output
+        assert f"[{'|'.join(QF2_RULES)}]" in text
