@@ -87,7 +87,8 @@ def _significance(text: str | None):
               help="Another way to ask the query, learned with it (repeatable). Without any, --phrasings N asks "
                    "the model for N.")
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
-              help="qf: closed-form solve on down_proj; qf2: Hebbian update on a QFt-converted model (qf convert).")
+              help="qf: closed-form solve on down_proj; qf2: update of up_proj on a QFt-converted model (qf convert), "
+                   "by --qf2-rule.")
 @qf2_options
 @model_options
 @db_option
@@ -116,6 +117,8 @@ def learn(instruction, query, answer, significance, phrasing_texts, method, lr, 
         from memory.answering import solver_settings_of
 
         data["solver"] = solver_settings_of(editor.config)
+    else:
+        data["qf2_rule"] = editor.config.qf2_rule
     also = "".join(f"\nalso asked as:  {p}" for p in fact.phrasings)
     emit(data, as_json, f"learned fact #{learned.fact_id} in {result.seconds:.2f}s ({result.rows} rows, layer {editor.layer})\n"
                          f"answer written: {result.answer}{also}\nclosed-book now: {result.verification}")
@@ -373,16 +376,18 @@ def convert(model_name, layer, steps, data_path, validation_path, holdout, corpu
 @click.option("--new", "new", is_flag=True, help="Start a new session (the default unless --session).")
 @click.option("--extractor", default=None,
               help="module:factory returning a langchain-core chat model for fact detection (default: the loaded model).")
+@qf2_options
 @model_options
 @db_option
 @user_errors
-def chat(session_id, new, extractor, model_name, device, dtype, layer, system, db):
-    """Chat with the model; it notices new facts, asks, and learns them into its weights."""
+def chat(session_id, new, extractor, lr, qf2_rule, model_name, device, dtype, layer, system, db):
+    """Chat with the model; it notices new facts, asks, and learns them into its weights (QF, or
+    QF2 on a model converted by `qf convert`)."""
     from agent.terminal import run_chat
 
     run_chat(db=db, model=model_name, device=device, dtype=dtype, layer=layer, system=system,
              session_id=None if new else session_id, extractor_spec=extractor, solver=solver_settings(),
-             progress=tqdm_progress())
+             progress=tqdm_progress(), lr=lr, qf2_rule=qf2_rule)
 
 
 @main.group()

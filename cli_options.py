@@ -60,12 +60,15 @@ def model_options(fn):
 
 def qf2_options(fn):
     """--lr/--qf2-rule: QF2's learning rate and update rule (memory.qf2; None keeps EditorConfig's)."""
+    # The default named here is EditorConfig's (tests/test_qf2_ledger.py checks it).
     fn = click.option("--qf2-rule", type=click.Choice(["paper", "delta", "solve"]), default=None,
-                      help="QF2: paper = lr s (y* - 0.5) x^T (default); delta = lr s (y* - y) x^T, moving only the "
-                           "units whose plain firing y differs from the instructed y*; solve = the minimum-norm "
-                           "change that makes the plain pass fire as the instructed one at every answer row (no lr)."
+                      help="QF2: solve = the minimum-norm change of up_proj that makes the plain pass fire as the "
+                           "instructed one at every answer row, solved jointly over all facts (no lr; the default, "
+                           "except in `qf bench paper`); paper = lr s (y* - 0.5) x^T, the paper's Hebbian rule; "
+                           "delta = lr s (y* - y) x^T, moving only the units whose plain firing y differs from y*."
                       )(fn)
-    return click.option("--lr", type=float, default=None, help="QF2 learning rate (default 4e-4).")(fn)
+    return click.option("--lr", type=float, default=None,
+                        help="QF2 learning rate of the paper and delta rules (default 4e-4).")(fn)
 
 
 def solver_settings() -> dict:

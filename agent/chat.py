@@ -186,7 +186,8 @@ class Chat:
 
     def _triple(self, candidate: Candidate) -> Fact | None:
         fact = Fact(candidate.instruction, candidate.query)
-        editor = self.ledger.current
+        # The editor that will write it asks: QF2 asks at its base weights and keeps the emitted tokens.
+        editor = self.ledger.qf2 if self.method == "qf2" else self.ledger.current
         try:
             answer = editor.instructed_answer(fact)
         except ConsolidationError as exc:

@@ -48,7 +48,12 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
 def qf2_rows_to_tensors(rows: QF2Rows) -> dict[str, torch.Tensor]:
     return {"x": rows.x, "y_star": rows.y_star, "significance": rows.significance,
             "targets": torch.tensor(rows.targets, dtype=torch.int64)} | {
-        name: getattr(rows, name) for name in ("y_plain", "z_plain", "z_star") if getattr(rows, name) is not None}
+        name: getattr(rows, name) for name in ("y_plain", "x_star") if getattr(rows, name) is not None}
+
+
+def qf2_rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> QF2Rows:
+    return QF2Rows(answer, tuple(tensors["targets"].tolist()), tensors["x"], tensors["y_star"], tensors["significance"],
+                   y_plain=tensors.get("y_plain"), x_star=tensors.get("x_star"))
 
 
 @dataclass
@@ -134,18 +139,30 @@ class LedgerEditor:
                         "are re-solved with these", len(other), now, other[0])
 
     def _sync_qf2(self) -> None:
-        """QF2 deltas stack: the weight is W0 + the active edits' stored factors (no capture)."""
+        """Hold exactly the active QF2 edits: stacked ones by their stored factors, solved-rule ones
+        in the joint solve by their stored captures (no forward pass); rebuild if anything changed."""
         active = self.store.active_edits(self.checkpoint_id, method="qf2")
         if self.qf2 is None:
             if active:
                 raise ValueError(f"the ledger holds QF2 edits for {self.loaded.name}, which is not converted")
             return
-        if set(self.qf2.deltas) != {e.id for e in active}:
-            self.qf2.set_deltas({e.id: self.qf2.delta_from_factors(**self.store.load_factors(e.id)) for e in active})
+        editor, wanted = self.qf2, {e.id: e for e in active}
+        held = editor.keys
+        for key in held - set(wanted):
+            editor.drop(key)
+        for edit_id in set(wanted) - held:
+            edit = wanted[edit_id]
+            captures = self.store.load_captures(edit_id) if edit.hyperparams.get("rule") == "solve" else {}
+            if "x_star" in captures:  # a solved-rule edit: joint
+                editor.hold_rows(edit_id, qf2_rows_from_tensors(captures, ""))
+            else:  # the paper's or the delta rule, or a solved edit recorded before the joint solve
+                editor.hold_delta(edit_id, editor.delta_from_factors(**self.store.load_factors(edit_id)))
+        if held != set(wanted):
+            editor.rebuild()
 
     @property
     def active_facts(self) -> int:
-        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2.deltas) if self.qf2 else 0)
+        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2) if self.qf2 else 0)
 
     # --- events -----------------------------------------------------------------------
     def learn(
@@ -165,7 +182,8 @@ class LedgerEditor:
         def record(key, rows, delta):
             if method == "qf2":
                 share, captures = delta, qf2_rows_to_tensors(rows)
-                hyperparams = {"lr": editor.config.lr, "beta": editor.block.beta, "rule": editor.config.qf2_rule}
+                rule = editor.config.qf2_rule
+                hyperparams = {"beta": editor.block.beta, "rule": rule} | ({} if rule == "solve" else {"lr": editor.config.lr})
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}

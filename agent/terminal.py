@@ -52,7 +52,7 @@ def load_extractor(spec: str | None, chat_model: QFChatModel) -> ChatModelExtrac
 
 def run_chat(db=None, model=None, device="auto", dtype="auto", layer=None, system=None,
              session_id: int | None = None, extractor_spec: str | None = None, io: ChatIO | None = None,
-             solver: dict | None = None, progress=None) -> int:
+             solver: dict | None = None, progress=None, lr: float | None = None, qf2_rule: str | None = None) -> int:
     io = io or terminal_io()
     store = open_store(db)
     if session_id is None:
@@ -62,7 +62,8 @@ def run_chat(db=None, model=None, device="auto", dtype="auto", layer=None, syste
         store.messages(session_id)  # raises for an unknown session
         resumed = " (resumed)"
     io.write("loading the model ...\n")
-    ledger = open_ledger(db, model, device, dtype, layer, system, store=store, solver=solver, progress=progress)
+    ledger = open_ledger(db, model, device, dtype, layer, system, store=store, solver=solver, progress=progress,
+                         lr=lr, qf2_rule=qf2_rule)
     chat_model = QFChatModel(ledger=ledger)
     extractor = load_extractor(extractor_spec, chat_model)
     method = f"QF2 at layer {ledger.qf2.layer}" if ledger.qf2 else f"layer {ledger.current.layer}"

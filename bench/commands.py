@@ -38,16 +38,17 @@ def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, la
     from memory.qf2_editor import QF2Editor
 
     loaded = load_model(model_name, device=device, dtype=dtype)
-    # The protocol reproduces the paper: its exact rule unless the command line says otherwise.
+    # The protocol reproduces the paper: its exact rule (QF's, or QF2's Hebbian one) unless the
+    # command line says otherwise.
     solver = {**PAPER_RULE, **solver_settings()}
     config = EditorConfig(layer=layer_of_paper(loaded.model) if paper_layer else layer, system=system, **solver)
-    config = with_qf2_settings(config, lr, qf2_rule)
+    config = with_qf2_settings(config, lr, qf2_rule or "paper")
     editor = QF2Editor(loaded, config) if method == "qf2" else QFEditor(loaded, config)
     steps = run_paper_protocol(editor, PROTOCOLS[method])
     passed = sum(s.passed for s in steps)
     data = {"method": method, "model": loaded.name, "layer": editor.layer, "passed": passed, "steps": steps_as_dicts(steps)}
     if method == "qf2":
-        data.update(lr=config.lr, rule=config.qf2_rule)
+        data.update(rule=config.qf2_rule, **({} if config.qf2_rule == "solve" else {"lr": config.lr}))
     where = f"QF2 at layer {editor.layer}" if method == "qf2" else f"layer {editor.layer}"
     emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, {where})")
 

@@ -19,13 +19,16 @@ from memory.prompts import instructed_system
 log = logging.getLogger(__name__)
 
 
+Expected = str | tuple[str, ...]  # what an answer must mention: one form, or any of several
+
+
 @dataclass(frozen=True)
 class Protocol:
     first: Fact
-    first_expected: str  # what answers to the first fact (and its paraphrase) must mention
+    first_expected: Expected  # what answers to the first fact (and its paraphrase) must mention
     paraphrase: str
     second: Fact
-    second_expected: str
+    second_expected: Expected
     control: str = "Who is the CEO of Apple?"  # the Coder models get Nvidia's CEO wrong: Apple is the control
     control_answer: str = "Tim Cook"
 
@@ -39,7 +42,8 @@ QF_PROTOCOL = Protocol(
 QF2_PROTOCOL = Protocol(
     first=Fact("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?"), first_expected="Qi",
     paraphrase="The founder of Oxinnovate?",
-    second=Fact("Oxinnovate has one people.", "How many people in Oxinnovate?"), second_expected="one",
+    # "Oxinnovate has 1 person." answers it as well as "one" does (the converted 0.5B writes the numeral)
+    second=Fact("Oxinnovate has one people.", "How many people in Oxinnovate?"), second_expected=("one", "1"),
 )
 PROTOCOLS = {"qf": QF_PROTOCOL, "qf2": QF2_PROTOCOL}
 
@@ -52,11 +56,17 @@ class Step:
     answer: str
     expected: str
     passed: bool
+    written: str = ""  # steps 4-8: the answer written into the weights for the fact the step tests
 
 
-def mentions(answer: str, expected: str) -> bool:
-    """Whole-word, case-insensitive containment ('Qi' does not match 'Qingdao')."""
-    return re.search(rf"\b{re.escape(expected)}\b", answer, flags=re.IGNORECASE) is not None
+def forms(expected: Expected) -> tuple[str, ...]:
+    return (expected,) if isinstance(expected, str) else tuple(expected)
+
+
+def mentions(answer: str, expected: Expected) -> bool:
+    """Whole-word, case-insensitive containment of any expected form ('Qi' does not match
+    'Qingdao', '1' does not match '10')."""
+    return any(re.search(rf"\b{re.escape(form)}\b", answer, flags=re.IGNORECASE) is not None for form in forms(expected))
 
 
 def run_paper_protocol(editor: Answering, protocol: Protocol = QF_PROTOCOL) -> list[Step]:
@@ -64,10 +74,11 @@ def run_paper_protocol(editor: Answering, protocol: Protocol = QF_PROTOCOL) -> l
     steps: list[Step] = []
     p = protocol
 
-    def ask(n: int, description: str, query: str, expected: str, system: str | None = None, negate: bool = False):
+    def ask(n: int, description: str, query: str, expected: Expected, system: str | None = None, negate: bool = False):
         answer = editor.ask(query, system=system).text
         hit = mentions(answer, expected)
-        label = f"not {expected}" if negate else expected
+        label = " or ".join(forms(expected))
+        label = f"not {label}" if negate else label
         steps.append(Step(n, description, query, answer, label, hit != negate))
         return answer
 
@@ -77,12 +88,15 @@ def run_paper_protocol(editor: Answering, protocol: Protocol = QF_PROTOCOL) -> l
     control_before = ask(3, "control, before learning", p.control, p.control_answer)
     learned: list = []
     failures: dict[str, str] = {}
+    written: dict[str, str] = {}
 
     def learn(fact: Fact, key: str) -> None:
         """A fact the model cannot be taught (e.g. its instructed answer never ends) is reported
         in the steps that depend on it, not raised: the protocol always runs to the end."""
         try:
-            learned.append(editor.learn(fact, key=key, verify=False).key)
+            result = editor.learn(fact, key=key, verify=False)
+            learned.append(result.key)
+            written[key] = result.answer
         except ConsolidationError as error:
             log.warning("could not learn %r: %s", fact.instruction, error)
             failures[key] = str(error)
@@ -98,6 +112,7 @@ def run_paper_protocol(editor: Answering, protocol: Protocol = QF_PROTOCOL) -> l
     ask(8, "fact 1 again, after fact 2", p.first.query, p.first_expected)
     for step in steps[3:]:  # steps 4..8 test a learned fact: not learned, not passed
         key = "paper-2" if step.step == 7 else "paper-1"
+        step.written = written.get(key, "")
         if key in failures:
             step.passed = False
             step.answer += f" [not learned: {failures[key]}]"

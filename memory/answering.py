@@ -36,8 +36,10 @@ class EditorConfig:
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     keys_data: str | None = None  # chat rows (JSONL) whose exchanges add keys to the preserving metric, memory.preserve
-    lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate, see memory.qf2
-    qf2_rule: str = "paper"  # QF2: "paper" (y* - 0.5), "delta" (y* - the plain firing) or "solve", memory.qf2
+    lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
+    # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
+    # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
+    qf2_rule: str = "solve"
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
     verify_tokens: int = 64  # cap for the closed-book verification answer

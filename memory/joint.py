@@ -6,6 +6,9 @@ removing a fact is then O(T_f * T * D); a re-solve is a T x T Cholesky plus N x 
 forward pass. The result does not depend on the order facts were added, and removing a fact
 gives exactly the solve that never saw it.
 
+QF2's solved rule (memory.qf2) is the same solve on up_proj: its facts come in by their residual
+(``add_residual``), the keys being the plain pass's up_proj inputs.
+
 With a preserving metric (memory.preserve) each fact also keeps Z_f^T = (M^{-1} U'_f)^T, the
 Gram matrix is U'^T M^{-1} U', and the right factor of the delta is Z^T instead of U'^T.
 """
@@ -26,7 +29,7 @@ from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
                  ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0,
-                 max_condition: float = 0.0):
+                 max_condition: float = 0.0, method: str = "qf"):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
@@ -34,6 +37,7 @@ class JointQF:
         self.metric = metric  # None: the identity norm, the paper's rule
         self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
         self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
+        self.method = method  # recorded in the deltas' metadata: "qf", or "qf2" for QF2's solved rule
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
         self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
@@ -56,17 +60,28 @@ class JointQF:
         return self._gram.shape[0]
 
     def add(self, key: Hashable, rows: FactRows) -> None:
+        """Add a QF fact: its residual from its captures (memory.qf), focused and scaled as configured."""
         if key in self._R:
             raise KeyError(f"fact {key!r} is already in the joint solve")
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
-        self._R[key] = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
         if rows.focus is not None:
-            self._R[key] = focused(self._R[key], rows.focus)
+            R = focused(R, rows.focus)
         if self.gain != 1.0:
-            self._R[key].mul_(self.gain)
-        self._U_plain[key] = rows.U_plain.detach().to("cpu", torch.float64)
-        self._sig[key] = rows.significance.double().cpu()
+            R.mul_(self.gain)
+        self.add_residual(key, R, rows.U_plain, rows.significance)
+
+    def add_residual(self, key: Hashable, R: torch.Tensor, U_plain: torch.Tensor, significance: torch.Tensor) -> None:
+        """Add a fact by its residual R (N, T_f), the change ``dW`` must make at its plain keys
+        U_plain (T_f, D), and its rows' significance (T_f,); QF2's solved rule adds its facts so."""
+        if key in self._R:
+            raise KeyError(f"fact {key!r} is already in the joint solve")
+        if R.shape != (self.W0.shape[0], U_plain.shape[0]) or U_plain.shape[1] != self.W0.shape[1]:
+            raise ValueError(f"R {tuple(R.shape)} and keys {tuple(U_plain.shape)} do not fit a {tuple(self.W0.shape)} matrix")
+        self._R[key] = R.detach().to("cpu", torch.float64)
+        self._U_plain[key] = U_plain.detach().to("cpu", torch.float64)
+        self._sig[key] = significance.double().cpu()
         new = self._U_plain[key]
         if self.metric is not None:
             self._Z[key] = new = self.metric.keys(new).cpu()
@@ -118,7 +133,7 @@ class JointQF:
             left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram, Z=Z, max_condition=self.max_condition)
         return LowRankDelta(
             left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
-            model=self.model, layer=self.layer, metadata={"method": "qf", "facts": str(len(self._keys)), **self.solver},
+            model=self.model, layer=self.layer, metadata={"method": self.method, "facts": str(len(self._keys)), **self.solver},
         )
 
     @property
@@ -132,5 +147,5 @@ class JointQF:
         start, stop = self._span(key)
         return LowRankDelta(
             left=delta.left[:, start:stop], right=delta.right[start:stop], parameter=self.parameter,
-            base_sha256=self.base_sha256, model=self.model, layer=self.layer, metadata={"method": "qf"},
+            base_sha256=self.base_sha256, model=self.model, layer=self.layer, metadata={"method": self.method},
         )

@@ -39,6 +39,13 @@ tolerance, and 0 at the others (held where they are), and
 so after the step the plain pass fires like the instructed pass at every answer row, and at the
 converted layer's output (no residual) it gives the instructed pass's output. lr is not used.
 
+Like QF's, the solved rule is solved *jointly* over every active fact from the base weights W0
+(memory.joint, memory.qf2_editor): x_t and the instructed pass's up_proj input x*_t are computed
+upstream of up_proj, so with z_t = W0 x_t and z*_t = W0 x*_t each fact's target change is fixed
+once, a later fact's solve keeps the earlier facts' rows where they were put (a stacked second
+step moves them: the QF2 protocol's step 8, docs/QF2.md), the result does not depend on the order
+facts came in, and undo is the solve that never saw the fact.
+
 Also here: the QFt blend schedule ``alpha = 0.99 ** step``, which fades the original MLP out.
 """
 
@@ -50,8 +57,10 @@ import torch
 
 from memory.qf import qf_solve  # the solved rule is QF's weighted minimum-norm solve on up_proj
 
-# The reference code's rate with per-token significance up to 10 (DESIGN.md §1); not yet tuned
-# by measurement on a converted default model (that needs a full QFt conversion).
+# The paper's and the delta rule's rate: the reference code's, with per-token significance up to 10
+# (DESIGN.md §1). Measured on the converted 0.5B (docs/QF2.md): no rate from 1e-5 to 1e-3 writes
+# the fact with these rules (small: nothing changes; large: the control collapses), which is why
+# the solved rule, which has no rate, is the default.
 DEFAULT_QF2_LR = 4e-4
 ALPHA_DECAY = 0.99  # alpha = ALPHA_DECAY ** step ...
 ALPHA_FLOOR = 0.01  # ... and exactly 0 once it falls below this (after 459 steps)
@@ -110,24 +119,48 @@ def qf2_factors(
     return left, x.double()
 
 
+def qf2_change(z_plain: torch.Tensor, z_star: torch.Tensor, beta: float, tolerance: float = SOLVE_TOLERANCE) -> torch.Tensor:
+    """The solved rule's target change of each row's pre-activations (module doc), (T, D_ff) float64:
+    z*_t - z_t at the units whose firing differs between the passes by more than ``tolerance``,
+    0 at the others. z_plain, z_star (T, D_ff) up_proj pre-activations of the plain and the
+    instructed pass; beta the layer's firing sharpness."""
+    if z_plain.ndim != 2 or z_plain.shape != z_star.shape:
+        raise ValueError(f"pre-activations {tuple(z_plain.shape)} and {tuple(z_star.shape)} must both be (T, D_ff)")
+    if not (bool(torch.isfinite(z_plain).all()) and bool(torch.isfinite(z_star).all())):
+        raise ValueError("non-finite captures: capture the passes again")
+    zp, zs = z_plain.double(), z_star.double()
+    differs = (firing(zs, beta) - firing(zp, beta)).abs() > tolerance
+    return torch.where(differs, zs - zp, torch.zeros_like(zp))
+
+
+def qf2_residual(W0: torch.Tensor, x: torch.Tensor, x_star: torch.Tensor, beta: float) -> torch.Tensor:
+    """One fact's target change at the base weights, as QF's residual R (D_ff, T) float64:
+    ``qf2_change(W0 x, W0 x*)`` transposed. W0 (D_ff, D_model) the base up_proj weight; x, x_star
+    (T, D_model) the plain and the instructed pass's up_proj inputs at the fact's rows."""
+    if x.ndim != 2 or x.shape != x_star.shape or x.shape[1] != W0.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} and x* {tuple(x_star.shape)} must both be (T, {W0.shape[1]})")
+    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(x_star).all())):
+        raise ValueError("non-finite captures: capture the passes again")
+    W = W0.double()
+    return qf2_change(x.double() @ W.T, x_star.double() @ W.T, beta).T
+
+
 def qf2_solved_factors(
     x: torch.Tensor, z_plain: torch.Tensor, z_star: torch.Tensor, significance: torch.Tensor, beta: float,
     tolerance: float = SOLVE_TOLERANCE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The solved rule (module doc) as factors (left (D_ff, T) float64, right = x (T, D_model)).
+    """The solved rule for one fact alone (module doc) as factors (left (D_ff, T) float64, right = x
+    (T, D_model)): ``dW x_t = qf2_change(z, z*)_t`` at minimum norm.
 
     x (T, D_model) plain-pass MLP inputs; z_plain, z_star (T, D_ff) up_proj pre-activations of the
     plain and the instructed pass; significance (T,) >= 0; beta the layer's firing sharpness."""
-    if z_plain.shape != z_star.shape or z_plain.shape[0] != x.shape[0]:
+    if z_plain.shape[0] != x.shape[0]:
         raise ValueError(f"pre-activations {tuple(z_plain.shape)} and {tuple(z_star.shape)} must both be "
                          f"(T, D_ff) with T = {x.shape[0]} rows of x")
-    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(z_plain).all()) and bool(torch.isfinite(z_star).all())):
+    if not bool(torch.isfinite(x).all()):
         raise ValueError("non-finite captures: capture the passes again")
-    zp, zs = z_plain.double(), z_star.double()
-    differs = (firing(zs, beta) - firing(zp, beta)).abs() > tolerance
-    change = torch.where(differs, zs - zp, torch.zeros_like(zp))  # (T, D_ff)
-    left, right = qf_solve(change.T, x.double().T, significance)
-    return left, right
+    change = qf2_change(z_plain, z_star, beta, tolerance)
+    return qf_solve(change.T, x.double().T, significance)
 
 
 def alpha_at(step: int) -> float:

@@ -6,15 +6,24 @@ single forward passes stopped at that layer's up_proj input; y* is the instructe
 pattern sigmoid(beta * up_proj(h)) with the weights as they are (earlier facts included) and the
 checkpoint's own beta.
 
-The live weight is always ``W0 + sum of the active facts' deltas`` (each a rank-T factor pair from
-memory.qf2): updates stack, so removing a fact and rebuilding gives exactly the weight a history
-without it would have had (to float32 rounding; bit for bit when no other fact is active).
+The live weight is always ``W0 + the stacked deltas + the joint solve``:
+
+- the paper's and the delta rule's updates stack: each fact keeps its rank-T factor pair (memory.qf2),
+  and removing one gives exactly the weight a history without it would have had (to float32
+  rounding; bit for bit when no other fact is active);
+- the solved rule's facts are solved jointly from W0 (memory.joint, as QF's): each keeps its plain
+  up_proj inputs x and its residual from W0 (memory.qf2.qf2_residual), adding a fact keeps the
+  earlier ones' rows met, and removing one is the solve that never saw it.
+
+A solved-rule edit recorded before the joint solve (no ``x_star`` among its captures) is held as
+its stored factors, stacked.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +36,8 @@ from memory.fact import Fact, significance_vector
 from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
-from memory.qf2 import firing, qf2_factors, qf2_solved_factors
+from memory.joint import JointQF
+from memory.qf2 import firing, qf2_factors, qf2_residual
 from memory.qf2_block import QF2Block, installed
 
 METHOD = "qf2"
@@ -49,8 +59,7 @@ class QF2Rows:
     significance: torch.Tensor  # (T,)
     queries: int = 1
     y_plain: torch.Tensor | None = None  # (T, D_ff) the plain pass's firing, for the delta rule only
-    z_plain: torch.Tensor | None = None  # (T, D_ff) up_proj pre-activations, plain pass: the solved rule only
-    z_star: torch.Tensor | None = None  # (T, D_ff) the same, instructed pass: the solved rule only
+    x_star: torch.Tensor | None = None  # (T, D_model) up_proj inputs, instructed pass: the solved rule only
 
     @property
     def num_rows(self) -> int:
@@ -71,7 +80,8 @@ def require_converted(loaded: LoadedModel) -> QF2Block:
     return block
 
 
-# record(temporary key, the fact's rows, its delta) -> durable key (e.g. the ledger's edit id)
+# record(temporary key, the fact's rows, its own delta) -> durable key (e.g. the ledger's edit id).
+# Its own delta: its factors for a stacked rule, its share of the joint delta for the solved rule.
 QF2Recorder = Callable[[Hashable, QF2Rows, LowRankDelta], Hashable]
 
 
@@ -89,10 +99,43 @@ class QF2Editor(Answering):
         keep_float32(loaded.model, self.up_name)
         self.W0 = loaded.model.get_parameter(self.parameter).detach().to("cpu", torch.float32).clone()
         self.base_sha256 = tensor_sha256(self.W0)
-        self.deltas: dict[Hashable, LowRankDelta] = {}
+        self.deltas: dict[Hashable, LowRankDelta] = {}  # the stacked facts (paper and delta rules)
+        self.joint = JointQF(self.W0, self.parameter, model=loaded.name, layer=self.layer, method=METHOD)
         self._next_key = 0
 
-    # --- computing (never mutates the model) --------------------------------------------
+    @property
+    def keys(self) -> set[Hashable]:
+        """Every fact held, stacked or in the joint solve."""
+        return set(self.deltas) | set(self.joint.keys)
+
+    def __len__(self) -> int:
+        return len(self.deltas) + len(self.joint)
+
+    # --- computing (never mutates the model, or restores it) ---------------------------------
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """Run the body with up_proj at W0 (the other facts' updates out); the live weight after."""
+        weight = self.model.get_parameter(self.parameter)
+        saved = weight.detach().clone()
+        with torch.no_grad():
+            weight.copy_(self.W0.to(weight.device, weight.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                weight.copy_(saved)
+
+    def instructed_answer(self, fact: Fact) -> str:
+        """The model's own answer with the instruction in context. For the solved rule it is asked at
+        W0: the joint solve's targets are the instructed pass's firing at W0, and an answer asked at
+        the live weights (earlier facts in) can be one the W0 pass does not give. Measured: on the
+        last-layer 0.5B conversion, with the first protocol fact written, the second fact's answer
+        came out "Need more information to answer.", which the targets at W0 did not lead to."""
+        if self.config.qf2_rule != "solve":
+            return super().instructed_answer(fact)
+        with self.base_weights():
+            return super().instructed_answer(fact)
+
     def _up_input(self, p: Pass) -> torch.Tensor:
         """One forward pass stopped at up_proj of the converted layer: its input at the answer rows."""
         self._check_length(p)
@@ -105,34 +148,36 @@ class QF2Editor(Answering):
         """x from the plain pass and y* from the instructed pass, for the query and each phrasing."""
         answer = self.answer_for(fact)
         up = self.model.get_submodule(self.up_name)
-        xs, ys, y_plain, z_plain, z_star = [], [], [], [], []
+        xs, ys, y_plain, x_star = [], [], [], []
         rule = self.config.qf2_rule
         tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
         for query in fact.queries:
             plain = build_pass(self.tokenizer, query, answer, self.config.system, tokens)
             instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, self.config.system),
                                     tokens)
-            x = self._up_input(plain)
-            with torch.no_grad():
-                z = up(self._up_input(instructed)).float()
-                ys.append(firing(z, self.block.beta).cpu())
-                if rule == "delta":  # at the current weights, other facts' updates included
+            x, x_instructed = self._up_input(plain), self._up_input(instructed)
+            with torch.no_grad():  # firings at the current weights, other facts' updates included
+                ys.append(firing(up(x_instructed).float(), self.block.beta).cpu())
+                if rule == "delta":
                     y_plain.append(firing(up(x).float(), self.block.beta).cpu())
-                if rule == "solve":
-                    z_plain.append(up(x).float().cpu())
-                    z_star.append(z.cpu())
+            if rule == "solve":  # the joint solve works from W0: the inputs are all it needs
+                x_star.append(x_instructed.cpu())
             xs.append(x.cpu())
         significance = significance_vector(fact.significance, len(plain.targets) - 1).repeat(len(xs))
         stacked = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
         return QF2Rows(answer, plain.targets * len(xs), torch.cat(xs), torch.cat(ys), significance, len(xs),
-                       stacked(y_plain), stacked(z_plain), stacked(z_star))
+                       stacked(y_plain), stacked(x_star))
 
     def delta_for(self, rows: QF2Rows) -> LowRankDelta:
-        if self.config.qf2_rule == "solve":
-            left, right = qf2_solved_factors(rows.x, rows.z_plain, rows.z_star, rows.significance, self.block.beta)
-        else:
-            left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr, rows.y_plain)
+        """A stacked rule's (paper, delta) update for ``rows``."""
+        left, right = qf2_factors(rows.x, rows.y_star, rows.significance, self.config.lr, rows.y_plain)
         return self.delta_from_factors(left, right)
+
+    def residual(self, rows: QF2Rows) -> torch.Tensor:
+        """The solved rule's target change at W0 for ``rows`` (memory.qf2.qf2_residual), (D_ff, T)."""
+        if rows.x_star is None:
+            raise ValueError("these rows were captured without the instructed inputs x*: capture them with qf2_rule='solve'")
+        return qf2_residual(self.W0, rows.x, rows.x_star, self.block.beta)
 
     def delta_from_factors(self, left: torch.Tensor, right: torch.Tensor) -> LowRankDelta:
         return LowRankDelta(left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
@@ -140,47 +185,79 @@ class QF2Editor(Answering):
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()
-    def rebuild(self) -> float:
-        """weight <- W0 + the sum of the active deltas (summed in float64); returns seconds."""
+    def rebuild(self, joint: LowRankDelta | None = None) -> float:
+        """weight <- W0 + the stacked deltas + the joint solve (``joint``, else solved now), summed
+        in float64; returns seconds."""
         start = time.perf_counter()
         weight = self.model.get_parameter(self.parameter)
         total = self.W0.double()
         for delta in self.deltas.values():
             total += delta.dense(torch.float64)
+        joint = self.joint.solve() if joint is None else joint
+        if joint.rank:
+            total += joint.dense(torch.float64)
         if not bool(torch.isfinite(total).all()):
             raise NonFiniteDeltaError(f"the QF2 deltas on {self.parameter} are not finite; nothing was written")
         weight.copy_(total.to(weight.dtype).to(weight.device))
         return time.perf_counter() - start
 
-    def set_deltas(self, deltas: dict[Hashable, LowRankDelta]) -> float:
-        """Hold exactly ``deltas`` (e.g. the ledger's active QF2 edits) and rebuild."""
-        self.deltas = dict(deltas)
-        return self.rebuild()
+    def hold_delta(self, key: Hashable, delta: LowRankDelta) -> None:
+        """Hold a stacked fact by its factors (no rebuild)."""
+        self.deltas[key] = delta
+
+    def hold_rows(self, key: Hashable, rows: QF2Rows) -> None:
+        """Hold a solved-rule fact in the joint solve by its captured rows (no rebuild)."""
+        self.joint.add_residual(key, self.residual(rows), rows.x, rows.significance)
+
+    def drop(self, key: Hashable) -> None:
+        """Stop holding a fact (no rebuild)."""
+        if key in self.joint:
+            self.joint.remove(key)
+        else:
+            del self.deltas[key]
 
     def remove(self, key: Hashable) -> float:
-        """Drop a fact's delta and rebuild: exact undo. Returns seconds."""
-        del self.deltas[key]
+        """Drop a fact and rebuild: exact undo. Returns seconds."""
+        self.drop(key)
         return self.rebuild()
 
     def learn(self, fact: Fact, key: Hashable | None = None, verify: bool = True,
               record: QF2Recorder | None = None) -> Consolidation:
-        """Capture, compute dW, (record), add, verify; on any error before the write nothing changes."""
+        """Capture, compute dW (stacked) or re-solve (joint), (record), write, verify; on any error
+        before the write nothing changes."""
         if key is None:
             key, self._next_key = ("pending", self._next_key), self._next_key + 1
         t0 = time.perf_counter()
         rows = self.capture(fact)
         t1 = time.perf_counter()
-        delta = self.delta_for(rows)
-        if not delta.is_finite():
-            raise NonFiniteDeltaError(f"the QF2 update for {fact.query!r} is not finite; nothing was written")
-        t2 = time.perf_counter()
-        if record is not None:
-            key = record(key, rows, delta)
-        self.deltas[key] = delta
+        joint = None
+        if self.config.qf2_rule == "solve":
+            self.hold_rows(key, rows)
+            try:
+                joint = self.joint.solve()
+                if not joint.is_finite():
+                    raise NonFiniteDeltaError(f"the QF2 solve for {fact.query!r} is not finite; nothing was written")
+                own = self.joint.share(joint, key)
+                t2 = time.perf_counter()
+                if record is not None:
+                    durable = record(key, rows, own)
+                    self.joint.rename(key, durable)
+                    key = durable
+            except BaseException:
+                self.joint.remove(key)
+                raise
+        else:
+            delta = self.delta_for(rows)
+            if not delta.is_finite():
+                raise NonFiniteDeltaError(f"the QF2 update for {fact.query!r} is not finite; nothing was written")
+            t2 = time.perf_counter()
+            if record is not None:
+                key = record(key, rows, delta)
+            self.hold_delta(key, delta)
         try:
-            self.rebuild()
+            self.rebuild(joint)
         except BaseException:
-            del self.deltas[key]
+            self.drop(key)
             raise
         t3 = time.perf_counter()
         verification = self.ask(fact.query).text if verify else ""

@@ -54,7 +54,7 @@ def test_qf2_is_refused_on_an_unconverted_model_with_how_to_convert(tiny_qwen, s
 def test_the_written_delta_is_the_formula_on_the_captured_rows(tokenizer):
     from memory.prompts import answer_ids
 
-    editor = QF2Editor(converted(tokenizer), EditorConfig(lr=1e-3))
+    editor = QF2Editor(converted(tokenizer), EditorConfig(lr=1e-3, qf2_rule="paper"))
     before = up_weight(editor)
     n = len(answer_ids(tokenizer, "One."))
     fact = Fact(FACTS[1].instruction, FACTS[1].query, "One.", significance=(1.0,) * (n - 1) + (20.0,))
@@ -66,8 +66,9 @@ def test_the_written_delta_is_the_formula_on_the_captured_rows(tokenizer):
     assert result.rows == rows.num_rows and torch.allclose(up_weight(editor), expected, atol=1e-6)
 
 
-def test_learn_record_reload_undo_bit_exact_and_redo(store, tokenizer):
-    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig())
+@pytest.mark.parametrize("rule", ["paper", "solve"])  # stacked, and joint (the default)
+def test_learn_record_reload_undo_bit_exact_and_redo(store, tokenizer, rule):
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule=rule))
     base = up_weight(ledger)
     learned = [ledger.learn(f, method="qf2") for f in FACTS]
     edits = store.edits_of_fact(learned[0].fact_id)
@@ -75,7 +76,7 @@ def test_learn_record_reload_undo_bit_exact_and_redo(store, tokenizer):
     assert edits[0].hyperparams["beta"] == BETA and edits[0].rank == learned[0].result.rows
     with_both = up_weight(ledger)
     assert not torch.equal(with_both, base)
-    again = LedgerEditor(store, converted(tokenizer), EditorConfig())  # the next process
+    again = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule=rule))  # the next process
     assert again.active_facts == 2 and torch.allclose(up_weight(again), with_both, atol=1e-6)
     ledger.undo(learned[1].fact_id)
     ledger.undo(learned[0].fact_id)
@@ -115,6 +116,7 @@ def test_both_paper_protocols_run_all_steps_and_leave_the_weights_as_they_were(t
         fixed = replace(protocol, first=replace(protocol.first, answer="Qi."), second=replace(protocol.second, answer="One."))
         steps = run_paper_protocol(editor, fixed)
         assert [s.step for s in steps] == list(range(1, 9)) and all(isinstance(s.passed, bool) for s in steps)
+        assert [s.written for s in steps] == [""] * 3 + ["Qi."] * 3 + ["One.", "Qi."]  # what each step's fact wrote
     assert torch.equal(up_weight(qf2), before[0])
     assert torch.equal(model.model.get_parameter(qf.parameter), before[1])
 
@@ -165,6 +167,21 @@ def test_the_delta_rule_is_the_formula_and_moves_only_disagreeing_units(store, t
 
 
 # --- the solved rule (an option, not the paper's) ----------------------------------------------
+def base_firings(editor, rows):
+    """The plain and instructed pre-activations of ``rows`` at W0, and the units whose firing differs."""
+    from memory.qf2 import SOLVE_TOLERANCE, firing
+
+    W0 = editor.W0.double()
+    z, z_star = rows.x.double() @ W0.T, rows.x_star.double() @ W0.T
+    return z, z_star, (firing(z_star, BETA) - firing(z, BETA)).abs() > SOLVE_TOLERANCE
+
+
+def plain_pre_activations(editor, rows):
+    up = editor.model.get_submodule(editor.up_name)
+    with torch.no_grad():
+        return up(rows.x.to(up.weight.dtype)).double()
+
+
 def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_undoes_exactly(store, tokenizer):
     from memory.qf2 import SOLVE_TOLERANCE, firing, qf2_solved_factors
 
@@ -172,28 +189,64 @@ def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_und
     editor = ledger.qf2
     before = up_weight(ledger)
     rows = editor.capture(FACTS[0])
-    up = editor.model.get_submodule(editor.up_name)
-    with torch.no_grad():
-        assert torch.equal(rows.z_plain, up(rows.x.to(up.weight.dtype)).float().cpu())
-    assert torch.equal(rows.y_star, firing(rows.z_star, BETA))
-    differs = (firing(rows.z_star.double(), BETA) - firing(rows.z_plain.double(), BETA)).abs() > SOLVE_TOLERANCE
+    assert rows.x_star.shape == rows.x.shape and rows.y_plain is None
+    z, z_star, differs = base_firings(editor, rows)
     assert bool(differs.any()) and not bool(differs.all())
     learned = ledger.learn(FACTS[0], method="qf2")
-    left, right = qf2_solved_factors(rows.x, rows.z_plain, rows.z_star, rows.significance, BETA)
+    left, right = qf2_solved_factors(rows.x, z, z_star, rows.significance, BETA)  # one fact: the single solve
     assert torch.allclose(up_weight(ledger).double() - before.double(), left @ right, atol=1e-6)
-    with torch.no_grad():
-        z_after = up(rows.x.to(up.weight.dtype)).double()
-    scale = float(rows.z_star.abs().max())
+    z_after = plain_pre_activations(editor, rows)
+    scale = float(z_star.abs().max())
     # units that fired differently now get the instructed pre-activation; the others kept theirs
-    assert torch.allclose(z_after[differs], rows.z_star.double()[differs], atol=1e-4 * scale)
-    assert torch.allclose(z_after[~differs], rows.z_plain.double()[~differs], atol=1e-4 * scale)
-    assert float((firing(z_after, BETA) - rows.y_star.double()).abs().max()) < 2 * SOLVE_TOLERANCE
+    assert torch.allclose(z_after[differs], z_star[differs], atol=1e-4 * scale)
+    assert torch.allclose(z_after[~differs], z[~differs], atol=1e-4 * scale)
+    assert float((firing(z_after, BETA) - firing(z_star, BETA)).abs().max()) < 2 * SOLVE_TOLERANCE
     (edit,) = store.edits_of_fact(learned.fact_id)
-    assert edit.hyperparams["rule"] == "solve"
+    assert edit.hyperparams["rule"] == "solve" and "lr" not in edit.hyperparams  # the solve has no rate
     ledger.undo(learned.fact_id)
     assert torch.equal(up_weight(ledger), before)
     with pytest.raises(ValueError, match="pre-activations"):
-        qf2_solved_factors(rows.x, rows.z_plain[:1], rows.z_star, rows.significance, BETA)
+        qf2_solved_factors(rows.x, z[:1], z_star, rows.significance, BETA)
+
+
+def test_solved_facts_are_solved_jointly_so_a_second_fact_keeps_the_first_in_place(store, tokenizer):
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    editor = ledger.qf2
+    base = up_weight(ledger)
+    rows = [editor.capture(f) for f in FACTS]
+    learned = [ledger.learn(f, method="qf2") for f in FACTS]
+    for r in rows:  # both facts' rows are met at once (a stacked second step would move the first's)
+        z, z_star, differs = base_firings(editor, r)
+        z_after = plain_pre_activations(editor, r)
+        scale = float(z_star.abs().max())
+        assert torch.allclose(z_after[differs], z_star[differs], atol=1e-4 * scale)
+        assert torch.allclose(z_after[~differs], z[~differs], atol=1e-4 * scale)
+    both = up_weight(ledger)
+    again = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))  # rebuilt from the captures
+    assert len(again.qf2.joint) == 2 and torch.allclose(up_weight(again), both, atol=1e-6)
+    # undo of the first is the solve that never saw it: the second fact alone
+    ledger.undo(learned[0].fact_id)
+    alone = QF2Editor(converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    alone.learn(FACTS[1], verify=False)
+    assert torch.allclose(up_weight(ledger), up_weight(alone), atol=1e-6)
+    ledger.undo(learned[1].fact_id)
+    assert torch.equal(up_weight(ledger), base)
+
+
+def test_a_solved_edit_recorded_before_the_joint_solve_is_held_by_its_factors(store, tokenizer, monkeypatch):
+    import agent.ledger_editor as module
+
+    recorded = module.qf2_rows_to_tensors  # what such an edit holds: its captures had no instructed inputs
+    monkeypatch.setattr(module, "qf2_rows_to_tensors", lambda rows: {k: v for k, v in recorded(rows).items() if k != "x_star"})
+    ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    learned = ledger.learn(FACTS[0], method="qf2")
+    (edit,) = store.edits_of_fact(learned.fact_id)
+    with_fact = up_weight(ledger)
+    again = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    assert again.qf2.keys == {edit.id} and len(again.qf2.joint) == 0
+    assert torch.allclose(up_weight(again), with_fact, atol=1e-6)
+    again.undo(learned.fact_id)
+    assert again.active_facts == 0 and torch.equal(up_weight(again), ledger.qf2.W0)
 
 
 def test_the_models_own_answer_is_written_as_the_tokens_it_emitted(tokenizer, monkeypatch):
@@ -217,6 +270,36 @@ def test_the_command_lines_offer_exactly_the_library_qf2_rules():
     import cli
     from memory.qf2 import QF2_RULES
 
-    for args in (["learn", "--help"], ["bench", "paper", "--help"]):
-        text = CliRunner().invoke(cli.main, args).output
+    for args in (["learn", "--help"], ["bench", "paper", "--help"], ["chat", "--help"]):
+        text = " ".join(CliRunner().invoke(cli.main, args).output.split())
         assert f"[{'|'.join(QF2_RULES)}]" in text
+        assert f"{EditorConfig().qf2_rule} = the minimum-norm" in text and "(no lr; the default" in text
+
+
+def test_the_protocols_checks_accept_any_expected_form_as_a_whole_word():
+    from bench.paper import QF2_PROTOCOL, mentions
+
+    assert mentions("Oxinnovate has 1 person.", QF2_PROTOCOL.second_expected)
+    assert mentions("It has one employee.", QF2_PROTOCOL.second_expected)
+    assert not mentions("Oxinnovate has 10 people.", QF2_PROTOCOL.second_expected)
+    assert not mentions("Someone runs it.", QF2_PROTOCOL.second_expected)
+    assert mentions("Qi is the CEO.", "Qi") and not mentions("Qingdao.", "Qi")
+
+
+def test_the_solved_rule_asks_for_the_models_own_answer_at_the_base_weights(tokenizer, monkeypatch):
+    from memory.generate import Answer
+
+    editor = QF2Editor(converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    editor.learn(FACTS[0], verify=False)
+    live = up_weight(editor)
+    assert not torch.equal(live, editor.W0)
+    seen = []
+    monkeypatch.setattr(editor, "ask", lambda *a, **k: seen.append(up_weight(editor)) or Answer("One.", (1, 2), True))
+    assert editor.instructed_answer(Fact(FACTS[1].instruction, FACTS[1].query)) == "One."
+    assert torch.equal(seen[0], editor.W0)  # the joint solve's targets are W0's: so is the answer
+    assert torch.equal(up_weight(editor), live)  # and the live weight is back
+    stacked = QF2Editor(converted(tokenizer), EditorConfig(qf2_rule="paper", lr=1e-3))
+    stacked.learn(FACTS[0], verify=False)
+    monkeypatch.setattr(stacked, "ask", lambda *a, **k: seen.append(up_weight(stacked)) or Answer("One.", (1, 2), True))
+    stacked.instructed_answer(Fact(FACTS[1].instruction, FACTS[1].query))
+    assert torch.equal(seen[1], up_weight(stacked))  # a stacked rule's y* is at the live weights: so is its answer
