@@ -165,18 +165,9 @@ class QFEditor(Answering):
         rows = self.capture(fact)
         t1 = time.perf_counter()
         self.joint.add(key, rows)
-        try:
-            delta = self.joint.solve()
-            if not delta.is_finite():
-                raise NonFiniteDeltaError(f"the solve for {fact.query!r} is not finite; nothing was written")
-            t2 = time.perf_counter()
-            if record is not None:
-                durable = record(key, rows, delta)
-                self.joint.rename(key, durable)
-                key = durable
-        except BaseException:
-            self.joint.remove(key)
-            raise
+        recorder = None if record is None else (lambda k, d: record(k, rows, d))
+        delta, key, solve_seconds = self.joint.commit(key, recorder)
+        t2 = t1 + solve_seconds
         self.write(delta)
         t3 = time.perf_counter()
         verification = self.ask(fact.query).text if verify else ""

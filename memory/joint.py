@@ -15,11 +15,12 @@ Gram matrix is U'^T M^{-1} U', and the right factor of the delta is Z^T instead 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 
 import torch
 
-from memory.delta import LowRankDelta, tensor_sha256
+from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
 from memory.fact import FactRows
 from memory.focus import focused
 from memory.preserve import LazyMetric, PreservingMetric
@@ -135,6 +136,27 @@ class JointQF:
             left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
             model=self.model, layer=self.layer, metadata={"method": self.method, "facts": str(len(self._keys)), **self.solver},
         )
+
+    def commit(self, key: Hashable, record: Callable[[Hashable, LowRankDelta], Hashable] | None = None
+               ) -> tuple[LowRankDelta, Hashable, float]:
+        """Solve with the just-added fact ``key`` and (``record(key, joint delta)`` -> its durable
+        key, e.g. the ledger's edit id) rename it. On any error, a non-finite solve included, the
+        fact is removed again and the error raised: nothing else has changed. Returns the joint
+        delta, the fact's key and the solve's seconds (the record excluded)."""
+        start = time.perf_counter()
+        try:
+            delta = self.solve()
+            if not delta.is_finite():
+                raise NonFiniteDeltaError(f"the solve with fact {key!r} is not finite; nothing was written")
+            seconds = time.perf_counter() - start
+            if record is not None:
+                durable = record(key, delta)
+                self.rename(key, durable)
+                key = durable
+        except BaseException:
+            self.remove(key)
+            raise
+        return delta, key, seconds
 
     @property
     def solver(self) -> dict[str, str]:

@@ -233,19 +233,10 @@ class QF2Editor(Answering):
         joint = None
         if self.config.qf2_rule == "solve":
             self.hold_rows(key, rows)
-            try:
-                joint = self.joint.solve()
-                if not joint.is_finite():
-                    raise NonFiniteDeltaError(f"the QF2 solve for {fact.query!r} is not finite; nothing was written")
-                own = self.joint.share(joint, key)
-                t2 = time.perf_counter()
-                if record is not None:
-                    durable = record(key, rows, own)
-                    self.joint.rename(key, durable)
-                    key = durable
-            except BaseException:
-                self.joint.remove(key)
-                raise
+            # the ledger records each fact's own share of the joint delta
+            recorder = None if record is None else (lambda k, d: record(k, rows, self.joint.share(d, k)))
+            joint, key, solve_seconds = self.joint.commit(key, recorder)
+            t2 = t1 + solve_seconds
         else:
             delta = self.delta_for(rows)
             if not delta.is_finite():
