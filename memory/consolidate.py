@@ -116,9 +116,10 @@ class QFEditor(Answering):
         query and each of its phrasings; the rows of all of them, in that order."""
         answer = (answer or "").strip() or self.answer_for(fact)
         system, parts = self.config.system, []
+        tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
         for query in fact.queries:
-            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system))
-            plain = build_pass(self.tokenizer, query, answer, system)
+            instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system), tokens)
+            plain = build_pass(self.tokenizer, query, answer, system, tokens)
             significance = significance_vector(fact.significance, len(plain.targets) - 1)
             parts.append(self.capture_rows(instructed, plain, answer, significance))
         return stack_rows(parts)

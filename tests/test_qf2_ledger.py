@@ -249,11 +249,14 @@ def test_a_solved_edit_recorded_before_the_joint_solve_is_held_by_its_factors(st
     assert again.active_facts == 0 and torch.equal(up_weight(again), ledger.qf2.W0)
 
 
-def test_the_models_own_answer_is_written_as_the_tokens_it_emitted(tokenizer, monkeypatch):
+@pytest.mark.parametrize("method", ["qf2", "qf"])
+def test_the_models_own_answer_is_written_as_the_tokens_it_emitted(tokenizer, monkeypatch, method):
+    from memory.consolidate import QFEditor
     from memory.generate import Answer
     from memory.prompts import answer_ids, end_of_turn_id
 
-    editor = QF2Editor(converted(tokenizer), EditorConfig(qf2_rule="solve"))
+    model = converted(tokenizer)
+    editor = QF2Editor(model, EditorConfig(qf2_rule="solve")) if method == "qf2" else QFEditor(model, EditorConfig(layer=3))
     emitted = tuple(answer_ids(tokenizer, "Q") + answer_ids(tokenizer, "i is the CEO."))
     assert emitted != tuple(answer_ids(tokenizer, "Qi is the CEO."))  # not the text's own tokenization
     end = end_of_turn_id(tokenizer)
