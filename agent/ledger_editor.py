@@ -162,7 +162,7 @@ class LedgerEditor:
 
     @property
     def active_facts(self) -> int:
-        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2) if self.qf2 else 0)
+        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2.keys) if self.qf2 else 0)
 
     # --- events -----------------------------------------------------------------------
     def learn(

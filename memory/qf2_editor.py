@@ -108,9 +108,6 @@ class QF2Editor(Answering):
         """Every fact held, stacked or in the joint solve."""
         return set(self.deltas) | set(self.joint.keys)
 
-    def __len__(self) -> int:
-        return len(self.deltas) + len(self.joint)
-
     # --- computing (never mutates the model, or restores it) ---------------------------------
     @contextmanager
     def base_weights(self) -> Iterator[None]:

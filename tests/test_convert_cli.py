@@ -41,6 +41,21 @@ def test_convert_then_learn_with_qf2(tmp_path, tiny_model_dir, monkeypatch):
                               "--max-tokens", "4", "--json").output)
     assert asked["active_facts"] == 1
 
+    # The chat on the converted model learns with QF2 (the solved rule by default), asking the QF2 editor
+    from memory.qf2_editor import QF2Editor
+
+    monkeypatch.setattr(QF2Editor, "instructed_answer", lambda self, fact: "Qi is the CEO.")
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    fact = {"statement": "Qi is the CEO of Oxinnovate.", "question": "Who is the CEO of Oxinnovate?"}
+    monkeypatch.setenv("QF_FAKE_EXTRACTOR", json.dumps([json.dumps({"facts": [fact]})]))
+    chat = CliRunner().invoke(cli.main, ["chat", "--model", "tiny-conv", "--dtype", "float32", "--extractor",
+                                         "fake_extractor:make"], input="Qi is the CEO of Oxinnovate.\ny\n/quit\n")
+    assert chat.exit_code == 0, chat.output + repr(chat.exception)
+    assert "QF2 at layer 2; 1 fact(s) active" in chat.output and "Qi is the CEO." in chat.output
+    shown = json.loads(invoke("facts", "show", "2", "--json").output)
+    assert shown["answer"] == "Qi is the CEO." and [(e["method"], e["hyperparams"]["rule"]) for e in shown["edits"]] == [
+        ("qf2", "solve")]
+
 
 def test_an_interrupted_conversion_is_resumed_or_restarted_only_when_asked(tmp_path, tiny_model_dir):
     args = ("convert", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "2", "--steps", "6",
