@@ -36,8 +36,26 @@ class Fact:
         return (self.query, *self.phrasings)
 
 
+class QuestionRows:
+    """One fact's T captured rows over its questions (the query, then each phrasing), in equal
+    blocks; every question has the same answer, so each block has the same weights. Shared by
+    QF's rows (FactRows) and QF2's (memory.qf2_editor.QF2Rows)."""
+
+    significance: torch.Tensor  # (T,) weights >= 0
+    queries: int  # the number of blocks
+
+    @property
+    def num_rows(self) -> int:
+        return self.significance.shape[0]
+
+    @property
+    def query_significance(self) -> torch.Tensor:
+        """The weights of one question's rows."""
+        return self.significance[: self.num_rows // self.queries]
+
+
 @dataclass
-class FactRows:
+class FactRows(QuestionRows):
     """What QF needs of one fact: T rows of each capture (row t predicts target t)."""
 
     answer: str
@@ -50,15 +68,6 @@ class FactRows:
     # (T, N, m) orthonormal bases: write only row t's change in span(focus[t]) (memory.focus); None: all of it
     focus: torch.Tensor | None = None
     queries: int = 1  # the rows are this many questions' (the query and its phrasings), in equal blocks
-
-    @property
-    def num_rows(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def query_significance(self) -> torch.Tensor:
-        """The weights of one question's rows (every question has the same answer, so the same weights)."""
-        return self.significance[: self.num_rows // self.queries]
 
 
 def stack_rows(parts: list[FactRows]) -> FactRows:

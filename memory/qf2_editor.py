@@ -32,7 +32,7 @@ from memory import architecture as arch
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
 from memory.capture import Capture
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
-from memory.fact import Fact, significance_vector
+from memory.fact import Fact, QuestionRows, significance_vector
 from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
@@ -48,7 +48,7 @@ class NotConvertedError(ConsolidationError):
 
 
 @dataclass
-class QF2Rows:
+class QF2Rows(QuestionRows):
     """What QF2 needs of one fact (T rows per question: the answer tokens, then the end of turn;
     the query's, then each phrasing's)."""
 
@@ -60,14 +60,6 @@ class QF2Rows:
     queries: int = 1
     y_plain: torch.Tensor | None = None  # (T, D_ff) the plain pass's firing, for the delta rule only
     x_star: torch.Tensor | None = None  # (T, D_model) up_proj inputs, instructed pass: the solved rule only
-
-    @property
-    def num_rows(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def query_significance(self) -> torch.Tensor:
-        return self.significance[: self.num_rows // self.queries]
 
 
 def require_converted(loaded: LoadedModel) -> QF2Block:
