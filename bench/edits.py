@@ -244,7 +244,8 @@ def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scor
                   ) -> tuple[list[CaseEval], list[dict]]:
     """Evaluate every case; greedy answers (gen_tokens > 0) for the first ``gen_cases`` only (None: all).
 
-    With a ``scorer``, cases evaluated without context are scored from its cache, all at once."""
+    With a ``scorer``, cases evaluated without context are scored from its cache, all at once.
+    ``update`` advances once per case scored and once per case answered (Evaluation.steps)."""
     cached, counted = {}, set()
     if scorer is not None:
         plain = [case for case in cases if context_of(case) is None]
@@ -260,8 +261,7 @@ def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scor
         ev = evaluate_case(model, poser, case, context_of(case), generate, cached.get(case.index))
         evals.append(ev)
         per_case.append(case_metrics(case, ev, pre[i] if pre is not None else ev))
-        if case.index not in counted:
-            update(1)
+        update((case.index not in counted) + (generate > 0))
     return evals, per_case
 
 
@@ -275,6 +275,11 @@ class Evaluation:
     gen_cases: int | None = None
     scorer: LastLayerScorer | None = None
     pre: list[CaseEval] | None = None
+
+    def steps(self, cases: list[EditCase]) -> int:
+        """run()'s progress steps: one per case scored, one per case answered greedily."""
+        answered = 0 if self.gen_tokens <= 0 else len(cases) if self.gen_cases is None else min(self.gen_cases, len(cases))
+        return len(cases) + answered
 
     def run(self, model, cases: list[EditCase], context_of, update, generate: bool = True
             ) -> tuple[list[CaseEval], list[dict]]:
@@ -305,7 +310,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         relative = M.relative_norm(weight, editor.joint.W0)
         t0 = time.perf_counter()
         evals, per_case = evaluation.run(editor.model, cases, method.context,
-                                         progress(f"{method.name}: evaluating", len(cases)))
+                                         progress(f"{method.name}: evaluating", evaluation.steps(cases)))
         eval_seconds = time.perf_counter() - t0
     finally:  # the next method starts from the base weights, also after an error
         method.restore()
@@ -342,7 +347,7 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
     last = arch.num_layers(editor.model) - 1
     scorer = LastLayerScorer(editor.model, editor.parameter) if cached_eval and editor.layer == last else None
     evaluation = Evaluation(Poser(editor.tokenizer, template, editor.config.system), gen_tokens, gen_cases, scorer)
-    pre, pre_metrics = evaluation.run(editor.model, cases, lambda c: None, progress("pre-edit: evaluating", len(cases)))
+    pre, pre_metrics = evaluation.run(editor.model, cases, lambda c: None, progress("pre-edit: evaluating", evaluation.steps(cases)))
     # The base model is its own reference: its zsRE specificity (agreement) and its
     # neighborhood_unchanged are 1 by definition.
     evaluation.pre = pre

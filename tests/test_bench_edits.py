@@ -248,3 +248,23 @@ def test_curve_table_lists_every_point_of_every_method():
                           "ft": {"curve": [{"edits": 4, **point}]}}}
     lines = format_curve(result).splitlines()
     assert lines[2] == "| qf | 2 | 0.500 | 0.250 | 1.000 |" and len(lines) == 5 and lines[-1].startswith("| ft | 4 |")
+
+
+@pytest.mark.parametrize("gen_cases", [None, 1])
+def test_every_progress_bar_ends_exactly_at_its_total(tiny_qwen, gen_cases):
+    """Greedy answers count too: a bar at 100% while answers are still generated tells the user nothing."""
+    bars = {}
+
+    def progress(description, total):
+        bars[description] = [total, 0]
+
+        def update(n=1):
+            bars[description][1] += n
+        return update
+
+    editor = QFEditor(tiny_qwen, EditorConfig())
+    run_benchmark(editor, _cases("counterfact"), "plain", ("qf", "icl"), gen_tokens=2, gen_cases=gen_cases,
+                  progress=progress)
+    answered = 3 if gen_cases is None else 1
+    assert bars["pre-edit: evaluating"][0] == 3 + answered
+    assert all(done == total for total, done in bars.values()), bars
