@@ -130,7 +130,8 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--template", type=click.Choice(["auto", "plain", "chat"]), default="auto", show_default=True,
               help="How edits are posed (auto: plain for CounterFact, chat for zsRE).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Facts per consolidation.")
-@click.option("--eval-every", type=int, default=None, help="Also score the cases edited so far every K edits (curve).")
+@click.option("--eval-every", type=int, default=None, help="Also score the cases edited so far every K edits (curve); with --gen-tokens, also their greedy "
+                   "answers (the --gen-cases among them) and the neighbours' fluency.")
 @click.option("--gen-tokens", type=int, default=16, show_default=True, help="Greedy answer length cap (0: skip generation).")
 @click.option("--gen-cases", type=click.IntRange(min=0), default=None,
               help="Greedy answers for the first K cases only (default: all); teacher-forced scores cover all.")

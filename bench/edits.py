@@ -31,7 +31,7 @@ from bench.last_layer import LastLayerScorer
 from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
-from memory.delta import tensor_sha256
+from memory.delta import tensor_sha256, weight_set_to
 from memory.fact import Fact, FactRows
 from memory.generate import greedy_batch
 from memory.preserve import Progress
@@ -181,11 +181,17 @@ def scored_pairs(case: EditCase) -> dict[str, tuple[str, str]]:
     }
 
 
-@torch.no_grad()
 def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], context: str | None) -> dict[str, M.TokenScores]:
     """One right-padded forward pass over all pairs; scores at the continuation positions."""
-    tokens = {k: (poser.prompt_ids(p, context), poser.answer_ids(c)) for k, (p, c) in pairs.items()}
-    ids, mask, rows = right_padded(list(tokens.values()), poser.pad_id)
+    return scored_tokens(model, {k: (poser.prompt_ids(p, context), poser.answer_ids(c)) for k, (p, c) in pairs.items()},
+                         poser.pad_id)
+
+
+@torch.no_grad()
+def scored_tokens(model, tokens: dict[str, tuple[list[int], list[int]]], pad_id: int) -> dict[str, M.TokenScores]:
+    """One right-padded forward pass over name -> (prompt ids, continuation ids); the scores of
+    each continuation's tokens."""
+    ids, mask, rows = right_padded(list(tokens.values()), pad_id)
     device = next(model.parameters()).device
     keep = sorted({r for rs in rows for r in rs})  # the LM head runs on these positions only
     where = {r: j for j, r in enumerate(keep)}
@@ -193,6 +199,28 @@ def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], conte
                    logits_to_keep=torch.tensor(keep, device=device)).logits
     return {k: M.token_scores(logits[i, [where[r] for r in rows[i]]].cpu(), cont)
             for i, (k, (_, cont)) in enumerate(tokens.items())}
+
+
+def base_fluency(model, poser: Poser, cases: list[EditCase], evals: list[CaseEval]) -> list[float | None]:
+    """Per case, how plausible the model (call it at the base weights) finds the greedy answer given
+    to its neighbourhood prompt: the mean per-token log-probability of that answer after the prompt
+    (posed without context); None for a case without one. The neighbour's answer should not have
+    changed, so this reads fluency without the new target's own implausibility (the prompt's and
+    paraphrase's answers name a counterfactual the base model doubts by design). Word salad scores
+    far below the base model's own answers (docs/RESULTS.md)."""
+    out: list[float | None] = []
+    for case, ev in zip(cases, evals):
+        answer = ev.answers.get("neighborhood")
+        if not answer:
+            out.append(None)
+            continue
+        scores = scored_tokens(model, {"neighborhood": (poser.prompt_ids(case.neighborhood), list(answer))}, poser.pad_id)
+        out.append(M.mean_logprob(scores["neighborhood"]))
+    return out
+
+
+def with_fluency(per_case: list[dict], fluency: list[float | None]) -> list[dict]:
+    return [m | ({"neighborhood_fluency": f} if f is not None else {}) for m, f in zip(per_case, fluency)]
 
 
 def prepare_scorer(scorer: LastLayerScorer, poser: Poser, case: EditCase) -> None:
@@ -305,8 +333,11 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
             update(len(chunk))
             done = start + len(chunk)
             if eval_every and done < len(cases) and done // eval_every > start // eval_every:
-                _, tf = evaluation.run(editor.model, cases[:done], method.context, _no_progress("", 0), generate=False)
-                curve.append({"edits": done, **M.aggregate(tf)})
+                so_far = cases[:done]  # with greedy answers for the --gen-cases among them, and their fluency
+                evals, per_case = evaluation.run(editor.model, so_far, method.context, _no_progress("", 0))
+                with weight_set_to(editor.model, editor.parameter, editor.joint.W0):
+                    per_case = with_fluency(per_case, base_fluency(editor.model, evaluation.poser, so_far, evals))
+                curve.append({"edits": done, **M.aggregate(per_case)})
         relative = M.relative_norm(weight, editor.joint.W0)
         t0 = time.perf_counter()
         evals, per_case = evaluation.run(editor.model, cases, method.context,
@@ -314,6 +345,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         eval_seconds = time.perf_counter() - t0
     finally:  # the next method starts from the base weights, also after an error
         method.restore()
+    per_case = with_fluency(per_case, base_fluency(editor.model, evaluation.poser, cases, evals))
     summary = {
         "metrics": {**M.aggregate(per_case), "relative_weight_change": relative},
         "seconds_per_edit": statistics.median(per_edit) if per_edit else 0.0,
@@ -348,6 +380,7 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
     scorer = LastLayerScorer(editor.model, editor.parameter) if cached_eval and editor.layer == last else None
     evaluation = Evaluation(Poser(editor.tokenizer, template, editor.config.system), gen_tokens, gen_cases, scorer)
     pre, pre_metrics = evaluation.run(editor.model, cases, lambda c: None, progress("pre-edit: evaluating", evaluation.steps(cases)))
+    pre_metrics = with_fluency(pre_metrics, base_fluency(editor.model, evaluation.poser, cases, pre))
     # The base model is its own reference: its zsRE specificity (agreement) and its
     # neighborhood_unchanged are 1 by definition.
     evaluation.pre = pre
@@ -367,7 +400,8 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
 # --- report -----------------------------------------------------------------------------
 COLUMNS = [("efficacy", "efficacy"), ("generalization", "generalization"), ("specificity", "specificity"),
            ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("paraphrase_success", "gen para"),
-           ("neighborhood_unchanged", "gen nbhd same"), ("relative_weight_change", "||dW||/||W0||")]
+           ("neighborhood_unchanged", "gen nbhd same"), ("neighborhood_fluency", "nbhd fluency"),
+           ("relative_weight_change", "||dW||/||W0||")]
 
 
 def format_table(result: dict) -> str:
@@ -387,9 +421,12 @@ def format_table(result: dict) -> str:
 def format_curve(result: dict) -> str:
     """Markdown: efficacy / generalization / specificity of the cases edited so far, per method
     and number of edits (the --eval-every curve; the last point is the final evaluation)."""
-    keys = ("efficacy", "generalization", "specificity")
+    keys = ["efficacy", "generalization", "specificity"]
+    points = [p for m in result["methods"].values() for p in m["curve"]]
+    keys += [k for k in ("edit_success", "neighborhood_fluency") if any(k in p for p in points)]  # with --gen-tokens
     lines = ["| method | edits | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, method in result["methods"].items():
         for point in method["curve"]:
-            lines.append(f"| {name} | {point['edits']} | " + " | ".join(f"{point[k]:.3f}" for k in keys) + " |")
+            cells = " | ".join(f"{point[k]:.3f}" if k in point else "-" for k in keys)
+            lines.append(f"| {name} | {point['edits']} | {cells} |")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +32,20 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
     digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+@contextmanager
+def weight_set_to(model: nn.Module, parameter: str, value: torch.Tensor) -> Iterator[None]:
+    """Run the body with ``parameter`` holding ``value`` (e.g. its base weights); its own value after."""
+    weight = model.get_parameter(parameter)
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.copy_(value.to(weight.device, weight.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
 
 
 @dataclass

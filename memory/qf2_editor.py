@@ -22,8 +22,7 @@ its stored factors, stacked.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ import torch
 from memory import architecture as arch
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
 from memory.capture import Capture
-from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
+from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.fact import Fact, QuestionRows, significance_vector
 from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
@@ -101,19 +100,6 @@ class QF2Editor(Answering):
         return set(self.deltas) | set(self.joint.keys)
 
     # --- computing (never mutates the model, or restores it) ---------------------------------
-    @contextmanager
-    def base_weights(self) -> Iterator[None]:
-        """Run the body with up_proj at W0 (the other facts' updates out); the live weight after."""
-        weight = self.model.get_parameter(self.parameter)
-        saved = weight.detach().clone()
-        with torch.no_grad():
-            weight.copy_(self.W0.to(weight.device, weight.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                weight.copy_(saved)
-
     def instructed_answer(self, fact: Fact) -> str:
         """The model's own answer with the instruction in context. For the solved rule it is asked at
         W0: the joint solve's targets are the instructed pass's firing at W0, and an answer asked at
@@ -122,7 +108,7 @@ class QF2Editor(Answering):
         came out "Need more information to answer.", which the targets at W0 did not lead to."""
         if self.config.qf2_rule != "solve":
             return super().instructed_answer(fact)
-        with self.base_weights():
+        with weight_set_to(self.model, self.parameter, self.W0):  # the other facts' updates out
             return super().instructed_answer(fact)
 
     def _up_input(self, p: Pass) -> torch.Tensor:

@@ -268,3 +268,32 @@ def test_every_progress_bar_ends_exactly_at_its_total(tiny_qwen, gen_cases):
     answered = 3 if gen_cases is None else 1
     assert bars["pre-edit: evaluating"][0] == 3 + answered
     assert all(done == total for total, done in bars.values()), bars
+
+
+def test_fluency_scores_the_answers_under_the_base_model_and_ranks_salad_below_them(tiny_qwen):
+    from bench.edits import CaseEval, base_fluency
+    from memory.generate import greedy_batch
+
+    editor = QFEditor(tiny_qwen, EditorConfig())
+    poser = Poser(editor.tokenizer, "plain")
+    cases = _cases("counterfact")
+    names = ("prompt", "paraphrase", "neighborhood")
+    own, salad = [], []
+    g = torch.Generator().manual_seed(0)
+    for case in cases:
+        prompts = [poser.prompt_ids(getattr(case, n)) for n in names]
+        answers = greedy_batch(editor.model, prompts, [-1], 6, poser.pad_id)  # never stops: 6 tokens each
+        own.append(CaseEval({}, dict(zip(names, answers))))
+        salad.append(CaseEval({}, {n: tuple(torch.randint(0, 200, (6,), generator=g).tolist()) for n in names}))
+    fluent, broken = base_fluency(editor.model, poser, cases, own), base_fluency(editor.model, poser, cases, salad)
+    assert all(f > b for f, b in zip(fluent, broken))
+    assert base_fluency(editor.model, poser, cases[:1], [CaseEval({}, {})]) == [None]  # no answers, no score
+    weight = editor.model.get_parameter(editor.parameter)
+    with_gen = run_benchmark(editor, cases, "plain", ("qf",), gen_tokens=2, eval_every=2)
+    assert "neighborhood_fluency" in with_gen["pre"] and "neighborhood_fluency" in with_gen["methods"]["qf"]["metrics"]
+    first = with_gen["methods"]["qf"]["curve"][0]  # the curve has the answers and their fluency too
+    assert first["edits"] == 2 and {"edit_success", "neighborhood_fluency"} <= set(first)
+    assert torch.equal(weight.detach().cpu(), editor.joint.W0) and with_gen["methods"]["qf"]["restored"]
+    from bench.edits import format_curve
+    assert "neighborhood_fluency" in format_curve(with_gen).splitlines()[0]
+    assert "neighborhood_fluency" not in run_benchmark(editor, cases, "plain", ("qf",), gen_tokens=0)["pre"]
