@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from memory import architecture as arch
-from memory.answering import PAPER_RULE, solver_settings_of
+from memory.answering import PAPER_RULE, qf2_settings_of, solver_settings_of
 from memory.consolidate import Consolidation, EditorConfig, QFEditor
 from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
@@ -182,8 +182,7 @@ class LedgerEditor:
         def record(key, rows, delta):
             if method == "qf2":
                 share, captures = delta, qf2_rows_to_tensors(rows)
-                rule = editor.config.qf2_rule
-                hyperparams = {"beta": editor.block.beta, "rule": rule} | ({} if rule == "solve" else {"lr": editor.config.lr})
+                hyperparams = {"beta": editor.block.beta, **qf2_settings_of(editor.config)}
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}

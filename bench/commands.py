@@ -32,7 +32,7 @@ def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, la
     """Run the 8 steps of the QF (or QF2) paper's Table 1 and print pass/fail per step."""
     from bench.paper import PROTOCOLS, format_table, run_paper_protocol, steps_as_dicts
     from memory.architecture import paper_layer as layer_of_paper
-    from memory.answering import PAPER_RULE, with_qf2_settings
+    from memory.answering import PAPER_RULE, qf2_settings_of, with_qf2_settings
     from memory.consolidate import EditorConfig, QFEditor
     from memory.loading import load_model
     from memory.qf2_editor import QF2Editor
@@ -48,7 +48,7 @@ def bench_paper(method, paper_layer, lr, qf2_rule, model_name, device, dtype, la
     passed = sum(s.passed for s in steps)
     data = {"method": method, "model": loaded.name, "layer": editor.layer, "passed": passed, "steps": steps_as_dicts(steps)}
     if method == "qf2":
-        data.update(rule=config.qf2_rule, **({} if config.qf2_rule == "solve" else {"lr": config.lr}))
+        data.update(qf2_settings_of(config))
     where = f"QF2 at layer {editor.layer}" if method == "qf2" else f"layer {editor.layer}"
     emit(data, as_json, f"{format_table(steps)}\n\n{passed}/8 steps passed ({loaded.name}, {where})")
 

@@ -56,6 +56,12 @@ def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str |
     return replace(config, **{name: value for name, value in given.items() if value is not None})
 
 
+def qf2_settings_of(config: EditorConfig) -> dict:
+    """The QF2 settings of ``config`` that act on its update, as recorded and reported: the rule, and
+    its lr unless the rule is the solve (which has none)."""
+    return {"rule": config.qf2_rule} | ({} if config.qf2_rule == "solve" else {"lr": config.lr})
+
+
 def solver_settings_of(config: EditorConfig) -> dict:
     """The QF solver settings of ``config`` (the fields PAPER_RULE names), as recorded and reported."""
     return {name: getattr(config, name) for name in PAPER_RULE}

@@ -62,8 +62,6 @@ class JointQF:
 
     def add(self, key: Hashable, rows: FactRows) -> None:
         """Add a QF fact: its residual from its captures (memory.qf), focused and scaled as configured."""
-        if key in self._R:
-            raise KeyError(f"fact {key!r} is already in the joint solve")
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
         R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)

@@ -55,8 +55,6 @@ import math
 
 import torch
 
-from memory.qf import qf_solve  # the solved rule is QF's weighted minimum-norm solve on up_proj
-
 # The paper's and the delta rule's rate: the reference code's, with per-token significance up to 10
 # (DESIGN.md §1). Measured on the converted 0.5B (docs/QF2.md): no rate from 1e-5 to 1e-3 writes
 # the fact with these rules (small: nothing changes; large: the control collapses), which is why
@@ -143,24 +141,6 @@ def qf2_residual(W0: torch.Tensor, x: torch.Tensor, x_star: torch.Tensor, beta: 
         raise ValueError("non-finite captures: capture the passes again")
     W = W0.double()
     return qf2_change(x.double() @ W.T, x_star.double() @ W.T, beta).T
-
-
-def qf2_solved_factors(
-    x: torch.Tensor, z_plain: torch.Tensor, z_star: torch.Tensor, significance: torch.Tensor, beta: float,
-    tolerance: float = SOLVE_TOLERANCE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The solved rule for one fact alone (module doc) as factors (left (D_ff, T) float64, right = x
-    (T, D_model)): ``dW x_t = qf2_change(z, z*)_t`` at minimum norm.
-
-    x (T, D_model) plain-pass MLP inputs; z_plain, z_star (T, D_ff) up_proj pre-activations of the
-    plain and the instructed pass; significance (T,) >= 0; beta the layer's firing sharpness."""
-    if z_plain.shape[0] != x.shape[0]:
-        raise ValueError(f"pre-activations {tuple(z_plain.shape)} and {tuple(z_star.shape)} must both be "
-                         f"(T, D_ff) with T = {x.shape[0]} rows of x")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("non-finite captures: capture the passes again")
-    change = qf2_change(z_plain, z_star, beta, tolerance)
-    return qf_solve(change.T, x.double().T, significance)
 
 
 def alpha_at(step: int) -> float:

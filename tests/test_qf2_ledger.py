@@ -183,7 +183,8 @@ def plain_pre_activations(editor, rows):
 
 
 def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_undoes_exactly(store, tokenizer):
-    from memory.qf2 import SOLVE_TOLERANCE, firing, qf2_solved_factors
+    from memory.qf import qf_solve
+    from memory.qf2 import SOLVE_TOLERANCE, firing, qf2_change
 
     ledger = LedgerEditor(store, converted(tokenizer), EditorConfig(qf2_rule="solve"))
     editor = ledger.qf2
@@ -193,7 +194,8 @@ def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_und
     z, z_star, differs = base_firings(editor, rows)
     assert bool(differs.any()) and not bool(differs.all())
     learned = ledger.learn(FACTS[0], method="qf2")
-    left, right = qf2_solved_factors(rows.x, z, z_star, rows.significance, BETA)  # one fact: the single solve
+    # one fact: QF's minimum-norm solve of dW x_t = qf2_change(z, z*)_t alone
+    left, right = qf_solve(qf2_change(z, z_star, BETA).T, rows.x.double().T, rows.significance)
     assert torch.allclose(up_weight(ledger).double() - before.double(), left @ right, atol=1e-6)
     z_after = plain_pre_activations(editor, rows)
     scale = float(z_star.abs().max())
@@ -206,7 +208,7 @@ def test_the_solved_rule_makes_the_plain_pass_fire_as_the_instructed_one_and_und
     ledger.undo(learned.fact_id)
     assert torch.equal(up_weight(ledger), before)
     with pytest.raises(ValueError, match="pre-activations"):
-        qf2_solved_factors(rows.x, z[:1], z_star, rows.significance, BETA)
+        qf2_change(z[:1], z_star, BETA)
 
 
 def test_solved_facts_are_solved_jointly_so_a_second_fact_keeps_the_first_in_place(store, tokenizer):
