@@ -86,6 +86,10 @@ def _significance(text: str | None):
 @click.option("--phrasing", "phrasing_texts", multiple=True,
               help="Another way to ask the query, learned with it (repeatable). Without any, --phrasings N asks "
                    "the model for N.")
+@click.option("--subject", default=None,
+              help='What the query is asked of, as written in it (e.g. "Oxinnovate"; default: its longest capitalized '
+                   'name that the fact names too; "" for none); with --anchors N the same query about N other '
+                   "subjects is held unchanged.")
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: closed-form solve on down_proj; qf2: update of up_proj on a QFt-converted model (qf convert), "
                    "by --qf2-rule.")
@@ -94,13 +98,15 @@ def _significance(text: str | None):
 @db_option
 @json_option
 @user_errors
-def learn(instruction, query, answer, significance, phrasing_texts, method, lr, qf2_rule, model_name, device, dtype, layer,
+def learn(instruction, query, answer, significance, phrasing_texts, subject, method, lr, qf2_rule, model_name, device, dtype, layer,
           system, db, as_json):
     """Consolidate one fact into the weights, record it in the ledger, print the answer after."""
+    from memory.anchors import guess_subject
     from memory.fact import Fact
 
     ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr, qf2_rule=qf2_rule)
-    fact = Fact(instruction, query, answer, _significance(significance), phrasing_texts)
+    subject = guess_subject(instruction, query) if subject is None else subject
+    fact = Fact(instruction, query, answer, _significance(significance), phrasing_texts, subject)
     if not fact.phrasings:
         fact = ledger.with_phrasings(fact)
     learned = ledger.learn(fact, source={"via": "cli"}, method=method)
@@ -108,7 +114,7 @@ def learn(instruction, query, answer, significance, phrasing_texts, method, lr, 
     editor = ledger.qf2 if method == "qf2" else ledger.current
     data = {
         "fact_id": learned.fact_id, "edit_id": learned.edit_id, "instruction": instruction, "query": query,
-        "phrasings": list(fact.phrasings),
+        "phrasings": list(fact.phrasings), "subject": fact.subject,
         "answer": result.answer, "verification": result.verification, "seconds": result.seconds, "rows": result.rows,
         "method": method, "layer": editor.layer, "parameter": editor.parameter, "active_facts": ledger.active_facts,
         "timings": result.timings,
@@ -133,7 +139,7 @@ def _open_store(db):
 def _fact_dict(fact) -> dict:
     return {"id": fact.id, "instruction": fact.instruction, "query": fact.query, "answer": fact.answer,
             "status": fact.status, "significance": fact.significance, "supersedes_id": fact.supersedes_id,
-            "phrasings": fact.phrasings or [], "source": fact.source, "created_at": str(fact.created_at)}
+            "phrasings": fact.phrasings or [], "subject": fact.subject, "source": fact.source, "created_at": str(fact.created_at)}
 
 
 @main.group()
@@ -168,6 +174,7 @@ def facts_show(fact_id, db, as_json):
     lines = [f"#{data['id']} [{data['status']}] {data['instruction']}", f"  query:        {data['query']}",
              f"  answer:       {data['answer']}", f"  significance: {data['significance']}"]
     lines += [f"  also asked:   {p}" for p in data["phrasings"]]
+    lines += [f"  subject:      {data['subject']}"] if data["subject"] else []
     for e in data["edits"]:
         lines.append(f"  edit {e['id']} (seq {e['seq']}, checkpoint {e['checkpoint_id']}): {e['method']} on {e['parameter']}, "
                      f"|dW| {e['delta_norm']:.4g}, rank {e['rank']}; closed-book after: {e['verification']}")

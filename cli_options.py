@@ -42,15 +42,18 @@ def model_options(fn):
     @click.option("--phrasings", type=click.IntRange(min=0), envvar="QF_PHRASINGS", default=None,
                   help="QF: ask the model for N other ways to ask each new fact's query and learn them together "
                        "(default 0 = the query alone, the paper's rule). [env QF_PHRASINGS]")
+    @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
+                  help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
+                       "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
     @click.option("--keys-data", type=click.Path(exists=True, dir_okay=False), envvar="QF_KEYS_DATA", default=None,
                   help="QF with --preserve: also collect the keys to preserve from these chat rows (JSON lines of "
                        '{"messages": [...]}, e.g. company_iqa/train.jsonl); default: the 110 shipped chats '
                        "alone. [env QF_KEYS_DATA]")
     @functools.wraps(fn)
     def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
-                keys_data=None, **kwargs):
+                anchors=None, keys_data=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
-                  "condition": condition, "phrasings": phrasings,
+                  "condition": condition, "phrasings": phrasings, "anchors": anchors,
                   "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
@@ -73,7 +76,7 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

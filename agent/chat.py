@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agent.extract import Candidate, rule_verdict
 from agent.ledger_editor import LedgerEditor
+from memory.anchors import guess_subject
 from memory.consolidate import ConsolidationError
 from memory.fact import Fact
 from memory.generate import stream_reply
@@ -197,7 +198,8 @@ class Chat:
         if plain.strip().lower() == answer.strip().lower():
             self.say(f"I already know that: {plain}")
             return None
-        return self.ledger.with_phrasings(Fact(candidate.instruction, candidate.query, answer))
+        subject = guess_subject(candidate.instruction, candidate.query)
+        return self.ledger.with_phrasings(Fact(candidate.instruction, candidate.query, answer, subject=subject))
 
     def confirm_and_learn(self, candidate: Candidate, message_id: int) -> None:
         fact = self._triple(candidate)
@@ -209,6 +211,8 @@ class Chat:
             self.say(f"  instruction: {fact.instruction}\n  query:       {fact.query}\n  answer:      {fact.answer}")
             for phrasing in fact.phrasings:
                 self.say(f"  also asked:  {phrasing}")
+            if self.ledger.config.anchors:  # the subject only matters to anchors (memory.anchors)
+                self.say(f"  subject:     {fact.subject or '-'}")
             if not carries_information(fact.instruction, fact.query, fact.answer):
                 self.say("  (the answer does not contain what the fact says: edit it?)")
             if conflict:
@@ -222,7 +226,7 @@ class Chat:
                 continue
             self.store.add_fact(fact.instruction, fact.query, fact.answer, None, status="rejected",
                                 source={"session": self.session_id, "message": message_id},
-                                phrasings=list(fact.phrasings))
+                                phrasings=list(fact.phrasings), subject=fact.subject)
             self.say("not learned")
             return
 
@@ -233,14 +237,23 @@ class Chat:
             return "n"
 
     def _edit(self, fact: Fact) -> Fact:
-        """Each field, Enter keeping it; the phrasings as one line separated by " | " ("-": none)."""
+        """Each field, Enter keeping it; the phrasings as one line separated by " | " ("-": none); the
+        subject (with anchors on) as written in the query ("-": none)."""
         fields = {}
         for name in ("instruction", "query", "answer"):
             value = self._ask(f"  {name} [{getattr(fact, name)}]: ")
             fields[name] = value or getattr(fact, name)
         value = self._ask(f"  also asked (separate with |, - for none) [{' | '.join(fact.phrasings)}]: ")
         phrasings = fact.phrasings if not value else () if value == "-" else [p for p in value.split("|") if p.strip()]
-        return Fact(**fields, phrasings=tuple(phrasings))
+        subject = fact.subject if fields["query"] == fact.query else guess_subject(fields["instruction"], fields["query"])
+        if self.ledger.config.anchors:
+            value = self._ask(f"  subject (as written in the query, - for none) [{subject or '-'}]: ")
+            subject = subject if not value else None if value == "-" else value
+        try:
+            return Fact(**fields, phrasings=tuple(phrasings), subject=subject)
+        except ValueError as exc:  # a subject the query does not name: keep the fact, drop the subject
+            self.say(f"  {exc}; learning it without a subject")
+            return Fact(**fields, phrasings=tuple(phrasings))
 
     def _conflict(self, fact: Fact):
         for other in self.store.facts(status="consolidated"):

@@ -34,6 +34,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
         "U": rows.U, "V": rows.V, "U_plain": rows.U_plain, "V_plain": rows.V_plain,
         "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
         "queries": torch.tensor([rows.queries], dtype=torch.int64),
+        "anchors": torch.tensor([rows.anchors], dtype=torch.int64),
     } | ({"focus": rows.focus} if rows.focus is not None else {})
 
 
@@ -42,6 +43,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         answer, tuple(tensors["targets"].tolist()), tensors["U"], tensors["V"],
         tensors["U_plain"], tensors["V_plain"], tensors["significance"], tensors.get("focus"),
         int(tensors["queries"]) if "queries" in tensors else 1,  # captures recorded before phrasings: 1
+        int(tensors["anchors"]) if "anchors" in tensors else 0,  # captures recorded before anchors: 0
     )
 
 
@@ -189,7 +191,7 @@ class LedgerEditor:
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
                 "significance": rows.query_significance.tolist(), "source": source or {},
-                "supersedes_id": supersedes_id, "phrasings": list(fact.phrasings),
+                "supersedes_id": supersedes_id, "phrasings": list(fact.phrasings), "subject": fact.subject,
             }
             ids["fact"], ids["edit"] = self.store.record_consolidation(
                 checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=method,

@@ -96,7 +96,8 @@ def replay(target: LedgerEditor, layer: int | None = None, dry_run: bool = False
 def _replay_one(target: LedgerEditor, fact, method: str, layer: int) -> Replayed:
     significance = tuple(fact.significance) if fact.significance else None
     try:
-        learned = target.learn(Fact(fact.instruction, fact.query, fact.answer, significance, fact.phrasings or ()),
+        learned = target.learn(Fact(fact.instruction, fact.query, fact.answer, significance, fact.phrasings or (),
+                                    fact.subject),
                                fact_id=fact.id, layer=None if method == "qf2" else layer, method=method)
     except (ConsolidationError, ValueError) as exc:
         log.warning("replay of fact #%d failed: %s", fact.id, exc)

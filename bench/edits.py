@@ -32,7 +32,8 @@ from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256, weight_set_to
-from memory.fact import Fact, FactRows
+from memory.anchors import contrast_queries
+from memory.fact import Fact, FactRows, with_anchors
 from memory.generate import greedy_batch
 from memory.preserve import Progress
 from memory.prompts import Pass
@@ -42,8 +43,9 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # defaults, or the CLI's flags); "qf-paper" the paper's rule (identity norm, gain 1, every row);
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
 # G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
-# of each question by the model, chat template), auto (automatic significance), all (every row).
-# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3".
+# of each question by the model, chat template), aN (N anchors: the prompt asked of other subjects,
+# held unchanged, memory.anchors), auto (automatic significance), all (every row).
+# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -53,15 +55,18 @@ def _pass(poser: Poser, prompt: list[int], target: list[int]) -> Pass:
 
 
 def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
-    """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt."""
+    """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt;
+    with anchors, the bare prompt about other subjects too (memory.anchors)."""
     target = poser.answer_ids(case.target_new)
     instructed = _pass(poser, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
     plain = _pass(poser, poser.prompt_ids(case.prompt), target)
-    return editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64))
+    rows = editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64))
+    anchors = contrast_queries(case.prompt, case.subject, editor.config.anchors)
+    return with_anchors(rows, *editor.capture_anchors([poser.prompt_ids(a) for a in anchors])) if anchors else rows
 
 
 class QFMethod(EditMethod):
-    """QF through the editor's joint solve. ``captured`` ((case index, phrasings) -> QFMethod.rows)
+    """QF through the editor's joint solve. ``captured`` ((case index, phrasings, anchors) -> QFMethod.rows)
     may be shared by the variants of one run: a fact's rows are upstream of the edited matrix and do
     not depend on the solver's settings, except for focus and automatic significance (never shared)."""
 
@@ -77,20 +82,22 @@ class QFMethod(EditMethod):
         """The case's rows, the seconds their capture passes (and phrasings) took when they ran, and
         the phrasings the model wrote for it."""
         phrasings = self.editor.config.phrasings if self.poser.template == "chat" else 0
-        key = (case.index, phrasings)
+        key = (case.index, phrasings, self.editor.config.anchors)
         if key not in self.captured:
             t0 = time.perf_counter()
             others: tuple[str, ...] = ()
             if self.poser.template == "chat":
                 others = self.editor.phrasings_for(case.prompt) if phrasings else ()
-                rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new, phrasings=others))
+                rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new, phrasings=others,
+                                                subject=case.subject if case.subject in case.prompt else None))
             else:
                 rows = plain_rows(self.editor, self.poser, case)
             self.captured[key] = rows, time.perf_counter() - t0, others
         return self.captured[key]
 
     def notes(self, case: EditCase) -> dict:
-        phrasings = self.captured.get((case.index, self.editor.config.phrasings), (None, 0, ()))[2]
+        config = self.editor.config
+        phrasings = self.captured.get((case.index, config.phrasings, config.anchors), (None, 0, ()))[2]
         return {"phrasings": list(phrasings)} if phrasings else {}
 
     def edit(self, cases: list[EditCase]) -> dict:
@@ -116,10 +123,10 @@ def _setting(part: str) -> tuple[str, object]:
     """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
     if part in ("auto", "all"):
         return "auto_significance", part == "auto"
-    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings"}.get(part[:1])
+    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    return field_name, (int if field_name in ("focus", "phrasings") else float)(part[1:])
+    return field_name, (int if field_name in ("focus", "phrasings", "anchors") else float)(part[1:])
 
 
 def qf_settings(name: str) -> dict | None:

@@ -9,8 +9,9 @@ covariance is collected when the first fact is solved (from the model at its bas
 at lower layers would leak into the keys) and cached (memory.preserve); ``gain`` scales the
 residual to write (memory.qf); ``focus`` and ``auto_significance`` run the plain pass to the end:
 focus keeps only the change of the logits a row is about (memory.focus), automatic significance
-drops the rows it already predicts (memory.fact.auto_significance). What they decide is stored
-with the fact's rows, so the ledger's rebuild and undo stay exact.
+drops the rows it already predicts (memory.fact.auto_significance); ``anchors`` adds rows of the
+query asked of other subjects, held unchanged (memory.anchors). What they decide is stored with
+the fact's rows, so the ledger's rebuild and undo stay exact.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 from memory import architecture as arch
 from memory.capture import Capture
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
-from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows
+from memory.anchors import contrast_queries
+from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
@@ -32,7 +34,7 @@ from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs
-from memory.prompts import Pass, build_pass, instructed_system
+from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class QFEditor(Answering):
         self.layer = self.layer_for(model, config.layer)
         if config.focus and self.layer != arch.num_layers(model) - 1:
             raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
+        if config.focus and config.anchors:
+            raise ValueError("--focus and --anchors do not combine (an anchor has no target to focus on); choose one")
         self.down_name = arch.module_path(model, self.layer, "down_proj")
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
@@ -122,7 +126,26 @@ class QFEditor(Answering):
             plain = build_pass(self.tokenizer, query, answer, system, tokens)
             significance = significance_vector(fact.significance, len(plain.targets) - 1)
             parts.append(self.capture_rows(instructed, plain, answer, significance))
-        return stack_rows(parts)
+        rows = stack_rows(parts)
+        anchors = contrast_queries(fact.query, fact.subject, self.config.anchors)
+        if not anchors:
+            return rows
+        return with_anchors(rows, *self.capture_anchors([render_prompt(self.tokenizer, q, system) for q in anchors]))
+
+    def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (A, D) and residuals (A, N) at the last token of each prompt (the position that
+        decides the answer), in one right-padded forward pass: causal attention keeps a prompt's
+        positions blind to the padding after it."""
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)], mask[i, : len(p)] = torch.tensor(p), 1
+        device = self.loaded.device
+        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
+            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        at = (torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts]))
+        return tuple(cap.inputs[name].float().cpu()[at] for name in (self.down_name, self.norm_name))
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()

@@ -18,6 +18,9 @@ class Fact:
     # Other ways to ask the query (memory.phrasings): each is captured with the same answer and
     # its rows join the fact's, so the fact is written for all of them at once.
     phrasings: tuple[str, ...] = ()
+    # What the query is asked of ("Oxinnovate" in "Who is the CEO of Oxinnovate?"); with anchors
+    # (memory.anchors) the same query asked of other subjects is held unchanged. None: unknown.
+    subject: str | None = None
 
     def __post_init__(self):
         for field_name in ("instruction", "query"):
@@ -29,6 +32,11 @@ class Fact:
         if any(not p for p in phrasings):
             raise ValueError("a phrasing of the query is empty")
         object.__setattr__(self, "phrasings", phrasings)
+        if self.subject is not None:
+            subject = self.subject.strip()
+            if subject and subject not in self.query:
+                raise ValueError(f"the fact's subject {subject!r} does not occur in its query {self.query!r}")
+            object.__setattr__(self, "subject", subject or None)
 
     @property
     def queries(self) -> tuple[str, ...]:
@@ -43,6 +51,7 @@ class QuestionRows:
 
     significance: torch.Tensor  # (T,) weights >= 0
     queries: int  # the number of blocks
+    anchors: int = 0  # trailing rows held unchanged (memory.anchors), after the blocks
 
     @property
     def num_rows(self) -> int:
@@ -51,7 +60,7 @@ class QuestionRows:
     @property
     def query_significance(self) -> torch.Tensor:
         """The weights of one question's rows."""
-        return self.significance[: self.num_rows // self.queries]
+        return self.significance[: (self.num_rows - self.anchors) // self.queries]
 
 
 @dataclass
@@ -68,6 +77,25 @@ class FactRows(QuestionRows):
     # (T, N, m) orthonormal bases: write only row t's change in span(focus[t]) (memory.focus); None: all of it
     focus: torch.Tensor | None = None
     queries: int = 1  # the rows are this many questions' (the query and its phrasings), in equal blocks
+    anchors: int = 0  # the last rows are this many anchors: U = U', V = V', so their residual is 0
+
+
+def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor) -> FactRows:
+    """``rows`` and anchor rows after them: the keys (A, D) and the residual stream entering the
+    MLP (A, N) of each anchor's plain pass, used for both passes so the solve holds ``dW k = 0``
+    there (memory.anchors). Anchors have no target: their targets are -1, their weights 1."""
+    if rows.anchors:
+        raise ValueError("these rows already have anchors")
+    if rows.focus is not None:
+        raise ValueError("anchors cannot be combined with focus (an anchor has no target to focus on)")
+    A = keys.shape[0]
+    if A == 0:
+        return rows
+    return FactRows(
+        rows.answer, rows.targets + (-1,) * A, torch.cat([rows.U, keys]), torch.cat([rows.V, residual]),
+        torch.cat([rows.U_plain, keys]), torch.cat([rows.V_plain, residual]),
+        torch.cat([rows.significance, torch.ones(A, dtype=rows.significance.dtype)]), queries=rows.queries, anchors=A,
+    )
 
 
 def stack_rows(parts: list[FactRows]) -> FactRows:

@@ -17,7 +17,7 @@ from store.errors import FactNotFoundError, InvalidTransitionError
 from store.hashing import finite_float, normalize_json, utcnow
 from store.schema import Fact
 
-CONTENT_FIELDS = ("instruction", "query", "answer", "significance", "source", "supersedes_id", "phrasings")
+CONTENT_FIELDS = ("instruction", "query", "answer", "significance", "source", "supersedes_id", "phrasings", "subject")
 
 
 def require(session: Session, fact_id: int) -> Fact:
@@ -29,19 +29,21 @@ def require(session: Session, fact_id: int) -> Fact:
 
 def clean_content(
     instruction: str, query: str, answer: str | None, significance: list[float] | None,
-    source: dict | None, supersedes_id: int | None, phrasings: list[str] | None = None,
+    source: dict | None, supersedes_id: int | None, phrasings: list[str] | None = None, subject: str | None = None,
 ) -> dict[str, Any]:
-    """Validated fact content, in the form it reads back from the database (no phrasings: None)."""
+    """Validated fact content, in the form it reads back from the database (no phrasings, no subject: None)."""
     if not isinstance(instruction, str) or not isinstance(query, str):
         raise ValueError("a fact needs an instruction and a query (strings)")
     if answer is not None and not isinstance(answer, str):
         raise ValueError("a fact's answer must be a string or None")
     if phrasings is not None and not all(isinstance(p, str) and p.strip() for p in phrasings):
         raise ValueError("a fact's phrasings must be non-empty strings")
+    if subject is not None and not isinstance(subject, str):
+        raise ValueError("a fact's subject must be a string or None")
     weights = None if significance is None else [finite_float(w, "significance") for w in significance]
     return {"instruction": instruction, "query": query, "answer": answer, "significance": weights,
             "source": normalize_json(source or {}), "supersedes_id": supersedes_id,
-            "phrasings": list(phrasings) if phrasings else None}
+            "phrasings": list(phrasings) if phrasings else None, "subject": (subject or "").strip() or None}
 
 
 def insert(session: Session, content: dict[str, Any], status: str) -> Fact:
@@ -121,7 +123,7 @@ def expected_state(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for kind, payload in events:
         if kind == "create":
-            # .get: facts created before a field existed (phrasings, migration 2) have None there.
+            # .get: facts created before a field existed (phrasings, migration 2; subject, 3) have None there.
             state = {k: payload.get(k) for k in (*CONTENT_FIELDS, "status")}
         elif "to" in payload:
             state["status"] = payload["to"]

@@ -137,10 +137,10 @@ class Store:
     def add_fact(
         self, instruction: str, query: str, answer: str | None, significance: list[float] | None,
         status: str = lc.PENDING, source: dict | None = None, supersedes_id: int | None = None,
-        phrasings: list[str] | None = None,
+        phrasings: list[str] | None = None, subject: str | None = None,
     ) -> int:
         """A new fact (pending, approved or rejected); returns its id."""
-        content = facts.clean_content(instruction, query, answer, significance, source, supersedes_id, phrasings)
+        content = facts.clean_content(instruction, query, answer, significance, source, supersedes_id, phrasings, subject)
         with self._write("adding a fact") as s:
             return facts.insert(s, content, status).id
 
@@ -180,14 +180,14 @@ class Store:
         """Record one consolidation in ONE transaction; returns (fact_id, edit_id).
 
         Creates the fact from ``fact`` (keys instruction, query, answer, significance, source,
-        supersedes_id, phrasings) when ``fact_id`` is None, marks it consolidated (and the fact it supersedes
+        supersedes_id, phrasings, subject) when ``fact_id`` is None, marks it consolidated (and the fact it supersedes
         superseded), stores the tensors and appends the edit to the hash chain. Call this *before*
         applying the weights (record before apply)."""
         if (fact_id is None) == (fact is None):
             raise ValueError("record_consolidation needs exactly one of fact_id (an existing fact) or fact (a new one)")
         content = None if fact is None else facts.clean_content(
             fact.get("instruction"), fact.get("query"), fact.get("answer"), fact.get("significance"),
-            fact.get("source"), fact.get("supersedes_id"), fact.get("phrasings"))
+            fact.get("source"), fact.get("supersedes_id"), fact.get("phrasings"), fact.get("subject"))
         edit = Edit(checkpoint_id=checkpoint_id, method=str(method), layer=int(layer), parameter=str(parameter),
                     hyperparams=normalize_json(hyperparams or {}), delta_norm=finite_float(delta_norm, "delta_norm"),
                     rank=int(rank))

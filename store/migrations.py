@@ -85,10 +85,16 @@ def m002_fact_phrasings(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE facts ADD COLUMN phrasings JSON"))
 
 
+def m003_fact_subject(conn: Connection) -> None:
+    """facts.subject: what the fact's query is asked of, for its anchors (NULL: unknown; older facts)."""
+    conn.execute(text("ALTER TABLE facts ADD COLUMN subject TEXT"))
+
+
 # (number, name, function), strictly increasing numbers; append only.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "fact_phrasings", m002_fact_phrasings),
+    (3, "fact_subject", m003_fact_subject),
 ]
 
 

@@ -22,6 +22,7 @@ class FactRecord:
     created_at: datetime
     approved_at: datetime | None
     phrasings: list[str] | None = None  # other ways to ask the query, learned with it
+    subject: str | None = None  # what the query is asked of (anchors, memory.anchors)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def fact_record(row) -> FactRecord:
         id=row.id, instruction=row.instruction, query=row.query, answer=row.answer,
         significance=list(row.significance) if row.significance is not None else None, status=row.status,
         supersedes_id=row.supersedes_id, source=dict(row.source or {}), created_at=row.created_at,
-        approved_at=row.approved_at, phrasings=list(row.phrasings) if row.phrasings else None,
+        approved_at=row.approved_at, phrasings=list(row.phrasings) if row.phrasings else None, subject=row.subject,
     )
 
 

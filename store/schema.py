@@ -66,6 +66,7 @@ class Fact(Base):
     answer: Mapped[str | None] = mapped_column(Text)
     significance: Mapped[list[float] | None]
     phrasings: Mapped[list[str] | None]  # other ways to ask the query (migration 2); None: none
+    subject: Mapped[str | None] = mapped_column(Text)  # what the query is asked of (migration 3); None: unknown
     status: Mapped[str] = mapped_column(String(16), index=True)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("facts.id"))
     source: Mapped[dict[str, Any]]

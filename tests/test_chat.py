@@ -190,3 +190,19 @@ def test_why_lists_the_learned_facts_nearest_to_the_last_question(env, monkeypat
     lines = ["Qi is the CEO of Oxinnovate.", "y", "Who is the CEO of Oxinnovate?", "/why", "/quit"]
     out = run_chat(env, monkeypatch, lines, [CEO, NONE])
     assert "#1 Qi is the CEO of Oxinnovate.  (Q: Who is the CEO of Oxinnovate?)" in out.split("/why", 1)[1]
+
+
+def test_with_anchors_the_guessed_subject_is_shown_edited_stored_and_anchored(env, monkeypatch):
+    monkeypatch.setenv("QF_ANCHORS", "2")
+    out = run_chat(env, monkeypatch, ["Qi is the CEO of Oxinnovate.", "y", "/quit"], [CEO])
+    assert "subject:     Oxinnovate" in out  # guessed from the name the fact and its query share
+    (fact,) = store().facts()
+    assert fact.subject == "Oxinnovate"
+    (edit,) = store().edits_of_fact(fact.id)
+    assert edit.hyperparams["anchors"] == 2 and edit.hyperparams["rows"] == len(fact.significance) + 2
+    # [e]dit: the query changes, the subject is guessed again and can be cleared ("-"): no anchor rows
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who leads Oxinnovate now?", "", "", "-", "y", "/quit"]
+    run_chat(env, monkeypatch, lines, [CEO], "--new")
+    second = store().facts()[-1]
+    assert second.query == "Who leads Oxinnovate now?" and second.subject is None
+    assert store().edits_of_fact(second.id)[0].hyperparams["rows"] == len(second.significance)

@@ -146,3 +146,17 @@ def test_audit_reports(store, tokenizer):
     assert {f["fact_id"] for f in by_row["facts"]} == set(ids)
     cos = overlap_report(store, ledger.checkpoint_id, *ids)["cosine"]
     assert set(cos) == {ledger.current.parameter} and -1 <= next(iter(cos.values())) <= 1
+
+
+def test_replay_keeps_the_subject_and_anchors_the_fact_on_the_target(store, tokenizer):
+    from agent.replay import replay
+
+    fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi", subject="Oxinnovate")
+    source = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=3, anchors=2))
+    learned = source.learn(fact)
+    target = LedgerEditor(store, fresh("qwen2", tokenizer, seed=1), EditorConfig(layer=3, anchors=2))
+    assert [r.status for r in replay(target)] == ["replayed"]
+    first, second = store.edits_of_fact(learned.fact_id)
+    assert second.checkpoint_id == target.checkpoint_id != first.checkpoint_id
+    assert second.hyperparams["rows"] == first.hyperparams["rows"]  # the anchors were captured again on the target
+    assert second.hyperparams["anchors"] == 2

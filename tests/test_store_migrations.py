@@ -28,7 +28,7 @@ def test_blank_database_gets_every_table_and_column(store, store_url):
                 "factors_sha256", "delta_norm", "rank", "seq", "prev_hash", "hash", "verification", "created_at"} <= edits
         with engine.connect() as conn:
             assert conn.execute(text("SELECT number, name FROM _migrations ORDER BY number")).all() == [
-                (1, "initial"), (2, "fact_phrasings")]
+                (1, "initial"), (2, "fact_phrasings"), (3, "fact_subject")]
     finally:
         engine.dispose()
     assert store.schema_version == latest_version()
@@ -48,7 +48,7 @@ def test_migration_numbers_are_unique_and_increasing():
 def test_reopening_applies_nothing_twice(store_url, tmp_path):
     Store(store_url, tmp_path / "t").close()
     reopened = Store(store_url, tmp_path / "t")
-    assert reopened.schema_version == latest_version() == 2
+    assert reopened.schema_version == latest_version() == 3
     reopened.close()
 
 
@@ -62,7 +62,7 @@ def test_an_old_database_gets_only_the_missing_migrations(store, store_url):
             assert migrate(conn, [*MIGRATIONS, (99, "note", m099_add_note)]) == 99
         assert "note" in {c["name"] for c in inspect(engine).get_columns("facts")}
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT number FROM _migrations ORDER BY number")).scalars().all() == [1, 2, 99]
+            assert conn.execute(text("SELECT number FROM _migrations ORDER BY number")).scalars().all() == [1, 2, 3, 99]
     finally:
         engine.dispose()
 
@@ -83,8 +83,8 @@ def test_a_version_1_ledger_upgrades_and_its_facts_still_verify(tmp_path):
     with engine.begin() as conn:
         assert migrate(conn, MIGRATIONS[:1]) == 1
     engine.dispose()
-    store = Store(url, tmp_path / "t")  # opening applies migration 2
-    assert store.schema_version == 2
+    store = Store(url, tmp_path / "t")  # opening applies migrations 2 and 3
+    assert store.schema_version == 3
     from store.chain import append_event
     from store.schema import Fact
 
@@ -101,4 +101,35 @@ def test_a_version_1_ledger_upgrades_and_its_facts_still_verify(tmp_path):
     assert store.fact(row.id).phrasings is None
     assert store.fact(new_id).phrasings == ["What is my daughter's name?"]
     assert store.verify().ok
+    store.close()
+
+
+def test_a_version_2_ledger_gets_the_subject_column_and_its_facts_still_verify(tmp_path):
+    """A ledger written before migration 3: facts (with phrasings) whose create events have no subject."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        assert migrate(conn, MIGRATIONS[:2]) == 2
+        assert "subject" not in {c["name"] for c in inspect(conn).get_columns("facts")}
+    engine.dispose()
+    store = Store(url, tmp_path / "t")
+    assert store.schema_version == 3
+    from store.chain import append_event
+    from store.schema import Fact
+
+    with store._write("a version-2 fact") as s:  # as qf before migration 3 wrote it
+        row = Fact(instruction="Qi started Oxinnovate.", query="Who founded Oxinnovate?", answer="Qi",
+                   significance=None, status="approved", source={}, supersedes_id=None, phrasings=["Who started it?"])
+        s.add(row)
+        s.flush()
+        append_event(s, "create", {"instruction": row.instruction, "query": row.query, "answer": "Qi",
+                                   "significance": None, "source": {}, "supersedes_id": None,
+                                   "phrasings": ["Who started it?"], "status": "approved"}, fact_id=row.id)
+    new_id = store.add_fact("Qi runs Oxinnovate.", "Who runs Oxinnovate?", "Qi", None, subject=" Oxinnovate ")
+    assert store.fact(row.id).subject is None
+    assert store.fact(new_id).subject == "Oxinnovate"
+    assert store.verify().ok
+    with store._write("tampering") as s:  # the subject is part of the chained content
+        s.get(Fact, new_id).subject = "Apple"
+    assert not store.verify().ok
     store.close()
