@@ -32,8 +32,7 @@ from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256, weight_set_to
-from memory.anchors import contrast_queries
-from memory.fact import Fact, FactRows, with_anchors
+from memory.fact import Fact, FactRows
 from memory.generate import greedy_batch
 from memory.preserve import Progress
 from memory.prompts import Pass
@@ -61,8 +60,7 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
     instructed = _pass(poser, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
     plain = _pass(poser, poser.prompt_ids(case.prompt), target)
     rows = editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64))
-    anchors = contrast_queries(case.prompt, case.subject, editor.config.anchors)
-    return with_anchors(rows, *editor.capture_anchors([poser.prompt_ids(a) for a in anchors])) if anchors else rows
+    return editor.anchored(rows, case.prompt, case.subject, poser.prompt_ids)
 
 
 class QFMethod(EditMethod):

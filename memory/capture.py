@@ -17,6 +17,17 @@ import torch
 from torch import nn
 
 
+def right_padded_ids(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask, (B, L) each: causal attention keeps a sequence's
+    positions blind to the padding after it, so a batch captures what each sequence alone would."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    return ids, mask
+
+
 class _StopForward(Exception):
     pass
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from memory import architecture as arch
-from memory.capture import Capture
+from memory.capture import Capture, right_padded_ids
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
 from memory.anchors import contrast_queries
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors
@@ -126,21 +126,19 @@ class QFEditor(Answering):
             plain = build_pass(self.tokenizer, query, answer, system, tokens)
             significance = significance_vector(fact.significance, len(plain.targets) - 1)
             parts.append(self.capture_rows(instructed, plain, answer, significance))
-        rows = stack_rows(parts)
-        anchors = contrast_queries(fact.query, fact.subject, self.config.anchors)
-        if not anchors:
-            return rows
-        return with_anchors(rows, *self.capture_anchors([render_prompt(self.tokenizer, q, system) for q in anchors]))
+        return self.anchored(stack_rows(parts), fact.query, fact.subject, lambda q: render_prompt(self.tokenizer, q, system))
+
+    def anchored(self, rows: FactRows, query: str, subject: str | None, prompt_ids: Callable[[str], list[int]]) -> FactRows:
+        """``rows`` with the anchors of ``config.anchors`` (memory.anchors): ``query`` asked of other
+        subjects, each put to the model as ``prompt_ids(question)``; ``rows`` as they are when the
+        fact has no subject (or anchors are off)."""
+        questions = contrast_queries(query, subject, self.config.anchors)
+        return with_anchors(rows, *self.capture_anchors([prompt_ids(q) for q in questions])) if questions else rows
 
     def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (A, D) and residuals (A, N) at the last token of each prompt (the position that
-        decides the answer), in one right-padded forward pass: causal attention keeps a prompt's
-        positions blind to the padding after it."""
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)], mask[i, : len(p)] = torch.tensor(p), 1
+        decides the answer), in one right-padded forward pass."""
+        ids, mask = right_padded_ids(prompts, pad=0)
         device = self.loaded.device
         with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)

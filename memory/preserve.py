@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from memory.capture import Capture
+from memory.capture import Capture, right_padded_ids
 from memory.generic_chats import CHATS
 from memory.paths import data_dir
 from memory.prompts import answer_ids, render_prompt
@@ -123,16 +123,6 @@ def key_data_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask, (B, L) each."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-    return ids, mask
-
-
 @torch.no_grad()
 def collect_covariance(model, down_proj: str, sequences: list[list[int]],
                        progress: Progress | None = None, batch: int = 1) -> tuple[torch.Tensor, int]:
@@ -148,7 +138,7 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
-        ids, mask = _padded([sequences[i] for i in chunk], pad=0)
+        ids, mask = right_padded_ids([sequences[i] for i in chunk], pad=0)
         with Capture(model, [down_proj], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         for row, i in enumerate(chunk):
