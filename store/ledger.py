@@ -185,9 +185,8 @@ class Store:
         applying the weights (record before apply)."""
         if (fact_id is None) == (fact is None):
             raise ValueError("record_consolidation needs exactly one of fact_id (an existing fact) or fact (a new one)")
-        content = None if fact is None else facts.clean_content(
-            fact.get("instruction"), fact.get("query"), fact.get("answer"), fact.get("significance"),
-            fact.get("source"), fact.get("supersedes_id"), fact.get("phrasings"), fact.get("subject"))
+        # clean_content's parameters are the content fields: a key the dict lacks is None there.
+        content = None if fact is None else facts.clean_content(**{k: fact.get(k) for k in facts.CONTENT_FIELDS})
         edit = Edit(checkpoint_id=checkpoint_id, method=str(method), layer=int(layer), parameter=str(parameter),
                     hyperparams=normalize_json(hyperparams or {}), delta_norm=finite_float(delta_norm, "delta_norm"),
                     rank=int(rank))
