@@ -314,7 +314,7 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
     if fmt == "hf":
         path = export_hf(ledger.loaded, Path(out))
     else:
-        path = export_peft([e.delta for e in ledger.editors.values()], ledger.loaded.path, Path(out))
+        path = export_peft([d for e in ledger.editors.values() for d in e.deltas], ledger.loaded.path, Path(out))
     data = {"out": str(path), "format": fmt, "active_facts": ledger.active_facts, "model": ledger.loaded.name}
     emit(data, as_json, f"wrote {fmt} export of {ledger.active_facts} fact(s) to {path}")
 

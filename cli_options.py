@@ -45,16 +45,20 @@ def model_options(fn):
     @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
                   help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
                        "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
+    @click.option("--spread", type=click.IntRange(min=1), envvar="QF_SPREAD", default=None,
+                  help="QF: write each fact with the down_proj of K consecutive layers up to the edited one, "
+                       "solved together (MEMIT's residual split; default 1 = that layer alone, the paper's rule). "
+                       "[env QF_SPREAD]")
     @click.option("--keys-data", type=click.Path(exists=True, dir_okay=False), envvar="QF_KEYS_DATA", default=None,
                   help="QF with --preserve: also collect the keys to preserve from these chat rows (JSON lines of "
                        '{"messages": [...]}, e.g. company_iqa/train.jsonl); default: the 110 shipped chats '
                        "alone. [env QF_KEYS_DATA]")
     @functools.wraps(fn)
     def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
-                anchors=None, keys_data=None, **kwargs):
+                anchors=None, spread=None, keys_data=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
                   "condition": condition, "phrasings": phrasings, "anchors": anchors,
-                  "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
+                  "spread": spread, "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -76,7 +80,7 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --spread, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

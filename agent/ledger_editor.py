@@ -35,7 +35,9 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
         "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
         "queries": torch.tensor([rows.queries], dtype=torch.int64),
         "anchors": torch.tensor([rows.anchors], dtype=torch.int64),
-    } | ({"focus": rows.focus} if rows.focus is not None else {})
+    } | ({"focus": rows.focus} if rows.focus is not None else {}) | ({
+        "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
+    } if rows.lower_keys is not None else {})
 
 
 def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows:
@@ -44,6 +46,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         tensors["U_plain"], tensors["V_plain"], tensors["significance"], tensors.get("focus"),
         int(tensors["queries"]) if "queries" in tensors else 1,  # captures recorded before phrasings: 1
         int(tensors["anchors"]) if "anchors" in tensors else 0,  # captures recorded before anchors: 0
+        tensors.get("lower_keys"), tuple(tensors["lower_layers"].tolist()) if "lower_layers" in tensors else (),
     )
 
 
@@ -82,7 +85,13 @@ class LedgerEditor:
     def _editor(self, layer: int | None) -> QFEditor:
         probe = QFEditor.layer_for(self.loaded.model, layer)
         if probe not in self.editors:
-            self.editors[probe] = QFEditor(self.loaded, self._config(probe), progress=self.progress)
+            editor = QFEditor(self.loaded, self._config(probe), progress=self.progress)
+            for other in self.editors.values():
+                shared = sorted(set(other.layers) & set(editor.layers))
+                if shared:
+                    raise ValueError(f"facts at layer {probe} and at layer {other.layer} would both write layer(s) "
+                                     f"{shared} with --spread {self.config.spread}; use --spread 1 for this ledger")
+            self.editors[probe] = editor
         return self.editors[probe]
 
     def _qf2_editor(self) -> QF2Editor:
@@ -121,7 +130,15 @@ class LedgerEditor:
             for edit_id, edit in wanted.items():
                 if edit_id not in editor.joint:
                     fact = self.store.fact(edit.fact_id)
-                    editor.joint.add(edit_id, rows_from_tensors(self.store.load_captures(edit_id), fact.answer or ""))
+                    rows = rows_from_tensors(self.store.load_captures(edit_id), fact.answer or "")
+                    try:
+                        editor.joint.add(edit_id, rows)
+                    except ValueError as exc:  # captured without the lower layers' keys this spread needs
+                        raise ValueError(
+                            f"fact {edit.fact_id} (edit {edit_id}) was learned with --spread "
+                            f"{edit.hyperparams.get('spread', 1)} and cannot be spread over {len(editor.layers)} layers "
+                            f"({exc}); run with --spread {edit.hyperparams.get('spread', 1)}, or undo the fact and "
+                            "learn it again") from None
                     changed = True
             if changed or editor.delta.rank != editor.joint.num_rows:
                 editor.rebuild()
@@ -134,7 +151,7 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        now = {name: getattr(self.config, name) for name in ("preserve", "gain", "condition", "keys_data")}
+        now = {name: getattr(self.config, name) for name in ("preserve", "gain", "condition", "keys_data", "spread")}
         other = [e.id for e in active if any(e.hyperparams.get(k, PAPER_RULE[k]) != v for k, v in now.items())]
         if other:
             log.warning("%d active edit(s) were solved with other settings than %s (e.g. edit %d); the weights "
@@ -183,10 +200,11 @@ class LedgerEditor:
 
         def record(key, rows, delta):
             if method == "qf2":
-                share, captures = delta, qf2_rows_to_tensors(rows)
+                share, captures, lower = delta, qf2_rows_to_tensors(rows), []
                 hyperparams = {"beta": editor.block.beta, **qf2_settings_of(editor.config)}
             else:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
+                lower = editor.joint.lower_deltas(delta, key)  # a spread solve's lower layers share its left factor
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
@@ -198,8 +216,9 @@ class LedgerEditor:
                 layer=editor.layer, parameter=editor.parameter,
                 hyperparams={**hyperparams, "system": editor.config.system, "rows": rows.num_rows,
                              "model_layers": arch.num_layers(self.loaded.model)},
-                captures=captures, factors={"left": share.left, "right": share.right},
-                delta_norm=share.norm(), rank=share.rank,
+                captures=captures, factors={"left": share.left, "right": share.right}
+                | {f"right:{d.parameter}": d.right for d in lower},  # agent.audit reads them back
+                delta_norm=(share.norm() ** 2 + sum(d.norm() ** 2 for d in lower)) ** 0.5, rank=share.rank,
             )
             return ids["edit"]
 

@@ -31,7 +31,7 @@ from bench.last_layer import LastLayerScorer
 from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
-from memory.delta import tensor_sha256, weight_set_to
+from memory.delta import tensor_sha256
 from memory.fact import Fact, FactRows
 from memory.generate import greedy_batch
 from memory.preserve import Progress
@@ -43,8 +43,9 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
 # G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
 # of each question by the model, chat template), aN (N anchors: the prompt asked of other subjects,
-# held unchanged, memory.anchors), auto (automatic significance), all (every row).
-# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3".
+# held unchanged, memory.anchors), sK (spread each fact over K layers up to the edited one,
+# memory.spread), auto (automatic significance), all (every row).
+# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/p0/g1/s3".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class QFMethod(EditMethod):
         """The case's rows, the seconds their capture passes (and phrasings) took when they ran, and
         the phrasings the model wrote for it."""
         phrasings = self.editor.config.phrasings if self.poser.template == "chat" else 0
-        key = (case.index, phrasings, self.editor.config.anchors)
+        key = (case.index, phrasings, self.editor.config.anchors, self.editor.config.spread)
         if key not in self.captured:
             t0 = time.perf_counter()
             others: tuple[str, ...] = ()
@@ -95,7 +96,7 @@ class QFMethod(EditMethod):
 
     def notes(self, case: EditCase) -> dict:
         config = self.editor.config
-        phrasings = self.captured.get((case.index, config.phrasings, config.anchors), (None, 0, ()))[2]
+        phrasings = self.captured.get((case.index, config.phrasings, config.anchors, config.spread), (None, 0, ()))[2]
         return {"phrasings": list(phrasings)} if phrasings else {}
 
     def edit(self, cases: list[EditCase]) -> dict:
@@ -121,10 +122,11 @@ def _setting(part: str) -> tuple[str, object]:
     """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
     if part in ("auto", "all"):
         return "auto_significance", part == "auto"
-    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors"}.get(part[:1])
+    field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
+                  "s": "spread"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    return field_name, (int if field_name in ("focus", "phrasings", "anchors") else float)(part[1:])
+    return field_name, (int if field_name in ("focus", "phrasings", "anchors", "spread") else float)(part[1:])
 
 
 def qf_settings(name: str) -> dict | None:
@@ -161,6 +163,12 @@ def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, f
     if name == "icl":
         return InContext(poser)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def _weights_sha256(editor: QFEditor) -> str:
+    """One hash of every matrix ``editor`` writes (the edited layer's, and the lower ones of a spread solve)."""
+    names = [editor.parameter, *(f"{name}.weight" for name in editor.lower_names)]
+    return "".join(tensor_sha256(editor.model.get_parameter(name).detach().float()) for name in names)
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -324,7 +332,8 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
                eval_every: int | None, progress: Progress) -> tuple[dict, list[dict]]:
     """Edit all cases sequentially with ``method``, evaluate, restore. Returns (summary, per-case records)."""
     weight = editor.model.get_parameter(editor.parameter)
-    base_sha = tensor_sha256(weight.detach().float())
+    written = method.editor if isinstance(method, QFMethod) else editor  # the matrices the method writes
+    base_sha = _weights_sha256(written)
     per_edit, details, curve, total = [], [], [], 0.0
     update = progress(f"{method.name}: editing", len(cases))
     try:
@@ -340,10 +349,10 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
             if eval_every and done < len(cases) and done // eval_every > start // eval_every:
                 so_far = cases[:done]  # with greedy answers for the --gen-cases among them, and their fluency
                 evals, per_case = evaluation.run(editor.model, so_far, method.context, _no_progress("", 0))
-                with weight_set_to(editor.model, editor.parameter, editor.joint.W0):
+                with written.base_weights():
                     per_case = with_fluency(per_case, base_fluency(editor.model, evaluation.poser, so_far, evals))
                 curve.append({"edits": done, **M.aggregate(per_case)})
-        relative = M.relative_norm(weight, editor.joint.W0)
+        relative = written.relative_change() if isinstance(method, QFMethod) else M.relative_norm(weight, editor.joint.W0)
         t0 = time.perf_counter()
         evals, per_case = evaluation.run(editor.model, cases, method.context,
                                          progress(f"{method.name}: evaluating", evaluation.steps(cases)))
@@ -358,7 +367,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         "eval_seconds": eval_seconds,
         "peak_rss_mib": _peak_rss_mib(),
         "base_sha256": base_sha,
-        "restored": tensor_sha256(weight.detach().float()) == base_sha,
+        "restored": _weights_sha256(written) == base_sha,
         "curve": curve + [{"edits": len(cases), **M.aggregate(per_case)}],
     }
     if details and "steps" in details[0]:
@@ -392,7 +401,10 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
     results, records, captured = {}, {}, {}
     for name in methods:
         method = make_method(name, editor, evaluation.poser, ft_steps, ft_lr, progress, captured)
-        results[name], records[name] = run_method(editor, method, cases, evaluation, batch, eval_every, progress)
+        # The cached scorer holds for edits of the last layer alone; a spread solve writes lower ones too.
+        spread = isinstance(method, QFMethod) and method.editor.config.spread > 1
+        results[name], records[name] = run_method(editor, method, cases, replace(evaluation, scorer=None) if spread else evaluation,
+                                                  batch, eval_every, progress)
     out_cases = []
     for i, case in enumerate(cases):
         row = {"index": case.index, "subject": case.subject, "prompt": case.prompt, "target_new": case.target_new,

@@ -36,6 +36,7 @@ class EditorConfig:
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     anchors: int = 0  # the query asked of this many other subjects, held unchanged (needs the fact's subject), memory.anchors
+    spread: int = 1  # write each fact over this many layers up to the edited one (1 = that layer alone), memory.spread
     keys_data: str | None = None  # chat rows (JSONL) whose exchanges add keys to the preserving metric, memory.preserve
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
@@ -48,7 +49,7 @@ class EditorConfig:
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
-              "keys_data": None, "anchors": 0}
+              "keys_data": None, "anchors": 0, "spread": 1}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -10,8 +10,10 @@ at lower layers would leak into the keys) and cached (memory.preserve); ``gain``
 residual to write (memory.qf); ``focus`` and ``auto_significance`` run the plain pass to the end:
 focus keeps only the change of the logits a row is about (memory.focus), automatic significance
 drops the rows it already predicts (memory.fact.auto_significance); ``anchors`` adds rows of the
-query asked of other subjects, held unchanged (memory.anchors). What they decide is stored with
-the fact's rows, so the ledger's rebuild and undo stay exact.
+query asked of other subjects, held unchanged (memory.anchors); ``spread`` k writes each fact with
+the down_proj matrices of the k layers up to the edited one together (memory.spread), whose keys the
+plain pass captures too, at the lower layers' base weights. What they decide is stored with the
+fact's rows, so the ledger's rebuild and undo stay exact.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
+from contextlib import ExitStack
+from typing import NamedTuple
 
 import torch
 
 from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
-from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
+from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors
 from memory.float32_linear import keep_float32
@@ -35,11 +39,23 @@ from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
+from memory.spread import LowerLayer, spread_layers
 
 log = logging.getLogger(__name__)
 
 # record(temporary key, the fact's rows, the joint delta) -> durable key; see QFEditor.learn
 Recorder = Callable[[Hashable, FactRows, LowRankDelta], Hashable]
+
+
+class PassRows(NamedTuple):
+    """What one capture pass gives at the rows: U (T, D) and V (T, N) at the edited layer, the keys
+    at the lower layers of a spread solve ((k-1, T, D), None with one layer), and the top tokens
+    the pass predicts at each row ((T, top), None when not asked)."""
+
+    U: torch.Tensor
+    V: torch.Tensor
+    lower: torch.Tensor | None
+    top: torch.Tensor | None
 
 
 class QFEditor(Answering):
@@ -51,17 +67,25 @@ class QFEditor(Answering):
             raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
         if config.focus and config.anchors:
             raise ValueError("--focus and --anchors do not combine (an anchor has no target to focus on); choose one")
+        self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
+        if config.spread > 1 and (config.focus or config.auto_significance):
+            raise ValueError("--spread does not combine with --focus or --auto-significance (they read the plain "
+                             "pass's logits, which the lower layers' edits change); choose one")
         self.down_name = arch.module_path(model, self.layer, "down_proj")
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
+        self.lower_names = tuple(arch.module_path(model, layer, "down_proj") for layer in self.layers[:-1])
+        lower, self.lower_W0 = [], []
+        for layer, name in zip(self.layers, self.lower_names):
+            keep_float32(model, name)
+            W0_l = model.get_parameter(f"{name}.weight").detach().to("cpu", torch.float32).clone()
+            self.lower_W0.append(W0_l)
+            lower.append((LowerLayer(layer, f"{name}.weight", tensor_sha256(W0_l)), self._lazy_metric(layer, name, W0_l, progress)))
         keep_float32(model, self.down_name)
         W0 = model.get_parameter(self.parameter)
-        metric = None
-        if config.preserve > 0:
-            sha = tensor_sha256(W0.detach().float().cpu())
-            metric = LazyMetric(config.preserve, lambda: self._metric(sha, progress))
+        metric = self._lazy_metric(self.layer, self.down_name, W0, progress)
         self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
-                            gain=config.gain, max_condition=config.condition)
+                            gain=config.gain, max_condition=config.condition, lower=tuple(lower))
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
 
@@ -77,43 +101,84 @@ class QFEditor(Answering):
         self.joint.metric.built()
         return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"
 
-    def _metric(self, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
-        """The preserving metric of this layer, from the cached key covariance (collected once)."""
+    def _lazy_metric(self, layer: int, down_name: str, W0: torch.Tensor, progress: Progress | None) -> LazyMetric | None:
+        """The preserving metric of ``layer``'s down_proj, built at the first solve; None with preserve 0."""
+        if self.config.preserve <= 0:
+            return None
+        sha = tensor_sha256(W0.detach().float().cpu())
+        return LazyMetric(self.config.preserve, lambda: self._metric(layer, down_name, sha, progress))
+
+    def _metric(self, layer: int, down_name: str, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
+        """The preserving metric of a layer, from the cached key covariance (collected once)."""
         pairs = key_data_pairs(self.config.keys_data) if self.config.keys_data else ()
-        C = key_covariance(self.loaded, self.layer, self.down_name, self.config.system, weights_sha256, progress, pairs)
+        with self._lower_base_weights():  # the keys of the base model, whatever is learned below
+            C = key_covariance(self.loaded, layer, down_name, self.config.system, weights_sha256, progress, pairs)
         return PreservingMetric(C.to(self.loaded.device), self.config.preserve)
 
+    def _lower_base_weights(self) -> ExitStack:
+        """A context in which the lower layers a spread solve writes hold their base weights, so a
+        capture sees the base model's keys (memory.spread); nothing with one layer."""
+        stack = ExitStack()
+        for name, W0_l in zip(self.lower_names, self.lower_W0):
+            stack.enter_context(weight_set_to(self.model, f"{name}.weight", W0_l))
+        return stack
+
+    def base_weights(self) -> ExitStack:
+        """A context in which every matrix this editor writes holds its base weights."""
+        stack = self._lower_base_weights()
+        stack.enter_context(weight_set_to(self.model, self.parameter, self.joint.W0))
+        return stack
+
+    def relative_change(self) -> float:
+        """||live - W0|| / ||W0|| over every matrix this editor writes, stacked."""
+        change = base = 0.0
+        for name, W0 in ((self.parameter, self.joint.W0), *((f"{n}.weight", w) for n, w in zip(self.lower_names, self.lower_W0))):
+            W = self.model.get_parameter(name).detach().double().cpu()
+            change += float((W - W0.double()).square().sum())
+            base += float(W0.double().square().sum())
+        return (change / base) ** 0.5
+
+    @property
+    def deltas(self) -> list[LowRankDelta]:
+        """The live deltas: the edited layer's, then the lower layers' of a spread solve."""
+        return [self.delta, *self.joint.lower_deltas(self.delta)]
+
     # --- computing (never mutates the model) --------------------------------------------
-    def capture_pass(self, p: Pass, top: int = 0) -> tuple[torch.Tensor, ...]:
-        """One forward pass: rows of (U, V) at layer L's down_proj. Stopped after it, unless
-        ``top`` > 0: then run to the end and also return the top ``top`` tokens at each row."""
+    def capture_pass(self, p: Pass, top: int = 0) -> PassRows:
+        """One forward pass: rows of (U, V) at layer L's down_proj, and the keys at the lower
+        layers of a spread solve. Stopped after it, unless ``top`` > 0: then run to the end and
+        also return the top ``top`` tokens at each row."""
         self._check_length(p)
-        with Capture(self.model, [self.norm_name, self.down_name], stop=not top) as cap:
-            out = cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False,
-                          **({"logits_to_keep": len(p.targets)} if top else {}))
+        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=not top) as cap:
+            with self._lower_base_weights():
+                out = cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False,
+                              **({"logits_to_keep": len(p.targets)} if top else {}))
         rows = p.rows.to(cap.inputs[self.down_name].device)
         U = cap.inputs[self.down_name][0, rows].float().cpu()
         V = cap.inputs[self.norm_name][0, rows].float().cpu()
-        if not top:
-            return U, V
-        return U, V, out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu()  # the rows are the last positions
+        predicted = out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu() if top else None  # rows are last
+        return PassRows(U, V, self._lower_keys(cap, (0, rows)), predicted)
+
+    def _lower_keys(self, cap: Capture, at) -> torch.Tensor | None:
+        """The lower layers' down_proj inputs at positions ``at`` of a capture -> (k-1, T, D); None with one layer."""
+        if not self.lower_names:
+            return None
+        return torch.stack([cap.inputs[name][at].float().cpu() for name in self.lower_names])
 
     def capture_rows(self, instructed: Pass, plain: Pass, answer: str, significance: torch.Tensor) -> FactRows:
         """The two teacher-forced passes over the same targets; automatic significance and focus
         (both need the plain pass's predictions) if configured."""
-        U, V = self.capture_pass(instructed)
+        U, V, _, _ = self.capture_pass(instructed)
         config, focus = self.config, None
-        if not (config.auto_significance or config.focus):
-            U_plain, V_plain = self.capture_pass(plain)
-            return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance)
-        U_plain, V_plain, top = self.capture_pass(plain, top=max(config.focus + 1, 1))
+        plain_rows = self.capture_pass(plain, top=max(config.focus + 1, 1) if config.auto_significance or config.focus else 0)
         if config.auto_significance:
-            significance = auto_significance(top[:, 0], plain.targets, significance)
+            significance = auto_significance(plain_rows.top[:, 0], plain.targets, significance)
         if config.focus:
             head = self.model.get_output_embeddings().weight
             norm_gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
-            focus = focus_bases(head, norm_gain, plain.targets, top)
-        return FactRows(answer, plain.targets, U, V, U_plain, V_plain, significance, focus)
+            focus = focus_bases(head, norm_gain, plain.targets, plain_rows.top)
+        return FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
+                        lower_keys=plain_rows.lower, lower_layers=self.layers[:-1] if plain_rows.lower is not None else ())
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes), for the
@@ -135,15 +200,18 @@ class QFEditor(Answering):
         questions = contrast_queries(query, subject, self.config.anchors)
         return with_anchors(rows, *self.capture_anchors([prompt_ids(q) for q in questions])) if questions else rows
 
-    def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys (A, D) and residuals (A, N) at the last token of each prompt (the position that
-        decides the answer), in one right-padded forward pass."""
+        decides the answer), and the keys at the lower layers of a spread solve ((k-1, A, D), None
+        with one layer), in one right-padded forward pass."""
         ids, mask = right_padded_ids(prompts, pad=0)
         device = self.loaded.device
-        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
-            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
+            with self._lower_base_weights():
+                cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         at = (torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts]))
-        return tuple(cap.inputs[name].float().cpu()[at] for name in (self.down_name, self.norm_name))
+        return (*(cap.inputs[name].float().cpu()[at] for name in (self.down_name, self.norm_name)),
+                self._lower_keys(cap, tuple(i.to(cap.inputs[self.down_name].device) for i in at)))
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()
@@ -152,9 +220,13 @@ class QFEditor(Answering):
         weight = self.model.get_parameter(self.parameter)
         if not delta.is_finite():
             raise NonFiniteDeltaError(f"refusing to write a non-finite delta into {self.parameter}")
-        weight.copy_(self.joint.W0.to(weight.device))
-        if delta.rank:  # adding an empty delta would still turn W0's -0.0 entries into +0.0
-            delta.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
+        lower = self.joint.lower_deltas(delta)
+        if not all(d.is_finite() for d in lower):
+            raise NonFiniteDeltaError(f"refusing to write a non-finite delta into the layers below {self.parameter}")
+        for W0, d in ((self.joint.W0, delta), *zip(self.lower_W0, lower)):
+            self.model.get_parameter(d.parameter).copy_(W0.to(weight.device))
+            if d.rank:  # adding an empty delta would still turn W0's -0.0 entries into +0.0
+                d.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
         self.delta = delta
 
     def rebuild(self) -> float:

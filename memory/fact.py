@@ -78,12 +78,27 @@ class FactRows(QuestionRows):
     focus: torch.Tensor | None = None
     queries: int = 1  # the rows are this many questions' (the query and its phrasings), in equal blocks
     anchors: int = 0  # the last rows are this many anchors: U = U', V = V', so their residual is 0
+    # Spreading over layers (memory.spread): the plain pass's down_proj inputs at the layers below
+    # the edited one, (len(lower_layers), T, D), for lower_layers in increasing order; None: none captured.
+    lower_keys: torch.Tensor | None = None
+    lower_layers: tuple[int, ...] = ()
+
+    def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
+        """The plain keys at ``layers`` (some of lower_layers) -> (len(layers), T, D); says which is missing."""
+        missing = [layer for layer in layers if layer not in self.lower_layers]
+        if missing:
+            raise ValueError(f"the fact's rows have no keys of layer(s) {missing} (captured at {list(self.lower_layers)}); "
+                             "capture it again with the same --spread")
+        index = torch.tensor([self.lower_layers.index(layer) for layer in layers], dtype=torch.long)
+        return self.lower_keys.index_select(0, index) if layers else self.U_plain.new_zeros(0, *self.U_plain.shape)
 
 
-def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor) -> FactRows:
+def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, lower_keys: torch.Tensor | None = None
+                 ) -> FactRows:
     """``rows`` and anchor rows after them: the keys (A, D) and the residual stream entering the
     MLP (A, N) of each anchor's plain pass, used for both passes so the solve holds ``dW k = 0``
-    there (memory.anchors). Anchors have no target: their targets are -1, their weights 1."""
+    there (memory.anchors), and their keys at ``rows.lower_layers`` (L, A, D) when the rows have
+    some. Anchors have no target: their targets are -1, their weights 1."""
     if rows.anchors:
         raise ValueError("these rows already have anchors")
     if rows.focus is not None:
@@ -91,10 +106,14 @@ def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor) -> 
     A = keys.shape[0]
     if A == 0:
         return rows
+    if (lower_keys is None) != (rows.lower_keys is None):
+        raise ValueError("the anchors need keys at the same lower layers as the fact's rows")
     return FactRows(
         rows.answer, rows.targets + (-1,) * A, torch.cat([rows.U, keys]), torch.cat([rows.V, residual]),
         torch.cat([rows.U_plain, keys]), torch.cat([rows.V_plain, residual]),
         torch.cat([rows.significance, torch.ones(A, dtype=rows.significance.dtype)]), queries=rows.queries, anchors=A,
+        lower_keys=None if lower_keys is None else torch.cat([rows.lower_keys, lower_keys], 1),
+        lower_layers=rows.lower_layers,
     )
 
 
@@ -105,11 +124,14 @@ def stack_rows(parts: list[FactRows]) -> FactRows:
         return first
     if any(p.answer != first.answer or p.targets != first.targets for p in parts):
         raise ValueError("the phrasings of a fact must share its answer")
+    if any(p.lower_layers != first.lower_layers for p in parts):
+        raise ValueError("the phrasings of a fact must be captured at the same layers")
     focus = None if first.focus is None else torch.cat([p.focus for p in parts])
+    lower = None if first.lower_keys is None else torch.cat([p.lower_keys for p in parts], 1)
     return FactRows(
         first.answer, first.targets * len(parts), *(torch.cat([getattr(p, name) for p in parts])
                                                      for name in ("U", "V", "U_plain", "V_plain", "significance")),
-        focus=focus, queries=sum(p.queries for p in parts),
+        focus=focus, queries=sum(p.queries for p in parts), lower_keys=lower, lower_layers=first.lower_layers,
     )
 
 

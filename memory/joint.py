@@ -11,6 +11,10 @@ QF2's solved rule (memory.qf2) is the same solve on up_proj: its facts come in b
 
 With a preserving metric (memory.preserve) each fact also keeps Z_f^T = (M^{-1} U'_f)^T, the
 Gram matrix is U'^T M^{-1} U', and the right factor of the delta is Z^T instead of U'^T.
+
+Spread over layers (memory.spread), each fact also keeps its plain keys at the lower layers; the
+Gram matrix is the sum of every layer's, ``solve`` gives the top layer's delta and
+``lower_deltas`` the others', which share its left factor.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from memory.fact import FactRows
 from memory.focus import focused
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
+from memory.spread import LowerLayer
+
+Metric = PreservingMetric | LazyMetric | None
 
 
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
                  ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0,
-                 max_condition: float = 0.0, method: str = "qf"):
+                 max_condition: float = 0.0, method: str = "qf",
+                 lower: tuple[tuple[LowerLayer, Metric], ...] = ()):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
@@ -39,11 +47,17 @@ class JointQF:
         self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
         self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
         self.method = method  # recorded in the deltas' metadata: "qf", or "qf2" for QF2's solved rule
+        # The layers below this one each fact is also written at (memory.spread), lowest first,
+        # each with its own metric (None: the identity); () for one layer.
+        self.lower = tuple(layer for layer, _ in lower)
+        self._lower_metrics = tuple(metric for _, metric in lower)
         self._keys: list[Hashable] = []
         self._R: dict[Hashable, torch.Tensor] = {}  # (N, T_f) float64
         self._U_plain: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64
         self._sig: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64
         self._Z: dict[Hashable, torch.Tensor] = {}  # (T_f, D) float64, M^{-1} U'_f as rows (metric only)
+        self._lower_keys: dict[Hashable, torch.Tensor] = {}  # (k-1, T_f, D) float64, the plain keys below
+        self._lower_Z: dict[Hashable, torch.Tensor] = {}  # (k-1, T_f, D) float64: M_l^{-1} U'_l as rows
         self._gram = torch.zeros(0, 0, dtype=torch.float64)  # over all rows, in key order
 
     def __len__(self) -> int:
@@ -69,27 +83,46 @@ class JointQF:
             R = focused(R, rows.focus)
         if self.gain != 1.0:
             R.mul_(self.gain)
-        self.add_residual(key, R, rows.U_plain, rows.significance)
+        lower = rows.keys_at(tuple(layer.layer for layer in self.lower)) if self.lower else None
+        self.add_residual(key, R, rows.U_plain, rows.significance, lower)
 
-    def add_residual(self, key: Hashable, R: torch.Tensor, U_plain: torch.Tensor, significance: torch.Tensor) -> None:
+    def add_residual(self, key: Hashable, R: torch.Tensor, U_plain: torch.Tensor, significance: torch.Tensor,
+                     lower_keys: torch.Tensor | None = None) -> None:
         """Add a fact by its residual R (N, T_f), the change ``dW`` must make at its plain keys
-        U_plain (T_f, D), and its rows' significance (T_f,); QF2's solved rule adds its facts so."""
+        U_plain (T_f, D), and its rows' significance (T_f,); QF2's solved rule adds its facts so.
+        Spread over layers, ``lower_keys`` (k-1, T_f, D) are its plain keys at ``self.lower``."""
         if key in self._R:
             raise KeyError(f"fact {key!r} is already in the joint solve")
         if R.shape != (self.W0.shape[0], U_plain.shape[0]) or U_plain.shape[1] != self.W0.shape[1]:
             raise ValueError(f"R {tuple(R.shape)} and keys {tuple(U_plain.shape)} do not fit a {tuple(self.W0.shape)} matrix")
+        wanted = (len(self.lower), *U_plain.shape)
+        if self.lower and (lower_keys is None or tuple(lower_keys.shape) != wanted):
+            got = None if lower_keys is None else tuple(lower_keys.shape)
+            raise ValueError(f"a solve spread over {len(self.lower) + 1} layers needs the fact's keys below, {wanted}; got {got}")
         self._R[key] = R.detach().to("cpu", torch.float64)
         self._U_plain[key] = U_plain.detach().to("cpu", torch.float64)
         self._sig[key] = significance.double().cpu()
         new = self._U_plain[key]
         if self.metric is not None:
             self._Z[key] = new = self.metric.keys(new).cpu()
-        # Block by block (no re-stacking of all keys): O(T_f * T * D) per added fact.
-        blocks = [self._U_plain[k] @ new.T for k in self._keys]
+        if self.lower:
+            self._lower_keys[key] = lower_keys.detach().to("cpu", torch.float64)
+            self._lower_Z[key] = torch.stack([
+                keys if metric is None else metric.keys(keys).cpu()
+                for keys, metric in zip(self._lower_keys[key], self._lower_metrics)])
+        # Block by block (no re-stacking of all keys): O(T_f * T * D) per added fact and layer.
+        blocks = [self._gram_block(k, key) for k in self._keys]
         cross = torch.cat(blocks) if blocks else torch.zeros(0, new.shape[0], dtype=torch.float64)
-        own = self._U_plain[key] @ new.T
+        own = self._gram_block(key, key)
         self._gram = torch.cat([torch.cat([self._gram, cross], 1), torch.cat([cross.T, own], 1)], 0)
         self._keys.append(key)
+
+    def _gram_block(self, a: Hashable, b: Hashable) -> torch.Tensor:
+        """U'_a^T Z_b summed over the layers: the (T_a, T_b) block of the Gram matrix."""
+        block = self._U_plain[a] @ self._Z.get(b, self._U_plain[b]).T
+        if self.lower:
+            block += torch.einsum("ltd,lsd->ts", self._lower_keys[a], self._lower_Z[b])
+        return block
 
     def remove(self, key: Hashable) -> None:
         if key not in self._R:
@@ -99,14 +132,15 @@ class JointQF:
         self._gram = self._gram[keep][:, keep]
         self._keys.remove(key)
         del self._R[key], self._U_plain[key], self._sig[key]
-        self._Z.pop(key, None)
+        for table in (self._Z, self._lower_keys, self._lower_Z):
+            table.pop(key, None)
 
     def rename(self, old: Hashable, new: Hashable) -> None:
         """Give a fact a new key (e.g. its ledger id once recorded); the solve is unchanged."""
         if new in self._R:
             raise KeyError(f"fact {new!r} is already in the joint solve")
         self._keys[self._keys.index(old)] = new
-        for table in (self._R, self._U_plain, self._sig, self._Z):
+        for table in (self._R, self._U_plain, self._sig, self._Z, self._lower_keys, self._lower_Z):
             if old in table:
                 table[new] = table.pop(old)
 
@@ -160,7 +194,20 @@ class JointQF:
     def solver(self) -> dict[str, str]:
         """The solve's settings, as recorded with each edit."""
         return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
-                "gain": str(self.gain), "condition": str(self.max_condition)}
+                "gain": str(self.gain), "condition": str(self.max_condition), "spread": str(len(self.lower) + 1)}
+
+    def lower_deltas(self, delta: LowRankDelta, key: Hashable | None = None) -> list[LowRankDelta]:
+        """The lower layers' deltas of the solve ``delta`` (the top layer's, from ``solve``), lowest
+        first: ``left Z_l^T``, the same left factor (memory.spread); with ``key``, that fact's shares."""
+        start, stop = (0, self.num_rows) if key is None else self._span(key)
+        keys = self._keys if key is None else [key]
+        out = []
+        for i, layer in enumerate(self.lower):
+            right = torch.cat([self._lower_Z[k][i] for k in keys]) if keys else torch.zeros(0, self.W0.shape[1])
+            out.append(LowRankDelta(left=delta.left[:, start:stop], right=right, parameter=layer.parameter,
+                                    base_sha256=layer.base_sha256, model=self.model, layer=layer.layer,
+                                    metadata={**delta.metadata, "spread_top": str(self.layer)}))
+        return out
 
     def share(self, delta: LowRankDelta, key: Hashable) -> LowRankDelta:
         """One fact's part of a joint delta (its columns of left, rows of right); shares sum to dW."""

@@ -19,12 +19,12 @@ def logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
-@pytest.fixture
-def edited(tiny_qwen, tmp_path):
+@pytest.fixture(params=[1, 2], ids=["one-layer", "spread-2"])
+def edited(tiny_qwen, tmp_path, request):
     base_dir = tmp_path / "base"
     tiny_qwen.model.save_pretrained(base_dir)
     tiny_qwen.tokenizer.save_pretrained(base_dir)
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=2))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, spread=request.param))
     for fact in FACTS:
         editor.learn(fact, verify=False)
     ids = build_pass(tiny_qwen.tokenizer, FACTS[0].query, FACTS[0].answer).input_ids
@@ -45,7 +45,7 @@ def test_peft_adapter_reproduces_the_edit_on_the_base(edited, tmp_path):
     from transformers import AutoModelForCausalLM
 
     editor, base_dir, ids = edited
-    out = export_peft([editor.delta], str(base_dir), tmp_path / "adapter")
+    out = export_peft(editor.deltas, str(base_dir), tmp_path / "adapter")  # a spread solve writes 2 layers
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     before = logits(base, ids)
     model = peft.PeftModel.from_pretrained(base, out).eval()

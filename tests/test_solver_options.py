@@ -171,7 +171,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0, "keys_data": None, "anchors": 0}
+                              "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -181,12 +181,17 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0, "keys_data": None, "anchors": 0}
+                               "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1}
+    # facts learned on one layer cannot be spread later: said clearly, nothing written
+    monkeypatch.setenv("QF_FOCUS", "0")
+    refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
+    assert refused.exit_code != 0 and "was learned with --spread 1 and cannot be spread over 2 layers" in refused.output
 
 
 @pytest.mark.parametrize("options", [
     dict(preserve=20.0, gain=1.5, focus=4, auto_significance=True, condition=1e4),
     dict(preserve=20.0, gain=1.5, auto_significance=True, anchors=2),  # anchors exclude focus
+    dict(preserve=20.0, gain=1.5, anchors=2, spread=3),  # spread excludes focus and auto significance
 ])
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(options, tokenizer, tmp_path, monkeypatch):
     from agent.ledger_editor import LedgerEditor
@@ -199,8 +204,9 @@ def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(op
              Fact("My daughter's name is Lena.", "What is my daughter's name?", "Lena")]
     store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
 
-    def weight(ledger):
-        return ledger.loaded.model.get_parameter(ledger.current.parameter).detach().clone()
+    def weight(ledger):  # every matrix the editor writes, stacked
+        return torch.cat([ledger.loaded.model.get_parameter(p).detach().clone()
+                          for p in (ledger.current.parameter, *(f"{n}.weight" for n in ledger.current.lower_names))])
 
     first = LedgerEditor(store, loaded("qwen2", tokenizer), config)
     base = weight(first)
@@ -231,7 +237,8 @@ def test_bench_variant_names():
 
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
-                                       "condition": 0.0, "phrasings": 0, "keys_data": None, "anchors": 0}
+                                       "condition": 0.0, "phrasings": 0, "keys_data": None, "anchors": 0,
+                                       "spread": 1}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
@@ -312,7 +319,7 @@ def test_the_solver_flags_help_names_the_library_defaults():
     defaults = EditorConfig()
     assert f"default {defaults.preserve:g};" in text and f"default {defaults.gain:g};" in text
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
-    assert f"(default {defaults.anchors} = none" in text
+    assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
 
 
 # --- the ridge from the rows' conditioning -------------------------------------------------
