@@ -45,6 +45,10 @@ def model_options(fn):
     @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
                   help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
                        "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
+    @click.option("--answer-forms/--given-answer-only", "answer_forms", envvar="QF_ANSWER_FORMS", default=None,
+                  help="QF: with a given --answer, also write the model's own answer with the fact in context "
+                       "when it names the given one, e.g. a sentence for a bare name (default: the given answer "
+                       "only, the paper's rule). [env QF_ANSWER_FORMS]")
     @click.option("--spread", type=click.IntRange(min=1), envvar="QF_SPREAD", default=None,
                   help="QF: write each fact with the down_proj of K consecutive layers up to the edited one, "
                        "solved together (MEMIT's residual split; default 1 = that layer alone, the paper's rule). "
@@ -55,10 +59,10 @@ def model_options(fn):
                        "alone. [env QF_KEYS_DATA]")
     @functools.wraps(fn)
     def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
-                anchors=None, spread=None, keys_data=None, **kwargs):
+                anchors=None, spread=None, answer_forms=None, keys_data=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
                   "condition": condition, "phrasings": phrasings, "anchors": anchors,
-                  "spread": spread, "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
+                  "spread": spread, "answer_forms": answer_forms, "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -80,7 +84,7 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --spread, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -35,6 +35,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
         "significance": rows.significance, "targets": torch.tensor(rows.targets, dtype=torch.int64),
         "queries": torch.tensor([rows.queries], dtype=torch.int64),
         "anchors": torch.tensor([rows.anchors], dtype=torch.int64),
+        "form_rows": torch.tensor([rows.form_rows], dtype=torch.int64),
     } | ({"focus": rows.focus} if rows.focus is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
@@ -47,6 +48,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         int(tensors["queries"]) if "queries" in tensors else 1,  # captures recorded before phrasings: 1
         int(tensors["anchors"]) if "anchors" in tensors else 0,  # captures recorded before anchors: 0
         tensors.get("lower_keys"), tuple(tensors["lower_layers"].tolist()) if "lower_layers" in tensors else (),
+        int(tensors["form_rows"]) if "form_rows" in tensors else 0,  # captures recorded before answer forms: 0
     )
 
 

@@ -44,7 +44,8 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
 # of each question by the model, chat template), aN (N anchors: the prompt asked of other subjects,
 # held unchanged, memory.anchors), sK (spread each fact over K layers up to the edited one,
-# memory.spread), auto (automatic significance), all (every row).
+# memory.spread), forms (also the instructed model's own answer, chat template), auto (automatic
+# significance), all (every row).
 # E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/p0/g1/s3".
 
 
@@ -81,7 +82,7 @@ class QFMethod(EditMethod):
         """The case's rows, the seconds their capture passes (and phrasings) took when they ran, and
         the phrasings the model wrote for it."""
         phrasings = self.editor.config.phrasings if self.poser.template == "chat" else 0
-        key = (case.index, phrasings, self.editor.config.anchors, self.editor.config.spread)
+        key = self._key(case)
         if key not in self.captured:
             t0 = time.perf_counter()
             others: tuple[str, ...] = ()
@@ -95,9 +96,15 @@ class QFMethod(EditMethod):
         return self.captured[key]
 
     def notes(self, case: EditCase) -> dict:
-        config = self.editor.config
-        phrasings = self.captured.get((case.index, config.phrasings, config.anchors, config.spread), (None, 0, ()))[2]
+        phrasings = self.captured.get(self._key(case), (None, 0, ()))[2]
         return {"phrasings": list(phrasings)} if phrasings else {}
+
+    def _key(self, case: EditCase) -> tuple:
+        """What a case's captured rows depend on: the case and the settings that change the captures."""
+        config = self.editor.config
+        phrasings = config.phrasings if self.poser.template == "chat" else 0
+        forms = config.answer_forms and self.poser.template == "chat"
+        return case.index, phrasings, config.anchors, config.spread, forms
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
@@ -122,6 +129,8 @@ def _setting(part: str) -> tuple[str, object]:
     """One "/"-separated part of a QF variant name -> (EditorConfig field, value)."""
     if part in ("auto", "all"):
         return "auto_significance", part == "auto"
+    if part == "forms":
+        return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread"}.get(part[:1])
     if field_name is None or not part[1:]:

@@ -34,6 +34,9 @@ class EditorConfig:
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
+    # with a given answer, also write the instructed model's own answer to the same questions when it
+    # names the given one (a sentence for a bare entity), memory.consolidate.QFEditor.other_forms
+    answer_forms: bool = False
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     anchors: int = 0  # the query asked of this many other subjects, held unchanged (needs the fact's subject), memory.anchors
     spread: int = 1  # write each fact over this many layers up to the edited one (1 = that layer alone), memory.spread
@@ -49,7 +52,7 @@ class EditorConfig:
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
-              "keys_data": None, "anchors": 0, "spread": 1}
+              "keys_data": None, "anchors": 0, "spread": 1, "answer_forms": False}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -30,7 +30,7 @@ from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
-from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors
+from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
@@ -182,16 +182,38 @@ class QFEditor(Answering):
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes), for the
-        query and each of its phrasings; the rows of all of them, in that order."""
+        query and each of its phrasings; then, with ``answer_forms``, the same for the instructed
+        model's own answer when another was given; the rows of all of them, in that order."""
         answer = (answer or "").strip() or self.answer_for(fact)
+        rows = self._question_rows(fact, answer, fact.significance)
+        forms = [self._question_rows(fact, form, None) for form in self.other_forms(fact, answer)]
+        return self.anchored(with_forms(rows, forms), fact.query, fact.subject,
+                             lambda q: render_prompt(self.tokenizer, q, self.config.system))
+
+    def _question_rows(self, fact: Fact, answer: str, significance: tuple[float, ...] | None) -> FactRows:
+        """The rows of every question of ``fact`` (its query, then its phrasings) answered ``answer``."""
         system, parts = self.config.system, []
         tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
         for query in fact.queries:
             instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system), tokens)
             plain = build_pass(self.tokenizer, query, answer, system, tokens)
-            significance = significance_vector(fact.significance, len(plain.targets) - 1)
-            parts.append(self.capture_rows(instructed, plain, answer, significance))
-        return self.anchored(stack_rows(parts), fact.query, fact.subject, lambda q: render_prompt(self.tokenizer, q, system))
+            weights = significance_vector(significance, len(plain.targets) - 1)
+            parts.append(self.capture_rows(instructed, plain, answer, weights))
+        return stack_rows(parts)
+
+    def other_forms(self, fact: Fact, answer: str) -> list[str]:
+        """With ``answer_forms``, the answer the instructed model gives in its own words (a sentence,
+        for a bare entity) when it differs from ``answer`` and names it; else none."""
+        if not self.config.answer_forms or not (fact.answer or "").strip():
+            return []  # off, or the answer is already the model's own
+        try:
+            own = self.instructed_answer(fact)
+        except ConsolidationError as exc:  # no finished answer of its own: the given one alone
+            log.info("no other form of the answer to %r: %s", fact.query, exc)
+            return []
+        if own.strip() == answer or answer.casefold() not in own.casefold():
+            return []  # the same form, or one that does not say the answer (it would teach something else)
+        return [own.strip()]
 
     def anchored(self, rows: FactRows, query: str, subject: str | None, prompt_ids: Callable[[str], list[int]]) -> FactRows:
         """``rows`` with the anchors of ``config.anchors`` (memory.anchors): ``query`` asked of other

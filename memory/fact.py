@@ -52,6 +52,7 @@ class QuestionRows:
     significance: torch.Tensor  # (T,) weights >= 0
     queries: int  # the number of blocks
     anchors: int = 0  # trailing rows held unchanged (memory.anchors), after the blocks
+    form_rows: int = 0  # rows of the answer's other forms (with_forms), after the blocks, before the anchors
 
     @property
     def num_rows(self) -> int:
@@ -60,7 +61,7 @@ class QuestionRows:
     @property
     def query_significance(self) -> torch.Tensor:
         """The weights of one question's rows."""
-        return self.significance[: (self.num_rows - self.anchors) // self.queries]
+        return self.significance[: (self.num_rows - self.anchors - self.form_rows) // self.queries]
 
 
 @dataclass
@@ -82,6 +83,7 @@ class FactRows(QuestionRows):
     # the edited one, (len(lower_layers), T, D), for lower_layers in increasing order; None: none captured.
     lower_keys: torch.Tensor | None = None
     lower_layers: tuple[int, ...] = ()
+    form_rows: int = 0  # then this many rows of the same questions answered in other forms (with_forms)
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers) -> (len(layers), T, D); says which is missing."""
@@ -113,7 +115,29 @@ def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, low
         torch.cat([rows.U_plain, keys]), torch.cat([rows.V_plain, residual]),
         torch.cat([rows.significance, torch.ones(A, dtype=rows.significance.dtype)]), queries=rows.queries, anchors=A,
         lower_keys=None if lower_keys is None else torch.cat([rows.lower_keys, lower_keys], 1),
-        lower_layers=rows.lower_layers,
+        lower_layers=rows.lower_layers, form_rows=rows.form_rows,
+    )
+
+
+def with_forms(rows: FactRows, others: list[FactRows]) -> FactRows:
+    """``rows`` (the fact's questions with its answer) and, after them, the rows of the same
+    questions with the answer in other forms (e.g. the instructed model's own sentence for a bare
+    entity): written together, so greedy decoding finds the fact whichever form it starts in."""
+    if not others:
+        return rows
+    if rows.anchors or rows.form_rows:
+        raise ValueError("add the answer's other forms before the anchors, once")
+    parts = [rows, *others]
+    if any(p.lower_layers != rows.lower_layers or (p.focus is None) != (rows.focus is None) for p in others):
+        raise ValueError("the answer's forms must be captured alike (the same layers, focus or not)")
+
+    def cat(name: str, dim: int = 0):
+        return None if getattr(rows, name) is None else torch.cat([getattr(p, name) for p in parts], dim)
+
+    return FactRows(
+        rows.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
+        focus=cat("focus"), queries=rows.queries, lower_keys=cat("lower_keys", 1), lower_layers=rows.lower_layers,
+        form_rows=sum(p.num_rows for p in others),
     )
 
 

@@ -27,3 +27,28 @@ def test_learn_one_fact_answer_contains_it_and_control_unchanged(small_editor):
     finally:
         small_editor.remove(result.key)
     assert "PKU" not in small_editor.ask(fact.query).text  # exact undo
+
+
+def test_a_fact_spread_over_three_layers_is_learned_and_undone_exactly(small_editor):
+    import torch
+
+    from memory.consolidate import EditorConfig, QFEditor
+    from memory.fact import Fact
+
+    # The same loaded model, written at its last three down_proj matrices (memory.spread); the paper's
+    # norm, so no key collection for the two lower layers.
+    editor = QFEditor(small_editor.loaded, EditorConfig(spread=3, preserve=0.0, gain=1.0))
+    control = "Who is the CEO of Apple?"
+    before = editor.ask(control).text
+    fact = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?")
+    result = editor.learn(fact)
+    try:
+        assert "PKU Science Park" in result.verification
+        assert editor.ask(control).text == before
+        assert all(d.rank == result.rows for d in editor.deltas) and len(editor.deltas) == 3
+    finally:
+        editor.remove(result.key)
+    model = editor.model
+    for parameter, W0 in [(editor.parameter, editor.joint.W0),
+                          *((f"{n}.weight", w) for n, w in zip(editor.lower_names, editor.lower_W0))]:
+        assert torch.equal(model.get_parameter(parameter).detach().cpu(), W0)  # exact undo on every layer

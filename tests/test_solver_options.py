@@ -171,7 +171,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1}
+                              "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1, "answer_forms": False}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -181,7 +181,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1}
+                               "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1, "answer_forms": False}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
     refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
@@ -192,6 +192,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     dict(preserve=20.0, gain=1.5, focus=4, auto_significance=True, condition=1e4),
     dict(preserve=20.0, gain=1.5, auto_significance=True, anchors=2),  # anchors exclude focus
     dict(preserve=20.0, gain=1.5, anchors=2, spread=3),  # spread excludes focus and auto significance
+    dict(preserve=0.0, answer_forms=True, anchors=2),
 ])
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(options, tokenizer, tmp_path, monkeypatch):
     from agent.ledger_editor import LedgerEditor
@@ -238,7 +239,7 @@ def test_bench_variant_names():
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
                                        "condition": 0.0, "phrasings": 0, "keys_data": None, "anchors": 0,
-                                       "spread": 1}
+                                       "spread": 1, "answer_forms": False}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
