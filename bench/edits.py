@@ -176,8 +176,7 @@ def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, f
 
 def _weights_sha256(editor: QFEditor) -> str:
     """One hash of every matrix ``editor`` writes (the edited layer's, and the lower ones of a spread solve)."""
-    names = [editor.parameter, *(f"{name}.weight" for name in editor.lower_names)]
-    return "".join(tensor_sha256(editor.model.get_parameter(name).detach().float()) for name in names)
+    return "".join(tensor_sha256(editor.model.get_parameter(name).detach().float()) for name, _ in editor.base_matrices())
 
 
 # --- evaluation ------------------------------------------------------------------------

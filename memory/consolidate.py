@@ -69,8 +69,8 @@ class QFEditor(Answering):
             raise ValueError("--focus and --anchors do not combine (an anchor has no target to focus on); choose one")
         self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
         if config.spread > 1 and (config.focus or config.auto_significance):
-            raise ValueError("--spread does not combine with --focus or --auto-significance (they read the plain "
-                             "pass's logits, which the lower layers' edits change); choose one")
+            raise ValueError("--spread is not combined with --focus or --auto-significance (both read the plain "
+                             "pass's predictions at the top layer alone); choose one")
         self.down_name = arch.module_path(model, self.layer, "down_proj")
         self.norm_name = arch.module_path(model, self.layer, "mlp_norm")
         self.parameter = f"{self.down_name}.weight"
@@ -118,21 +118,26 @@ class QFEditor(Answering):
     def _lower_base_weights(self) -> ExitStack:
         """A context in which the lower layers a spread solve writes hold their base weights, so a
         capture sees the base model's keys (memory.spread); nothing with one layer."""
-        stack = ExitStack()
-        for name, W0_l in zip(self.lower_names, self.lower_W0):
-            stack.enter_context(weight_set_to(self.model, f"{name}.weight", W0_l))
-        return stack
+        return self._holding(self.base_matrices()[1:])
 
     def base_weights(self) -> ExitStack:
         """A context in which every matrix this editor writes holds its base weights."""
-        stack = self._lower_base_weights()
-        stack.enter_context(weight_set_to(self.model, self.parameter, self.joint.W0))
+        return self._holding(self.base_matrices())
+
+    def _holding(self, matrices: list[tuple[str, torch.Tensor]]) -> ExitStack:
+        stack = ExitStack()
+        for parameter, W0 in matrices:
+            stack.enter_context(weight_set_to(self.model, parameter, W0))
         return stack
+
+    def base_matrices(self) -> list[tuple[str, torch.Tensor]]:
+        """(parameter, base weights) of every matrix this editor writes: the edited layer's, then the lower ones."""
+        return [(self.parameter, self.joint.W0), *((f"{n}.weight", W0) for n, W0 in zip(self.lower_names, self.lower_W0))]
 
     def relative_change(self) -> float:
         """||live - W0|| / ||W0|| over every matrix this editor writes, stacked."""
         change = base = 0.0
-        for name, W0 in ((self.parameter, self.joint.W0), *((f"{n}.weight", w) for n, w in zip(self.lower_names, self.lower_W0))):
+        for name, W0 in self.base_matrices():
             W = self.model.get_parameter(name).detach().double().cpu()
             change += float((W - W0.double()).square().sum())
             base += float(W0.double().square().sum())

@@ -48,7 +48,5 @@ def test_a_fact_spread_over_three_layers_is_learned_and_undone_exactly(small_edi
         assert all(d.rank == result.rows for d in editor.deltas) and len(editor.deltas) == 3
     finally:
         editor.remove(result.key)
-    model = editor.model
-    for parameter, W0 in [(editor.parameter, editor.joint.W0),
-                          *((f"{n}.weight", w) for n, w in zip(editor.lower_names, editor.lower_W0))]:
-        assert torch.equal(model.get_parameter(parameter).detach().cpu(), W0)  # exact undo on every layer
+    for parameter, W0 in editor.base_matrices():
+        assert torch.equal(editor.model.get_parameter(parameter).detach().cpu(), W0)  # exact undo on every layer

@@ -206,8 +206,7 @@ def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(op
     store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
 
     def weight(ledger):  # every matrix the editor writes, stacked
-        return torch.cat([ledger.loaded.model.get_parameter(p).detach().clone()
-                          for p in (ledger.current.parameter, *(f"{n}.weight" for n in ledger.current.lower_names))])
+        return torch.cat([ledger.loaded.model.get_parameter(p).detach().clone() for p, _ in ledger.current.base_matrices()])
 
     first = LedgerEditor(store, loaded("qwen2", tokenizer), config)
     base = weight(first)

@@ -126,14 +126,12 @@ def test_editor_writes_every_layer_from_rows_captured_at_the_base_weights(tiny_q
     after = editor.capture(FACTS[1])  # with layers 1 and 2 edited, the keys are still the base model's
     for field_name in ("U", "V", "U_plain", "V_plain", "lower_keys"):
         assert torch.allclose(getattr(after, field_name), getattr(before, field_name), atol=1e-6), field_name
-    for d in editor.deltas:
-        W = model.get_parameter(d.parameter).detach().double()
-        W0 = editor.joint.W0 if d.layer == 3 else editor.lower_W0[d.layer - 1]
-        assert torch.allclose(W - W0.double(), d.dense(), atol=1e-5)
+    for d, (parameter, W0) in zip(editor.deltas, editor.base_matrices()):
+        assert d.parameter == parameter
+        assert torch.allclose(model.get_parameter(parameter).detach().double() - W0.double(), d.dense(), atol=1e-5)
     editor.remove(editor.joint.keys[0])  # undo: every layer back to its base weights
-    for d in editor.deltas:
-        W0 = editor.joint.W0 if d.layer == 3 else editor.lower_W0[d.layer - 1]
-        assert torch.equal(model.get_parameter(d.parameter).detach(), W0) and d.rank == 0
+    for d, (parameter, W0) in zip(editor.deltas, editor.base_matrices()):
+        assert torch.equal(model.get_parameter(parameter).detach(), W0) and d.rank == 0
 
 
 def test_the_spread_editor_refuses_what_it_cannot_do(tiny_qwen):
