@@ -106,7 +106,7 @@ class LedgerEditor:
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         return self.store.get_or_create_checkpoint(
             name=self.loaded.name, config_sha256=self.loaded.config_sha256(),
-            parameters={e.parameter: e.joint.base_sha256 for e in self.editors.values()}
+            parameters={p: sha for e in self.editors.values() for p, sha in e.base_sha256s().items()}
             | ({self.qf2.parameter: self.qf2.base_sha256} if self.qf2 else {}), dtype=dtype,
         )
 

@@ -120,6 +120,10 @@ class QFEditor(Answering):
         capture sees the base model's keys (memory.spread); nothing with one layer."""
         return self._holding(self.base_matrices()[1:])
 
+    def base_sha256s(self) -> dict[str, str]:
+        """parameter -> sha256 of its base weights, for every matrix this editor writes (the ledger's checkpoint)."""
+        return {self.parameter: self.joint.base_sha256, **{layer.parameter: layer.base_sha256 for layer in self.joint.lower}}
+
     def base_weights(self) -> ExitStack:
         """A context in which every matrix this editor writes holds its base weights."""
         return self._holding(self.base_matrices())

@@ -174,6 +174,7 @@ def test_a_spread_ledger_records_and_audits_every_layer_s_share(tokenizer, tmp_p
     learned = [ledger.learn(f) for f in FACTS]
     editor = ledger.current
     lower = f"{editor.lower_names[0]}.weight"
+    assert set(store.checkpoint(ledger.checkpoint_id)["parameters"]) == {editor.parameter, lower}  # both bases recorded
     report = fact_report(store, learned[0].fact_id)
     assert [e["parameter"] for e in report["edits"]] == [editor.parameter, lower]
     assert set(overlap_report(store, ledger.checkpoint_id, learned[0].fact_id, learned[1].fact_id)["cosine"]) == {
