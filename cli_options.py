@@ -62,7 +62,8 @@ def model_options(fn):
                 anchors=None, spread=None, answer_forms=None, keys_data=None, **kwargs):
         solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
                   "condition": condition, "phrasings": phrasings, "anchors": anchors,
-                  "spread": spread, "answer_forms": answer_forms, "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
+                  "spread": spread, "answer_forms": answer_forms,
+                  "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
@@ -84,7 +85,8 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data), as EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data), as EditorConfig fields; the
+    library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -16,6 +16,7 @@ join the editor's joint solve, re-solved from W0 once per consolidation.
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import statistics
 import time
@@ -176,7 +177,8 @@ def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, f
 
 def _weights_sha256(editor: QFEditor) -> str:
     """One hash of every matrix ``editor`` writes (the edited layer's, and the lower ones of a spread solve)."""
-    return "".join(tensor_sha256(editor.model.get_parameter(name).detach().float()) for name, _ in editor.base_matrices())
+    hashes = [tensor_sha256(editor.model.get_parameter(name).detach().float()) for name, _ in editor.base_matrices()]
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -411,8 +413,8 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
         method = make_method(name, editor, evaluation.poser, ft_steps, ft_lr, progress, captured)
         # The cached scorer holds for edits of the last layer alone; a spread solve writes lower ones too.
         spread = isinstance(method, QFMethod) and method.editor.config.spread > 1
-        results[name], records[name] = run_method(editor, method, cases, replace(evaluation, scorer=None) if spread else evaluation,
-                                                  batch, eval_every, progress)
+        scored = replace(evaluation, scorer=None) if spread else evaluation
+        results[name], records[name] = run_method(editor, method, cases, scored, batch, eval_every, progress)
     out_cases = []
     for i, case in enumerate(cases):
         row = {"index": case.index, "subject": case.subject, "prompt": case.prompt, "target_new": case.target_new,

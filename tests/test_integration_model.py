@@ -50,3 +50,22 @@ def test_a_fact_spread_over_three_layers_is_learned_and_undone_exactly(small_edi
         editor.remove(result.key)
     for parameter, W0 in editor.base_matrices():
         assert torch.equal(editor.model.get_parameter(parameter).detach().cpu(), W0)  # exact undo on every layer
+
+
+def test_a_bare_answer_is_learned_with_the_model_s_own_sentence(small_editor):
+    import torch
+
+    from memory.consolidate import EditorConfig, QFEditor
+    from memory.fact import Fact
+
+    editor = QFEditor(small_editor.loaded, EditorConfig(answer_forms=True, preserve=0.0))
+    fact = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?", "PKU Science Park")
+    forms = editor.other_forms(fact, fact.answer)
+    assert len(forms) == 1 and "PKU Science Park" in forms[0] and forms[0] != fact.answer  # a sentence that names it
+    assert editor.capture(fact).form_rows > 0
+    result = editor.learn(fact)
+    try:
+        assert "PKU Science Park" in result.verification
+    finally:
+        editor.remove(result.key)
+    assert torch.equal(editor.model.get_parameter(editor.parameter).detach().cpu(), editor.joint.W0)
