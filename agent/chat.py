@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.extract import Candidate, rule_verdict
+from agent.extract import Candidate
 from agent.ledger_editor import LedgerEditor
 from memory.anchors import guess_subject
 from memory.consolidate import ConsolidationError
