@@ -188,7 +188,7 @@ class QFEditor(Answering):
             norm_gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
             focus = focus_bases(head, norm_gain, plain.targets, plain_rows.top)
         return FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
-                        lower_keys=plain_rows.lower, lower_layers=self.layers[:-1] if plain_rows.lower is not None else ())
+                        lower_keys=plain_rows.lower, lower_layers=self.layers[:-1])  # () and None with one layer
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
         """Both teacher-forced passes over the same answer tokens (two forward passes), for the

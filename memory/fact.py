@@ -86,13 +86,14 @@ class FactRows(QuestionRows):
     form_rows: int = 0  # then this many rows of the same questions answered in other forms (with_forms)
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
-        """The plain keys at ``layers`` (some of lower_layers) -> (len(layers), T, D); says which is missing."""
+        """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says
+        which is missing."""
         missing = [layer for layer in layers if layer not in self.lower_layers]
         if missing:
             raise ValueError(f"the fact's rows have no keys of layer(s) {missing} (captured at {list(self.lower_layers)}); "
                              "capture it again with the same --spread")
         index = torch.tensor([self.lower_layers.index(layer) for layer in layers], dtype=torch.long)
-        return self.lower_keys.index_select(0, index) if layers else self.U_plain.new_zeros(0, *self.U_plain.shape)
+        return self.lower_keys.index_select(0, index)
 
 
 def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, lower_keys: torch.Tensor | None = None
@@ -130,15 +131,7 @@ def with_forms(rows: FactRows, others: list[FactRows]) -> FactRows:
     parts = [rows, *others]
     if any(p.lower_layers != rows.lower_layers or (p.focus is None) != (rows.focus is None) for p in others):
         raise ValueError("the answer's forms must be captured alike (the same layers, focus or not)")
-
-    def cat(name: str, dim: int = 0):
-        return None if getattr(rows, name) is None else torch.cat([getattr(p, name) for p in parts], dim)
-
-    return FactRows(
-        rows.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
-        focus=cat("focus"), queries=rows.queries, lower_keys=cat("lower_keys", 1), lower_layers=rows.lower_layers,
-        form_rows=sum(p.num_rows for p in others),
-    )
+    return _concatenated(parts, queries=rows.queries, form_rows=sum(p.num_rows for p in others))
 
 
 def stack_rows(parts: list[FactRows]) -> FactRows:
@@ -150,12 +143,20 @@ def stack_rows(parts: list[FactRows]) -> FactRows:
         raise ValueError("the phrasings of a fact must share its answer")
     if any(p.lower_layers != first.lower_layers for p in parts):
         raise ValueError("the phrasings of a fact must be captured at the same layers")
-    focus = None if first.focus is None else torch.cat([p.focus for p in parts])
-    lower = None if first.lower_keys is None else torch.cat([p.lower_keys for p in parts], 1)
+    return _concatenated(parts, queries=sum(p.queries for p in parts))
+
+
+def _concatenated(parts: list[FactRows], **counts: int) -> FactRows:
+    """The rows of ``parts`` one after another (the first's answer and lower layers), with ``counts``
+    (queries, form_rows) saying how they are laid out."""
+    first = parts[0]
+
+    def cat(name: str, dim: int = 0) -> torch.Tensor | None:
+        return None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in parts], dim)
+
     return FactRows(
-        first.answer, first.targets * len(parts), *(torch.cat([getattr(p, name) for p in parts])
-                                                     for name in ("U", "V", "U_plain", "V_plain", "significance")),
-        focus=focus, queries=sum(p.queries for p in parts), lower_keys=lower, lower_layers=first.lower_layers,
+        first.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
+        focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers, **counts,
     )
 
 

@@ -36,7 +36,7 @@ Metric = PreservingMetric | LazyMetric | None
 
 class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
-                 ridge: float = DEFAULT_RIDGE, metric: PreservingMetric | LazyMetric | None = None, gain: float = 1.0,
+                 ridge: float = DEFAULT_RIDGE, metric: Metric = None, gain: float = 1.0,
                  max_condition: float = 0.0, method: str = "qf",
                  lower: tuple[tuple[LowerLayer, Metric], ...] = ()):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
