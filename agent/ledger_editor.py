@@ -74,6 +74,7 @@ class LedgerEditor:
     def __init__(self, store: Store, loaded: LoadedModel, config: EditorConfig = EditorConfig(), progress=None):
         self.store, self.loaded, self.config, self.progress = store, loaded, config, progress
         self.editors: dict[int, QFEditor] = {}
+        self.checkpoint_id: int | None = None  # set below, once the first editor's matrices are known
         self.current = self._editor(config.layer)
         # QF2 on the converted layer, where the model was converted by QFt (memory.qf2_block).
         self.qf2: QF2Editor | None = QF2Editor(loaded, self._config(None)) if installed(loaded.model) else None
@@ -94,6 +95,8 @@ class LedgerEditor:
                     raise ValueError(f"facts at layer {probe} and at layer {other.layer} would both write layer(s) "
                                      f"{shared} with --spread {self.config.spread}; use --spread 1 for this ledger")
             self.editors[probe] = editor
+            if self.checkpoint_id is not None:  # a layer opened later: record its base weights too
+                self._checkpoint()
         return self.editors[probe]
 
     def _qf2_editor(self) -> QF2Editor:

@@ -160,3 +160,12 @@ def test_replay_keeps_the_subject_and_anchors_the_fact_on_the_target(store, toke
     assert second.checkpoint_id == target.checkpoint_id != first.checkpoint_id
     assert second.hyperparams["rows"] == first.hyperparams["rows"]  # the anchors were captured again on the target
     assert second.hyperparams["anchors"] == 2
+
+
+def test_a_layer_opened_after_the_ledger_records_its_base_weights(store, tokenizer):
+    ledger = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER))
+    ledger.learn(FACTS[0], layer=LAYER + 1)
+    other = ledger.editors[LAYER + 1]
+    recorded = store.checkpoint(ledger.checkpoint_id)["parameters"]
+    assert recorded[other.parameter] == other.joint.base_sha256
+    assert recorded[ledger.current.parameter] == ledger.current.joint.base_sha256
