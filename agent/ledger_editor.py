@@ -211,6 +211,8 @@ class LedgerEditor:
                 share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
                 lower = editor.joint.lower_deltas(delta, key)  # a spread solve's lower layers share its left factor
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}
+                if rows.forms:  # the model's own wording of the answer, written beside the given one
+                    hyperparams["answer_forms_written"] = list(rows.forms)
             fact_dict = None if fact_id is not None else {
                 "instruction": fact.instruction, "query": fact.query, "answer": rows.answer,
                 "significance": rows.query_significance.tolist(), "source": source or {},

@@ -97,8 +97,10 @@ class QFMethod(EditMethod):
         return self.captured[key]
 
     def notes(self, case: EditCase) -> dict:
-        phrasings = self.captured.get(self._key(case), (None, 0, ()))[2]
-        return {"phrasings": list(phrasings)} if phrasings else {}
+        """What the model wrote for the case: its rephrasings and other forms of the answer, if any."""
+        rows, _, phrasings = self.captured.get(self._key(case), (None, 0, ()))
+        forms = rows.forms if rows is not None else ()
+        return ({"phrasings": list(phrasings)} if phrasings else {}) | ({"answer_forms": list(forms)} if forms else {})
 
     def _key(self, case: EditCase) -> tuple:
         """What a case's captured rows depend on: the case and the settings that change the captures."""

@@ -84,6 +84,7 @@ class FactRows(QuestionRows):
     lower_keys: torch.Tensor | None = None
     lower_layers: tuple[int, ...] = ()
     form_rows: int = 0  # then this many rows of the same questions answered in other forms (with_forms)
+    forms: tuple[str, ...] = ()  # those other forms of the answer, as text (recorded with the edit, not solved on)
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says
@@ -116,7 +117,7 @@ def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, low
         torch.cat([rows.U_plain, keys]), torch.cat([rows.V_plain, residual]),
         torch.cat([rows.significance, torch.ones(A, dtype=rows.significance.dtype)]), queries=rows.queries, anchors=A,
         lower_keys=None if lower_keys is None else torch.cat([rows.lower_keys, lower_keys], 1),
-        lower_layers=rows.lower_layers, form_rows=rows.form_rows,
+        lower_layers=rows.lower_layers, form_rows=rows.form_rows, forms=rows.forms,
     )
 
 
@@ -131,7 +132,8 @@ def with_forms(rows: FactRows, others: list[FactRows]) -> FactRows:
     parts = [rows, *others]
     if any(p.lower_layers != rows.lower_layers or (p.focus is None) != (rows.focus is None) for p in others):
         raise ValueError("the answer's forms must be captured alike (the same layers, focus or not)")
-    return _concatenated(parts, queries=rows.queries, form_rows=sum(p.num_rows for p in others))
+    return _concatenated(parts, queries=rows.queries, form_rows=sum(p.num_rows for p in others),
+                         forms=tuple(p.answer for p in others))
 
 
 def stack_rows(parts: list[FactRows]) -> FactRows:
@@ -146,9 +148,9 @@ def stack_rows(parts: list[FactRows]) -> FactRows:
     return _concatenated(parts, queries=sum(p.queries for p in parts))
 
 
-def _concatenated(parts: list[FactRows], **counts: int) -> FactRows:
-    """The rows of ``parts`` one after another (the first's answer and lower layers), with ``counts``
-    (queries, form_rows) saying how they are laid out."""
+def _concatenated(parts: list[FactRows], **layout) -> FactRows:
+    """The rows of ``parts`` one after another (the first's answer and lower layers), with ``layout``
+    (queries, form_rows, forms) saying how they are laid out."""
     first = parts[0]
 
     def cat(name: str, dim: int = 0) -> torch.Tensor | None:
@@ -156,7 +158,7 @@ def _concatenated(parts: list[FactRows], **counts: int) -> FactRows:
 
     return FactRows(
         first.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
-        focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers, **counts,
+        focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers, **layout,
     )
 
 

@@ -24,6 +24,7 @@ def test_other_forms_follow_the_fact_s_rows_and_keep_its_weights():
     assert both.query_significance.tolist() == [0.0, 1.0]  # the given answer's weights, as the ledger records them
     assert torch.equal(both.U_plain[2:], sentence.U_plain) and both.answer == "Qi"
     anchored = with_anchors(both, torch.randn(3, D), torch.randn(3, N))
+    assert both.forms == ("Qi",) and anchored.forms == ("Qi",)  # the other forms' text, kept for the record
     assert anchored.form_rows == 5 and anchored.anchors == 3 and anchored.query_significance.tolist() == [0.0, 1.0]
     assert with_forms(given, []) is given
     with pytest.raises(ValueError, match="before the anchors"):
@@ -39,6 +40,7 @@ def test_the_editor_writes_the_model_s_own_sentence_beside_a_bare_answer(tiny_qw
     both = editor.capture(fact)
     sentence = editor._question_rows(fact, own, None)
     assert both.form_rows == sentence.num_rows and both.num_rows == bare.num_rows + sentence.num_rows
+    assert both.forms == (own,) and bare.forms == ()
     assert torch.allclose(both.U_plain[:bare.num_rows], bare.U_plain) and torch.allclose(both.U_plain[bare.num_rows:], sentence.U_plain)
     editor.learn(fact, verify=False)  # both forms are met by the solve
     W = tiny_qwen.model.get_parameter(editor.parameter).detach().double()
@@ -64,7 +66,35 @@ def test_no_other_form_without_a_given_answer_or_when_off(tiny_qwen, monkeypatch
     assert calls == []  # nothing generated
 
 
+def test_bench_records_the_form_each_case_wrote(tiny_qwen, monkeypatch):
+    from bench.datasets import parse_records
+    from bench.edits import run_benchmark
+    from tests.test_bench_edits import ZSRE
+
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, f: f"It is {f.answer}.")
+    cases = parse_records([ZSRE], "zsre")[0]
+    result = run_benchmark(QFEditor(tiny_qwen, EditorConfig(max_answer_tokens=4)), cases, "chat", ("qf", "qf/forms"), gen_tokens=0)
+    assert result["cases"][0]["qf/forms"]["answer_forms"] == [f"It is {cases[0].target_new}."]
+    assert "answer_forms" not in result["cases"][0]["qf"]
+
+
 def test_bench_forms_variant():
     from bench.edits import qf_settings
 
     assert qf_settings("qf/p0/forms") == {"preserve": 0.0, "answer_forms": True}
+
+
+def test_the_ledger_records_the_form_it_wrote(tiny_qwen, monkeypatch, tmp_path):
+    from agent.ledger_editor import LedgerEditor
+    from store import Store
+
+    own = "The founder of Oxinnovate is Qi."
+    monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, f: own)
+    store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
+    try:
+        ledger = LedgerEditor(store, tiny_qwen, EditorConfig(layer=3, answer_forms=True, preserve=0.0, max_answer_tokens=4))
+        ledger.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"))
+        (edit,) = store.active_edits(ledger.checkpoint_id)
+        assert edit.hyperparams["answer_forms_written"] == [own]
+    finally:
+        store.close()
