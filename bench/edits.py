@@ -82,13 +82,12 @@ class QFMethod(EditMethod):
     def rows(self, case: EditCase) -> tuple[FactRows, float, tuple[str, ...]]:
         """The case's rows, the seconds their capture passes (and phrasings) took when they ran, and
         the phrasings the model wrote for it."""
-        phrasings = self.editor.config.phrasings if self.poser.template == "chat" else 0
         key = self._key(case)
         if key not in self.captured:
             t0 = time.perf_counter()
             others: tuple[str, ...] = ()
             if self.poser.template == "chat":
-                others = self.editor.phrasings_for(case.prompt) if phrasings else ()
+                others = self.editor.phrasings_for(case.prompt) if self._phrasings else ()
                 rows = self.editor.capture(Fact(instruction_for(case, "chat"), case.prompt, case.target_new, phrasings=others,
                                                 subject=case.subject if case.subject in case.prompt else None))
             else:
@@ -102,12 +101,16 @@ class QFMethod(EditMethod):
         forms = rows.forms if rows is not None else ()
         return ({"phrasings": list(phrasings)} if phrasings else {}) | ({"answer_forms": list(forms)} if forms else {})
 
+    @property
+    def _phrasings(self) -> int:
+        """Rephrasings asked for per case: the chat template's questions only."""
+        return self.editor.config.phrasings if self.poser.template == "chat" else 0
+
     def _key(self, case: EditCase) -> tuple:
         """What a case's captured rows depend on: the case and the settings that change the captures."""
         config = self.editor.config
-        phrasings = config.phrasings if self.poser.template == "chat" else 0
         forms = config.answer_forms and self.poser.template == "chat"
-        return case.index, phrasings, config.anchors, config.spread, forms
+        return case.index, self._phrasings, config.anchors, config.spread, forms
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
