@@ -70,6 +70,16 @@ def loaded(kind: str, tokenizer, **kw):
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-{kind}", path="", seconds=0.0)
 
 
+@pytest.fixture
+def store(tmp_path):
+    """A ledger on SQLite in the test's own directory (tests/pg_url.py has one per backend)."""
+    from store import Store
+
+    s = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
+    yield s
+    s.close()
+
+
 @pytest.fixture(params=["qwen2", "llama"])
 def tiny(request, tokenizer):
     return loaded(request.param, tokenizer)

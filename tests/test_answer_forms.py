@@ -84,17 +84,12 @@ def test_bench_forms_variant():
     assert qf_settings("qf/p0/forms") == {"preserve": 0.0, "answer_forms": True}
 
 
-def test_the_ledger_records_the_form_it_wrote(tiny_qwen, monkeypatch, tmp_path):
+def test_the_ledger_records_the_form_it_wrote(tiny_qwen, monkeypatch, store):
     from agent.ledger_editor import LedgerEditor
-    from store import Store
 
     own = "The founder of Oxinnovate is Qi."
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, f: own)
-    store = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
-    try:
-        ledger = LedgerEditor(store, tiny_qwen, EditorConfig(layer=3, answer_forms=True, preserve=0.0, max_answer_tokens=4))
-        ledger.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"))
-        (edit,) = store.active_edits(ledger.checkpoint_id)
-        assert edit.hyperparams["answer_forms_written"] == [own]
-    finally:
-        store.close()
+    ledger = LedgerEditor(store, tiny_qwen, EditorConfig(layer=3, answer_forms=True, preserve=0.0, max_answer_tokens=4))
+    ledger.learn(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"))
+    (edit,) = store.active_edits(ledger.checkpoint_id)
+    assert edit.hyperparams["answer_forms_written"] == [own]

@@ -17,13 +17,6 @@ FACTS = [
 LAYER = 2
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
-    yield s
-    s.close()
-
-
 def fresh(kind, tokenizer, seed=0, layers=4):
     """A tiny model; each seed is another checkpoint (its own name in the ledger)."""
     from conftest import loaded

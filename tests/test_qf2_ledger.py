@@ -11,7 +11,6 @@ from memory.fact import Fact
 from memory.qf2 import qf2_factors
 from memory.qf2_block import install
 from memory.qf2_editor import NotConvertedError, QF2Editor
-from store import Store
 
 CONVERTED, BETA = 2, 10.0
 FACTS = [
@@ -33,13 +32,6 @@ def up_weight(holder):
     """The edited up_proj weight of a QF2Editor or of a LedgerEditor's QF2 editor."""
     editor = holder.qf2 if isinstance(holder, LedgerEditor) else holder
     return editor.model.get_parameter(editor.parameter).detach().clone()
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'qf.db'}", tmp_path / "tensors")
-    yield s
-    s.close()
 
 
 def test_qf2_is_refused_on_an_unconverted_model_with_how_to_convert(tiny_qwen, store):
