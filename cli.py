@@ -14,8 +14,8 @@ import warnings
 import click
 
 from bench.commands import bench
-from cli_options import (db_option, emit, json_option, model_options, qf2_options, solver_settings, tqdm_progress,
-                         user_errors)
+from cli_options import (db_option, emit, json_option, model_options, qf2_options, refuse_qf_only_options, solver_settings,
+                         tqdm_progress, user_errors)
 
 log = logging.getLogger("qf")
 
@@ -104,6 +104,7 @@ def learn(instruction, query, answer, significance, phrasing_texts, subject, met
     from memory.anchors import guess_subject
     from memory.fact import Fact
 
+    refuse_qf_only_options(method)
     ledger = _ledger(db, model_name, device, dtype, layer, system, lr=lr, qf2_rule=qf2_rule)
     subject = guess_subject(instruction, query) if subject is None else subject
     fact = Fact(instruction, query, answer, _significance(significance), phrasing_texts, subject)

@@ -70,6 +70,25 @@ def model_options(fn):
     return wrapper
 
 
+# The solver options model_options offers that only QF's solve reads; QF2 (memory.qf2_editor) writes
+# up_proj by its own rule and takes phrasings alone.
+QF_ONLY_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "anchors", "spread", "answer_forms",
+                    "keys_data")
+
+
+def refuse_qf_only_options(method: str) -> None:
+    """A usage error when QF-only solver options are given on the command line with --method qf2, which
+    would ignore them (set in the environment they stay QF's defaults and are not refused)."""
+    if method != "qf2":
+        return
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name in QF_ONLY_SETTINGS and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply to --method qf; QF2 updates up_proj by --qf2-rule "
+                               "(and takes --phrasing/--phrasings).")
+
+
 def qf2_options(fn):
     """--lr/--qf2-rule: QF2's learning rate and update rule (memory.qf2; None keeps EditorConfig's)."""
     # The default named here is EditorConfig's (tests/test_qf2_ledger.py checks it).

@@ -273,6 +273,23 @@ def test_the_command_lines_offer_exactly_the_library_qf2_rules():
         assert f"{EditorConfig().qf2_rule} = the minimum-norm" in text and "(no lr; the default" in text
 
 
+def test_qf_only_solver_options_are_refused_with_qf2_before_anything_loads(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+
+    monkeypatch.setenv("QF_HOME", str(tmp_path))
+    args = ["learn", "--method", "qf2", "--model", str(tmp_path / "no-such-model"), "--fact", "Qi started Oxinnovate.",
+            "--query", "Who founded Oxinnovate?"]
+    refused = CliRunner().invoke(cli.main, args + ["--anchors", "3", "--gain", "2"])
+    assert refused.exit_code == 2, refused.output
+    assert "--gain, --anchors only apply to --method qf" in " ".join(refused.output.split())
+    assert not (tmp_path / "qf.db").exists()  # refused before the ledger opens
+    monkeypatch.setenv("QF_GAIN", "2")  # an environment default is not a request: it gets past the check
+    reached = CliRunner().invoke(cli.main, args)
+    assert reached.exit_code != 2 and "only apply to --method qf" not in reached.output
+
+
 def test_the_protocols_checks_accept_any_expected_form_as_a_whole_word():
     from bench.paper import QF2_PROTOCOL, mentions
 
