@@ -152,7 +152,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
     At the last layer (the default) teacher-forced scores come from activations cached once per
     case (only the LM head runs after each edit), and QF variants share each fact's captures."""
     from bench.datasets import read_cases
-    from bench.edits import format_curve, format_table, run_benchmark
+    from bench.edits import format_capacity, format_curve, format_table, run_benchmark
     from memory.architecture import num_layers
 
     cases, skipped, family = read_cases(data_path, fmt, limit, offset)
@@ -179,7 +179,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
         plot_curves(result, plot_path)
     curve = f"\n\n{format_curve(result)}" if eval_every else ""
     click.echo(text if as_json else f"{format_table(result)}\n\n{len(cases)} {family} edits, {template} template, "
-               f"{loaded.name} layer {editor.layer}{curve}")
+               f"{loaded.name} layer {editor.layer}{curve}\n\n{format_capacity(result)}")
 
 
 @bench.command("extraction")

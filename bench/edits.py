@@ -385,6 +385,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         "restored": _weights_sha256(written) == base_sha,
         "curve": curve + [{"edits": len(cases), **M.aggregate(per_case)}],
     }
+    summary["capacity"] = M.capacity(summary["curve"])
     if details and "steps" in details[0]:
         summary["ft_steps_median"] = statistics.median(d["steps"] for d in details)
     if details and "solve_seconds" in details[0]:
@@ -447,6 +448,21 @@ def format_table(result: dict) -> str:
     lines.append(f"| pre-edit | {cells(result['pre'])} | - | - |")
     for name, r in result["methods"].items():
         lines.append(f"| {name} | {cells(r['metrics'])} | {r['seconds_per_edit']:.2f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def format_capacity(result: dict) -> str:
+    """One line per method: how many edits it held at or above the capacity efficacy (bench.metrics.capacity)."""
+    lines = []
+    for name, method in result["methods"].items():
+        cap = method.get("capacity") or M.capacity(method["curve"])  # result files from before the field
+        if cap["broke"] is None:
+            held = f"held all {cap['held']} edits"
+        elif cap["held"]:
+            held = f"held through {cap['held']} edits, below at {cap['broke']}"
+        else:
+            held = f"below from the first point ({cap['broke']} edits)"
+        lines.append(f"capacity of {name} (efficacy >= {cap['threshold']:g}): {held}")
     return "\n".join(lines)
 
 

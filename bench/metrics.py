@@ -23,6 +23,7 @@ import torch
 
 HEADLINE = ("efficacy", "generalization", "specificity")
 GENERATION = ("edit_success", "paraphrase_success", "neighborhood_unchanged")
+CAPACITY_EFFICACY = 0.9  # issue 7's capacity: the facts one setting holds before efficacy drops below this
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,17 @@ def aggregate(cases: Sequence[dict[str, float]]) -> dict[str, float]:
     if all(k in out for k in HEADLINE):
         out["harmonic_mean"] = harmonic_mean([out[k] for k in HEADLINE])
     return out
+
+
+def capacity(curve: Sequence[dict], threshold: float = CAPACITY_EFFICACY) -> dict:
+    """How many sequential edits a setting holds, read off its curve (points of ``edits`` so far and
+    the ``efficacy`` of the cases edited by then): ``held`` = the last point up to which every
+    point's efficacy is at least ``threshold`` (0 when the first is below it), ``broke`` = the first
+    point below it (None when none is). A bracket, as fine as the curve's points."""
+    held, broke = 0, None
+    for point in sorted(curve, key=lambda p: p["edits"]):
+        if point["efficacy"] < threshold:
+            broke = point["edits"]
+            break
+        held = point["edits"]
+    return {"threshold": threshold, "held": held, "broke": broke}

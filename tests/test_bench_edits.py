@@ -223,6 +223,8 @@ def test_command_prints_the_json_contract(tmp_path, tiny_qwen):
     assert {"pre", "methods", "cases"} <= set(out) and list(out["methods"]) == ["qf", "icl"]
     assert {"efficacy", "generalization", "specificity"} <= set(out["methods"]["qf"]["metrics"])
     assert "seconds_per_edit" in out["methods"]["qf"]
+    from bench.metrics import capacity
+    assert out["methods"]["qf"]["capacity"] == capacity(out["methods"]["qf"]["curve"])  # read off its own curve
     assert out["config"]["template"] == "plain" and out["config"]["skipped"][0]["index"] == 1
     assert "skipped record 1" in result.stderr
     assert json.loads((tmp_path / "out.json").read_text()) == out
@@ -248,6 +250,26 @@ def test_curve_table_lists_every_point_of_every_method():
                           "ft": {"curve": [{"edits": 4, **point}]}}}
     lines = format_curve(result).splitlines()
     assert lines[2] == "| qf | 2 | 0.500 | 0.250 | 1.000 |" and len(lines) == 5 and lines[-1].startswith("| ft | 4 |")
+
+
+def test_capacity_is_the_last_point_before_efficacy_first_drops_below_the_threshold():
+    from bench.edits import format_capacity
+    from bench.metrics import capacity
+
+    def curve(*efficacies):
+        return [{"edits": 100 * (i + 1), "efficacy": e} for i, e in enumerate(efficacies)]
+
+    # unsorted input, and a recovery after the drop does not count: the first drop ends it
+    assert capacity(list(reversed(curve(0.95, 0.91, 0.89, 0.93)))) == {"threshold": 0.9, "held": 200, "broke": 300}
+    assert capacity(curve(0.9, 0.99)) == {"threshold": 0.9, "held": 200, "broke": None}  # 0.9 itself holds
+    assert capacity(curve(0.5, 0.99)) == {"threshold": 0.9, "held": 0, "broke": 100}
+    assert capacity(curve(0.8, 0.7), threshold=0.75)["broke"] == 200
+    result = {"methods": {"qf": {"curve": curve(0.95, 0.89)}, "qf-paper": {"curve": curve(0.7)},
+                          "ft": {"curve": curve(0.99, 0.98), "capacity": capacity(curve(0.99, 0.98))}}}
+    assert format_capacity(result).splitlines() == [
+        "capacity of qf (efficacy >= 0.9): held through 100 edits, below at 200",
+        "capacity of qf-paper (efficacy >= 0.9): below from the first point (100 edits)",
+        "capacity of ft (efficacy >= 0.9): held all 200 edits"]
 
 
 @pytest.mark.parametrize("gen_cases", [None, 1])
