@@ -20,7 +20,7 @@ import hashlib
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -216,7 +216,8 @@ def teacher_forced(model, poser: Poser, pairs: dict[str, tuple[str, str]], conte
 
 
 @torch.no_grad()
-def scored_tokens(model, tokens: dict[str, tuple[list[int], list[int]]], pad_id: int) -> dict[str, M.TokenScores]:
+def scored_tokens(model, tokens: dict[Hashable, tuple[list[int], list[int]]], pad_id: int
+                  ) -> dict[Hashable, M.TokenScores]:
     """One right-padded forward pass over name -> (prompt ids, continuation ids); the scores of
     each continuation's tokens."""
     ids, mask, rows = right_padded(list(tokens.values()), pad_id)
@@ -229,6 +230,9 @@ def scored_tokens(model, tokens: dict[str, tuple[list[int], list[int]]], pad_id:
             for i, (k, (_, cont)) in enumerate(tokens.items())}
 
 
+FLUENCY_BATCH = 64  # neighbour answers scored in one forward pass
+
+
 def base_fluency(model, poser: Poser, cases: list[EditCase], evals: list[CaseEval]) -> list[float | None]:
     """Per case, how plausible the model (call it at the base weights) finds the greedy answer given
     to its neighbourhood prompt: the mean per-token log-probability of that answer after the prompt
@@ -236,15 +240,14 @@ def base_fluency(model, poser: Poser, cases: list[EditCase], evals: list[CaseEva
     changed, so this reads fluency without the new target's own implausibility (the prompt's and
     paraphrase's answers name a counterfactual the base model doubts by design). Word salad scores
     far below the base model's own answers (docs/RESULTS.md)."""
-    out: list[float | None] = []
-    for case, ev in zip(cases, evals):
-        answer = ev.answers.get("neighborhood")
-        if not answer:
-            out.append(None)
-            continue
-        scores = scored_tokens(model, {"neighborhood": (poser.prompt_ids(case.neighborhood), list(answer))}, poser.pad_id)
-        out.append(M.mean_logprob(scores["neighborhood"]))
-    return out
+    answered = {i: (poser.prompt_ids(case.neighborhood), list(ev.answers["neighborhood"]))
+                for i, (case, ev) in enumerate(zip(cases, evals)) if ev.answers.get("neighborhood")}
+    fluency: dict[int, float] = {}
+    order = list(answered)
+    for start in range(0, len(order), FLUENCY_BATCH):  # right-padded batches of answers
+        scores = scored_tokens(model, {i: answered[i] for i in order[start:start + FLUENCY_BATCH]}, poser.pad_id)
+        fluency.update({i: M.mean_logprob(s) for i, s in scores.items()})
+    return [fluency.get(i) for i in range(len(cases))]
 
 
 def with_fluency(per_case: list[dict], fluency: list[float | None]) -> list[dict]:
@@ -258,18 +261,27 @@ def prepare_scorer(scorer: LastLayerScorer, poser: Poser, case: EditCase) -> Non
         scorer.prepare(case.index, tokens, poser.pad_id)
 
 
-def evaluate_case(model, poser: Poser, case: EditCase, context: str | None, gen_tokens: int,
+GEN_BATCH = 16  # cases answered greedily in one batch (3 prompts each): decoding on a CPU is bound by the weights
+                # it reads per step, so 48 sequences cost little more than 3
+
+
+def evaluate_case(model, poser: Poser, case: EditCase, context: str | None,
                   scores: dict[str, M.TokenScores] | None = None) -> CaseEval:
-    """Teacher-forced scores (unless given, e.g. by the cached last-layer scorer, bench.last_layer),
-    and (gen_tokens > 0) greedy answers to prompt, paraphrase, neighbour."""
-    result = CaseEval(scores if scores is not None else teacher_forced(model, poser, scored_pairs(case), context))
-    if gen_tokens > 0:
-        names = {"prompt": case.prompt, "paraphrase": case.paraphrase, "neighborhood": case.neighborhood}
-        prompts = [poser.prompt_ids(text, context) for text in names.values()]
-        answers = greedy_batch(model, prompts, poser.stop_ids(), gen_tokens, poser.pad_id)
-        result.answers = dict(zip(names, answers))
-        result.texts = {k: poser.tokenizer.decode(a, skip_special_tokens=True).strip() for k, a in result.answers.items()}
-    return result
+    """Teacher-forced scores (unless given, e.g. by the cached last-layer scorer, bench.last_layer);
+    greedy answers are added by answer_cases."""
+    return CaseEval(scores if scores is not None else teacher_forced(model, poser, scored_pairs(case), context))
+
+
+def answer_cases(model, poser: Poser, cases: list[EditCase], evals: list[CaseEval], contexts: list[str | None],
+                 gen_tokens: int) -> None:
+    """Greedy answers (up to ``gen_tokens``) to each case's prompt, paraphrase and neighbour, into its
+    CaseEval: all the cases' prompts left-padded in one batch (call it with up to GEN_BATCH cases)."""
+    names = ("prompt", "paraphrase", "neighborhood")
+    prompts = [poser.prompt_ids(getattr(case, name), context) for case, context in zip(cases, contexts) for name in names]
+    answers = greedy_batch(model, prompts, poser.stop_ids(), gen_tokens, poser.pad_id)
+    for i, ev in enumerate(evals):
+        ev.answers = dict(zip(names, answers[i * len(names):(i + 1) * len(names)]))
+        ev.texts = {k: poser.tokenizer.decode(a, skip_special_tokens=True).strip() for k, a in ev.answers.items()}
 
 
 def case_metrics(case: EditCase, ev: CaseEval, pre: CaseEval) -> dict[str, float]:
@@ -296,6 +308,11 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
     return lambda n=1: None
 
 
+def answered_count(cases: int, gen_tokens: int, gen_cases: int | None) -> int:
+    """How many of ``cases`` get greedy answers: the first ``gen_cases`` (None: all), none without gen_tokens."""
+    return 0 if gen_tokens <= 0 else cases if gen_cases is None else min(gen_cases, cases)
+
+
 def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scorer=None, gen_cases=None
                   ) -> tuple[list[CaseEval], list[dict]]:
     """Evaluate every case; greedy answers (gen_tokens > 0) for the first ``gen_cases`` only (None: all).
@@ -311,13 +328,16 @@ def _evaluate_all(model, poser, cases, pre, context_of, gen_tokens, update, scor
                 counted.add(case.index)
                 update(1)
         cached = scorer.scores_many([case.index for case in plain])
-    evals, per_case = [], []
-    for i, case in enumerate(cases):
-        generate = gen_tokens if gen_cases is None or i < gen_cases else 0
-        ev = evaluate_case(model, poser, case, context_of(case), generate, cached.get(case.index))
-        evals.append(ev)
-        per_case.append(case_metrics(case, ev, pre[i] if pre is not None else ev))
-        update((case.index not in counted) + (generate > 0))
+    evals = []
+    for case in cases:
+        evals.append(evaluate_case(model, poser, case, context_of(case), cached.get(case.index)))
+        update(case.index not in counted)
+    answered = answered_count(len(cases), gen_tokens, gen_cases)
+    for start in range(0, answered, GEN_BATCH):
+        group = cases[start:min(start + GEN_BATCH, answered)]
+        answer_cases(model, poser, group, evals[start:start + len(group)], [context_of(c) for c in group], gen_tokens)
+        update(len(group))
+    per_case = [case_metrics(case, ev, pre[i] if pre is not None else ev) for i, (case, ev) in enumerate(zip(cases, evals))]
     return evals, per_case
 
 
@@ -334,8 +354,7 @@ class Evaluation:
 
     def steps(self, cases: list[EditCase]) -> int:
         """run()'s progress steps: one per case scored, one per case answered greedily."""
-        answered = 0 if self.gen_tokens <= 0 else len(cases) if self.gen_cases is None else min(self.gen_cases, len(cases))
-        return len(cases) + answered
+        return len(cases) + answered_count(len(cases), self.gen_tokens, self.gen_cases)
 
     def run(self, model, cases: list[EditCase], context_of, update, generate: bool = True
             ) -> tuple[list[CaseEval], list[dict]]:

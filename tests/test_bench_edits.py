@@ -210,6 +210,7 @@ def test_command_prints_the_json_contract(tmp_path, tiny_qwen):
     from click.testing import CliRunner
 
     from bench.commands import edits
+    from bench.metrics import capacity
 
     tiny_qwen.model.save_pretrained(tmp_path / "model")
     tiny_qwen.tokenizer.save_pretrained(tmp_path / "model")
@@ -223,7 +224,6 @@ def test_command_prints_the_json_contract(tmp_path, tiny_qwen):
     assert {"pre", "methods", "cases"} <= set(out) and list(out["methods"]) == ["qf", "icl"]
     assert {"efficacy", "generalization", "specificity"} <= set(out["methods"]["qf"]["metrics"])
     assert "seconds_per_edit" in out["methods"]["qf"]
-    from bench.metrics import capacity
     assert out["methods"]["qf"]["capacity"] == capacity(out["methods"]["qf"]["curve"])  # read off its own curve
     assert out["config"]["template"] == "plain" and out["config"]["skipped"][0]["index"] == 1
     assert "skipped record 1" in result.stderr
@@ -290,6 +290,26 @@ def test_every_progress_bar_ends_exactly_at_its_total(tiny_qwen, gen_cases):
     answered = 3 if gen_cases is None else 1
     assert bars["pre-edit: evaluating"][0] == 3 + answered
     assert all(done == total for total, done in bars.values()), bars
+
+
+def test_answers_and_fluency_batched_across_cases_match_one_case_at_a_time(tiny_qwen, monkeypatch):
+    import bench.edits as E
+
+    poser = Poser(tiny_qwen.tokenizer, "plain")
+    cases = _cases("counterfact") + _cases("zsre")  # prompts of different lengths, left-padded together
+
+    def evaluated(gen_batch, fluency_batch):
+        monkeypatch.setattr(E, "GEN_BATCH", gen_batch)
+        monkeypatch.setattr(E, "FLUENCY_BATCH", fluency_batch)
+        evals, _ = E._evaluate_all(tiny_qwen.model, poser, cases, None, lambda c: None, 5, lambda n=1: None,
+                                   gen_cases=5)  # the 6th case is not answered
+        return evals, E.base_fluency(tiny_qwen.model, poser, cases, evals)
+
+    one, one_fluency = evaluated(1, 1)
+    grouped, grouped_fluency = evaluated(4, 3)  # groups of 4 and 1 answered cases, 3 and 2 answers scored
+    assert [e.answers for e in grouped] == [e.answers for e in one] and not grouped[5].answers
+    assert all(set(e.answers) == {"prompt", "paraphrase", "neighborhood"} for e in grouped[:5])
+    assert grouped_fluency[5] is None and grouped_fluency[:5] == pytest.approx(one_fluency[:5], abs=1e-4)
 
 
 def test_fluency_scores_the_answers_under_the_base_model_and_ranks_salad_below_them(tiny_qwen):
