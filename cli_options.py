@@ -13,6 +13,13 @@ import click
 USER_ERRORS = (ValueError, LookupError, RuntimeError)
 
 
+# The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
+# (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
+SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors", "spread",
+                   "answer_forms", "keys_data")
+QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
+
+
 def model_options(fn):
     """--model/--device/--dtype/--layer/--system, shared by every command that loads a model."""
 
@@ -58,22 +65,14 @@ def model_options(fn):
                        '{"messages": [...]}, e.g. company_iqa/train.jsonl); default: the 110 shipped chats '
                        "alone. [env QF_KEYS_DATA]")
     @functools.wraps(fn)
-    def wrapper(*args, preserve=None, gain=None, focus=None, auto_significance=None, condition=None, phrasings=None,
-                anchors=None, spread=None, answer_forms=None, keys_data=None, **kwargs):
-        solver = {"preserve": preserve, "gain": gain, "focus": focus, "auto_significance": auto_significance,
-                  "condition": condition, "phrasings": phrasings, "anchors": anchors,
-                  "spread": spread, "answer_forms": answer_forms,
-                  "keys_data": None if keys_data is None else str(Path(keys_data).resolve())}
+    def wrapper(*args, **kwargs):
+        solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}
+        if solver["keys_data"] is not None:
+            solver["keys_data"] = str(Path(solver["keys_data"]).resolve())
         click.get_current_context().meta["qf.solver"] = {k: v for k, v in solver.items() if v is not None}
         return fn(*args, **kwargs)
 
     return wrapper
-
-
-# The solver options model_options offers that only QF's solve reads; QF2 (memory.qf2_editor) writes
-# up_proj by its own rule and takes phrasings alone.
-QF_ONLY_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "anchors", "spread", "answer_forms",
-                    "keys_data")
 
 
 def refuse_qf_only_options(method: str) -> None:

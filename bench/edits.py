@@ -476,7 +476,7 @@ def format_capacity(result: dict) -> str:
     """One line per method: how many edits it held at or above the capacity efficacy (bench.metrics.capacity)."""
     lines = []
     for name, method in result["methods"].items():
-        cap = method.get("capacity") or M.capacity(method["curve"])  # result files from before the field
+        cap = method["capacity"]
         if cap["broke"] is None:
             held = f"held all {cap['held']} edits"
         elif cap["held"]:

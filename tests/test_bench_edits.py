@@ -264,8 +264,8 @@ def test_capacity_is_the_last_point_before_efficacy_first_drops_below_the_thresh
     assert capacity(curve(0.9, 0.99)) == {"threshold": 0.9, "held": 200, "broke": None}  # 0.9 itself holds
     assert capacity(curve(0.5, 0.99)) == {"threshold": 0.9, "held": 0, "broke": 100}
     assert capacity(curve(0.8, 0.7), threshold=0.75)["broke"] == 200
-    result = {"methods": {"qf": {"curve": curve(0.95, 0.89)}, "qf-paper": {"curve": curve(0.7)},
-                          "ft": {"curve": curve(0.99, 0.98), "capacity": capacity(curve(0.99, 0.98))}}}
+    result = {"methods": {name: {"capacity": capacity(points)} for name, points in
+                          [("qf", curve(0.95, 0.89)), ("qf-paper", curve(0.7)), ("ft", curve(0.99, 0.98))]}}
     assert format_capacity(result).splitlines() == [
         "capacity of qf (efficacy >= 0.9): held through 100 edits, below at 200",
         "capacity of qf-paper (efficacy >= 0.9): below from the first point (100 edits)",
