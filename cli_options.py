@@ -16,7 +16,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors", "spread",
-                   "answer_forms", "keys_data")
+                   "answer_forms", "keys_data", "question_keys")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -64,6 +64,11 @@ def model_options(fn):
                   help="QF with --preserve: also collect the keys to preserve from these chat rows (JSON lines of "
                        '{"messages": [...]}, e.g. company_iqa/train.jsonl); default: the 110 shipped chats '
                        "alone. [env QF_KEYS_DATA]")
+    @click.option("--question-keys", "question_keys", type=click.FloatRange(min=0), envvar="QF_QUESTION_KEYS",
+                  default=None,
+                  help="QF with --preserve: weight W of the keys of questions of fact (shipped prompts about many "
+                       "subjects) in the preserving metric, against the generic chats' 1 (default 1; 0 = the "
+                       "chats alone). [env QF_QUESTION_KEYS]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}
@@ -103,8 +108,8 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data), as EditorConfig fields; the
-    library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data, --question-keys), as EditorConfig
+    fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -156,7 +156,8 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        now = {name: getattr(self.config, name) for name in ("preserve", "gain", "condition", "keys_data", "spread")}
+        now = {name: getattr(self.config, name) for name in ("preserve", "gain", "condition", "keys_data",
+                                                            "question_keys", "spread")}
         other = [e.id for e in active if any(e.hyperparams.get(k, PAPER_RULE[k]) != v for k, v in now.items())]
         if other:
             log.warning("%d active edit(s) were solved with other settings than %s (e.g. edit %d); the weights "

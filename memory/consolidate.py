@@ -107,13 +107,15 @@ class QFEditor(Answering):
         if self.config.preserve <= 0:
             return None
         sha = tensor_sha256(W0.detach().float().cpu())
-        return LazyMetric(self.config.preserve, lambda: self._metric(layer, down_name, sha, progress))
+        return LazyMetric(self.config.preserve, lambda: self._metric(layer, down_name, sha, progress),
+                          question_weight=self.config.question_keys)
 
     def _metric(self, layer: int, down_name: str, weights_sha256: str, progress: Progress | None) -> PreservingMetric:
         """The preserving metric of a layer, from the cached key covariance (collected once)."""
         pairs = key_data_pairs(self.config.keys_data) if self.config.keys_data else ()
         with self._lower_base_weights():  # the keys of the base model, whatever is learned below
-            C = key_covariance(self.loaded, layer, down_name, self.config.system, weights_sha256, progress, pairs)
+            C = key_covariance(self.loaded, layer, down_name, self.config.system, weights_sha256, progress, pairs,
+                               question_weight=self.config.question_keys)
         return PreservingMetric(C.to(self.loaded.device), self.config.preserve)
 
     def _lower_base_weights(self) -> ExitStack:

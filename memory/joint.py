@@ -194,6 +194,7 @@ class JointQF:
     def solver(self) -> dict[str, str]:
         """The solve's settings, as recorded with each edit."""
         return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
+                "question_keys": str(getattr(self.metric, "question_weight", 0.0)),
                 "gain": str(self.gain), "condition": str(self.max_condition), "spread": str(len(self.lower) + 1)}
 
     def lower_deltas(self, delta: LowRankDelta, key: Hashable | None = None) -> list[LowRankDelta]:

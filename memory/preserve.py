@@ -19,6 +19,16 @@ closed-book exchanges (the editor's system prompt, not the row's), to the shippe
 key includes a digest of those pairs. Measured (docs/RESULTS.md, "More keys"): 78,167 positions
 fix the spectrum but not specificity, so this stays an option.
 
+Question keys (``question_weight``). The neighbours an edit breaks are mostly other questions of
+fact, whose answering position is a handful of the thousands of positions above. A second
+covariance ``Cq`` is collected at the last position of the shipped factual prompts
+(memory.factual_prompts: plain completions and chat questions about many subjects) and mixed in,
+each part normalized by its mean variance c: ``C = (C0 / c0 + w Cq / cq) / (1 + w)``. The solve
+then reaches a fact's key through what sets it apart from questions of fact in general, its
+subject, rather than through the question's form. Measured (docs/RESULTS.md, "Question keys"):
++12 points of CounterFact specificity after 100 edits on the 0.5B, 1-3 points less on zsRE, whose
+neighbours are unrelated questions.
+
 ``PreservingMetric`` turns C and the strength p into ``M = I + p C / c`` (c = tr(C) / D), keeps
 its Cholesky factor, and maps a fact's plain keys U' to ``Z = M^{-1} U'``.
 """
@@ -34,6 +44,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from memory import factual_prompts
 from memory.capture import Capture, right_padded_ids
 from memory.generic_chats import CHATS
 from memory.paths import data_dir
@@ -68,10 +79,12 @@ class PreservingMetric:
 
 class LazyMetric:
     """A PreservingMetric built on first use: loading a model to ask it something (no facts to
-    solve) never waits for the key collection."""
+    solve) never waits for the key collection. ``question_weight``: the question keys' weight its
+    covariance is built with, for the record."""
 
-    def __init__(self, strength: float, build: Callable[[], PreservingMetric]):
+    def __init__(self, strength: float, build: Callable[[], PreservingMetric], question_weight: float = 0.0):
         self.strength, self._build, self._metric = strength, build, None
+        self.question_weight = question_weight
 
     def built(self) -> PreservingMetric:
         if self._metric is None:
@@ -123,18 +136,26 @@ def key_data_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def factual_sequences(tokenizer, system: str | None = None) -> list[list[int]]:
+    """Token ids of the shipped factual prompts (memory.factual_prompts): each plain completion as
+    text (tokenized as the benchmarks' plain template is), then each question in the chat template."""
+    plain = [tokenizer(text).input_ids for text in factual_prompts.completions()]
+    return plain + [render_prompt(tokenizer, question, system) for question in factual_prompts.questions()]
+
+
 @torch.no_grad()
 def collect_covariance(model, down_proj: str, sequences: list[list[int]],
-                       progress: Progress | None = None, batch: int = 1) -> tuple[torch.Tensor, int]:
+                       progress: Progress | None = None, batch: int = 1, last_only: bool = False) -> tuple[torch.Tensor, int]:
     """C = K0 K0^T / n over every position of ``sequences``: ((D, D) float64, n).
 
     The prefix all sequences share (the system prompt) is counted once. ``batch`` sequences run
-    together, right-padded (causal attention: a position never sees the padding after it)."""
+    together, right-padded (causal attention: a position never sees the padding after it).
+    ``last_only``: only each sequence's last position (where a prompt is answered), n = len(sequences)."""
     tick = progress or (lambda d, t: (lambda n=1: None))
     skip = _shared_prefix(sequences)
     device = next(model.parameters()).device
     C, n = None, 0
-    update = tick("collecting keys", len(sequences))
+    update = tick("collecting question keys" if last_only else "collecting keys", len(sequences))
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
@@ -142,7 +163,7 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
         with Capture(model, [down_proj], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         for row, i in enumerate(chunk):
-            first = 0 if i == 0 else skip
+            first = len(sequences[i]) - 1 if last_only else 0 if i == 0 else skip
             K = cap.inputs[down_proj][row, first:len(sequences[i])].double().cpu()  # (positions, D)
             C = K.T @ K if C is None else C.addmm_(K.T, K)
             n += K.shape[0]
@@ -155,23 +176,54 @@ def _digest(**what) -> str:
 
 
 def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weights_sha256: str,
-                   progress: Progress | None = None, keys_data: list[tuple[str, str]] = ()) -> torch.Tensor:
+                   progress: Progress | None = None, keys_data: list[tuple[str, str]] = (),
+                   question_weight: float = 0.0) -> torch.Tensor:
     """The covariance of ``down_proj``'s keys on the generic chats (and the ``keys_data`` pairs,
-    see "More keys"), from the cache or collected now.
+    see "More keys"), mixed with the factual prompts' question keys by ``question_weight`` (see
+    "Question keys"; 0: none), each part from its cache or collected now.
 
     Cached under $QF_HOME/keys per checkpoint, dtype, system prompt, layer, edited matrix and data.
     Collect it from the base weights: keys of a layer above an edited one would include that edit."""
+    if question_weight < 0:
+        raise ValueError("the question keys' weight must be >= 0")
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     what = {"chats": CHATS} if not keys_data else {"chats": CHATS, "data": _digest(pairs=list(keys_data))}
     model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, **what)
     path = data_dir() / "keys" / f"L{layer}-{_digest(model=model_key, layer=layer, weights=weights_sha256)}.safetensors"
-    if not path.exists():
+
+    def generic():
         chats = generic_chats(loaded.tokenizer, system) + exchanges(loaded.tokenizer, keys_data, system)
-        C, n = collect_covariance(loaded.model, down_proj, chats, progress, batch=1 if not keys_data else 16)
+        return collect_covariance(loaded.model, down_proj, chats, progress, batch=1 if not keys_data else 16)
+
+    C = _cached(path, generic, down_proj)
+    if question_weight == 0:
+        return C
+    prompts = {"completions": factual_prompts.completions(), "questions": factual_prompts.questions()}
+    question_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, **prompts)
+    path = data_dir() / "keys" / f"L{layer}-q-{_digest(model=question_key, layer=layer, weights=weights_sha256)}.safetensors"
+    Cq = _cached(path, lambda: collect_covariance(loaded.model, down_proj, factual_sequences(loaded.tokenizer, system),
+                                                  progress, batch=16, last_only=True), down_proj)
+    return mixed_covariance(C, Cq, question_weight)
+
+
+def mixed_covariance(C: torch.Tensor, Cq: torch.Tensor, weight: float) -> torch.Tensor:
+    """(C / c + w Cq / cq) / (1 + w), c and cq the mean variances (trace / D): the question keys'
+    share of the metric is w / (1 + w) whatever the two parts' scales ("Question keys")."""
+    D = C.shape[0]
+    mixed = C / (float(C.diagonal().sum()) / D)  # in place from here on: one D x D matrix at a time
+    mixed.add_(Cq.to(C.dtype), alpha=weight / (float(Cq.diagonal().sum()) / D))
+    return mixed.div_(1.0 + weight)
+
+
+def _cached(path: Path, collect: Callable[[], tuple[torch.Tensor, int]], down_proj: str) -> torch.Tensor:
+    """The covariance saved at ``path``, collected (``collect() -> (C, positions)``) and saved first
+    when missing. Always read back from the file (float32): a fresh collection and a cached one are
+    bit-identical."""
+    if not path.exists():
+        C, n = collect()
         _atomic_write(path, lambda p: save_file({"covariance": C.float().contiguous()}, str(p),
                                                 metadata={"positions": str(n)}))
-        log.info("collected the key covariance of %s from %d positions -> %s", down_proj, n, path)
-    # Always read back from the file (float32): a fresh collection and a cached one are bit-identical.
+        log.info("collected a key covariance of %s from %d positions -> %s", down_proj, n, path)
     return load_file(str(path))["covariance"]
 
 

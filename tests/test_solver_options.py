@@ -139,7 +139,8 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     rows = editor.capture(fact)
     editor.add_rows("f", rows)
-    assert len(list((tmp_path / "keys").glob("L3-*.safetensors"))) == 1
+    assert len(list((tmp_path / "keys").glob("L3-[!q]*.safetensors"))) == 1  # the generic chats' keys
+    assert len(list((tmp_path / "keys").glob("L3-q-*.safetensors"))) == 1  # the question keys
     calls = []
     monkeypatch.setattr(memory.preserve, "generic_chats", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(memory.preserve, "collect_covariance", lambda *a, **k: calls.append(1))
@@ -167,21 +168,24 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance",
-                                               "--condition", "1e6"])
+                                               "--condition", "1e6", "--question-keys", "2"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1, "answer_forms": False}
+                              "phrasings": 0, "keys_data": None, "question_keys": 2.0, "anchors": 0, "spread": 1,
+                              "answer_forms": False}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
     assert shown["edits"][0]["hyperparams"]["condition"] == 1e6
+    assert shown["edits"][0]["hyperparams"]["question_keys"] == 2.0
     monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
     monkeypatch.setenv("QF_GAIN", "1")
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0, "keys_data": None, "anchors": 0, "spread": 1, "answer_forms": False}
+                               "phrasings": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0, "spread": 1,
+                               "answer_forms": False}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
     refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
@@ -237,9 +241,10 @@ def test_bench_variant_names():
 
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
-                                       "condition": 0.0, "phrasings": 0, "keys_data": None, "anchors": 0,
-                                       "spread": 1, "answer_forms": False}
+                                       "condition": 0.0, "phrasings": 0, "keys_data": None, "question_keys": 0.0,
+                                       "anchors": 0, "spread": 1, "answer_forms": False}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
+    assert qf_settings("qf/k0") == {"question_keys": 0.0} and qf_settings("qf/k2.5") == {"question_keys": 2.5}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
     for bad in ("qf/", "qf/x", "qf/p", "qf/pten", "qfx/p1", "qf/p1/p"):
         with pytest.raises(ValueError):
@@ -258,7 +263,8 @@ def test_models_prepare_collects_the_keys_up_front(tiny_model_dir, tmp_path, mon
                                          "--layer", "2", "--preserve", "5"])
     assert done.exit_code == 0, done.output + repr(done.exception)
     assert "keys for layer 2 ready" in done.stdout
-    assert len(list(keys.glob("L2-*.safetensors"))) == 1
+    assert len(list(keys.glob("L2-[!q]*.safetensors"))) == 1  # the generic chats' keys
+    assert len(list(keys.glob("L2-q-*.safetensors"))) == 1  # and the question keys (default weight)
 
 
 def test_focus_keeps_exactly_the_change_of_the_chosen_logits():
@@ -320,6 +326,7 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"default {defaults.preserve:g};" in text and f"default {defaults.gain:g};" in text
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
+    assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
 
 
 # --- the ridge from the rows' conditioning -------------------------------------------------
@@ -417,9 +424,66 @@ def test_key_data_adds_keys_to_the_metric_and_gets_its_own_cache(tiny_qwen, tmp_
         editor.rebuild()
         solved[data] = editor.delta.dense()
         editor.remove("f")
-    files = sorted((tmp_path / "home" / "keys").glob("L3-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    files = sorted((tmp_path / "home" / "keys").glob("L3-[!q]*.safetensors"), key=lambda p: p.stat().st_mtime)
     assert len(files) == 2  # one cache per key corpus
     positions = [int(safe_open(str(f), "pt").metadata()["positions"]) for f in files]
     assert positions[1] > positions[0]  # the rows' exchanges were added to the shipped chats
     assert solved[None].abs().max() > 0
     assert not torch.allclose(solved[None], solved[str(rows)])  # and they change the metric
+
+
+# --- question keys in the preserving metric -----------------------------------------------
+def test_last_only_collection_takes_each_prompts_last_position(tiny_qwen):
+    model, tok = tiny_qwen.model, tiny_qwen.tokenizer
+    name = "model.layers.2.mlp.down_proj"
+    prompts = [tok(t).input_ids for t in ("Albert Einstein was born in", "The capital of Peru is", "Sony is owned by")]
+    C, n = collect_covariance(model, name, prompts, batch=2, last_only=True)  # right padding in the first batch
+    assert n == 3
+    keys = []
+    for p in prompts:
+        with Capture(model, [name], stop=True) as cap:
+            cap.run(input_ids=torch.tensor([p]))
+        keys.append(cap.inputs[name][0, -1].double())
+    K = torch.stack(keys)
+    assert torch.allclose(C, K.T @ K / 3, atol=1e-10)
+
+
+def test_mixed_covariance_gives_the_question_keys_their_share():
+    from memory.preserve import mixed_covariance
+
+    A, B = structured_keys(seed=3), structured_keys(seed=4) * 7.0  # different scales
+    C, Cq = A @ A.T / A.shape[1], B @ B.T / B.shape[1]
+    mean = lambda M: float(M.diagonal().mean())  # noqa: E731
+    mixed = mixed_covariance(C, Cq, 3.0)
+    assert abs(mean(mixed) - 1.0) < 1e-12  # each part normalized, then averaged with weights 1 and 3
+    assert torch.allclose(mixed, (C / mean(C) + 3.0 * Cq / mean(Cq)) / 4.0)
+    assert torch.allclose(mixed_covariance(C, Cq, 0.0), C / mean(C))
+
+
+def test_question_keys_move_the_question_keys_less_and_the_rows_still_hold(tiny_qwen, tmp_path, monkeypatch):
+    from memory.preserve import factual_sequences
+
+    monkeypatch.setenv("QF_HOME", str(tmp_path))
+    name = "model.layers.3.mlp.down_proj"
+    Kq = torch.stack([k for k in _last_keys(tiny_qwen.model, name, factual_sequences(tiny_qwen.tokenizer)[::40])])
+    fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
+    moved = {}
+    for weight in (0.0, 10.0):
+        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=10.0, question_keys=weight, gain=1.0))
+        rows = editor.capture(fact)
+        editor.add_rows("f", rows)
+        editor.rebuild()
+        dW = tiny_qwen.model.get_parameter(editor.parameter).detach().double() - editor.joint.W0.double()
+        R = qf_residual(editor.joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        assert ((dW @ rows.U_plain.T.double() - R).norm() / R.norm()) < 1e-4  # the fact's rows are met
+        assert editor.delta.metadata["question_keys"] == str(weight)
+        moved[weight] = float((dW @ Kq.T).norm())
+        editor.remove("f")
+    assert moved[10.0] < 0.8 * moved[0.0]
+
+
+def _last_keys(model, name, sequences):
+    for s in sequences:
+        with Capture(model, [name], stop=True) as cap:
+            cap.run(input_ids=torch.tensor([s]))
+        yield cap.inputs[name][0, -1].double()
