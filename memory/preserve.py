@@ -187,8 +187,9 @@ def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weigh
     if question_weight < 0:
         raise ValueError("the question keys' weight must be >= 0")
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+    checkpoint = {"model": loaded.name, "config": loaded.config_sha256(), "dtype": dtype, "system": system}
     what = {"chats": CHATS} if not keys_data else {"chats": CHATS, "data": _digest(pairs=list(keys_data))}
-    model_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, **what)
+    model_key = _digest(**checkpoint, **what)
     path = data_dir() / "keys" / f"L{layer}-{_digest(model=model_key, layer=layer, weights=weights_sha256)}.safetensors"
 
     def generic():
@@ -199,7 +200,7 @@ def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weigh
     if question_weight == 0:
         return C
     prompts = {"completions": factual_prompts.completions(), "questions": factual_prompts.questions()}
-    question_key = _digest(model=loaded.name, config=loaded.config_sha256(), dtype=dtype, system=system, **prompts)
+    question_key = _digest(**checkpoint, **prompts)
     path = data_dir() / "keys" / f"L{layer}-q-{_digest(model=question_key, layer=layer, weights=weights_sha256)}.safetensors"
     Cq = _cached(path, lambda: collect_covariance(loaded.model, down_proj, factual_sequences(loaded.tokenizer, system),
                                                   progress, batch=16, last_only=True), down_proj)

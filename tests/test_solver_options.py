@@ -439,12 +439,7 @@ def test_last_only_collection_takes_each_prompts_last_position(tiny_qwen):
     prompts = [tok(t).input_ids for t in ("Albert Einstein was born in", "The capital of Peru is", "Sony is owned by")]
     C, n = collect_covariance(model, name, prompts, batch=2, last_only=True)  # right padding in the first batch
     assert n == 3
-    keys = []
-    for p in prompts:
-        with Capture(model, [name], stop=True) as cap:
-            cap.run(input_ids=torch.tensor([p]))
-        keys.append(cap.inputs[name][0, -1].double())
-    K = torch.stack(keys)
+    K = torch.stack(list(_last_keys(model, name, prompts)))  # by hand, one prompt at a time
     assert torch.allclose(C, K.T @ K / 3, atol=1e-10)
 
 
@@ -465,7 +460,7 @@ def test_question_keys_move_the_question_keys_less_and_the_rows_still_hold(tiny_
 
     monkeypatch.setenv("QF_HOME", str(tmp_path))
     name = "model.layers.3.mlp.down_proj"
-    Kq = torch.stack([k for k in _last_keys(tiny_qwen.model, name, factual_sequences(tiny_qwen.tokenizer)[::40])])
+    Kq = torch.stack(list(_last_keys(tiny_qwen.model, name, factual_sequences(tiny_qwen.tokenizer)[::40])))
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     moved = {}
     for weight in (0.0, 10.0):
@@ -483,6 +478,7 @@ def test_question_keys_move_the_question_keys_less_and_the_rows_still_hold(tiny_
 
 
 def _last_keys(model, name, sequences):
+    """The key of each sequence's last position, each run alone."""
     for s in sequences:
         with Capture(model, [name], stop=True) as cap:
             cap.run(input_ids=torch.tensor([s]))
