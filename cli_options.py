@@ -15,8 +15,8 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
-SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors", "spread",
-                   "answer_forms", "keys_data", "question_keys")
+SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors",
+                   "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -52,6 +52,11 @@ def model_options(fn):
     @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
                   help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
                        "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
+    @click.option("--soft-anchors", "soft_anchors", type=click.FloatRange(min=0), envvar="QF_SOFT_ANCHORS",
+                  default=None,
+                  help="QF with --anchors: instead of holding the anchors exactly (one row each), penalize the "
+                       "change there with weight B, in units of what the metric already charges (default 0 = "
+                       "held exactly). [env QF_SOFT_ANCHORS]")
     @click.option("--answer-forms/--given-answer-only", "answer_forms", envvar="QF_ANSWER_FORMS", default=None,
                   help="QF: with a given --answer, also write the model's own answer with the fact in context "
                        "when it names the given one, e.g. a sentence for a bare name (default: the given answer "
@@ -108,8 +113,8 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --spread, --answer-forms, --keys-data, --question-keys), as EditorConfig
-    fields; the library's defaults for those not given."""
+    --condition, --phrasings, --anchors, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
+    EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

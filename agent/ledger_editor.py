@@ -156,9 +156,11 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        now = {name: getattr(self.config, name) for name in ("preserve", "gain", "condition", "keys_data",
-                                                            "question_keys", "spread")}
-        other = [e.id for e in active if any(e.hyperparams.get(k, PAPER_RULE[k]) != v for k, v in now.items())]
+        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread")
+        now = {name: getattr(self.config, name) for name in names}
+        other = [e.id for e in active
+                 if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},
+                                                           e.hyperparams)]
         if other:
             log.warning("%d active edit(s) were solved with other settings than %s (e.g. edit %d); the weights "
                         "are re-solved with these", len(other), now, other[0])
@@ -253,3 +255,14 @@ class LedgerEditor:
 
     def ask(self, query: str, max_new_tokens: int | None = None):
         return self.current.ask(query, max_new_tokens=max_new_tokens)
+
+
+def _acting(settings: dict, hyperparams: dict) -> dict:
+    """The solve ``settings`` that act on an edit recorded with ``hyperparams``: the preserving
+    metric's keys only with preserve > 0, the anchors' softness only for an edit with anchors."""
+    acting = dict(settings)
+    if not acting["preserve"]:
+        acting["keys_data"], acting["question_keys"] = None, 0.0
+    if not hyperparams.get("anchors", 0):
+        acting["soft_anchors"] = 0.0
+    return acting

@@ -86,7 +86,8 @@ class QFEditor(Answering):
         W0 = model.get_parameter(self.parameter)
         metric = self._lazy_metric(self.layer, self.down_name, W0, progress)
         self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
-                            gain=config.gain, max_condition=config.condition, lower=tuple(lower))
+                            gain=config.gain, max_condition=config.condition, lower=tuple(lower),
+                            anchor_weight=config.soft_anchors)
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
 

@@ -15,6 +15,11 @@ Gram matrix is U'^T M^{-1} U', and the right factor of the delta is Z^T instead 
 Spread over layers (memory.spread), each fact also keeps its plain keys at the lower layers; the
 Gram matrix is the sum of every layer's, ``solve`` gives the top layer's delta and
 ``lower_deltas`` the others', which share its left factor.
+
+With soft anchors (memory.soft_anchors, ``anchor_weight`` b > 0) a fact's anchor rows are taken out
+of its rows and kept as Â_f and Y_f = M^{-1} Â_f; the joint solve keeps S - I = Â^T Y over all
+anchors and X = U'^T Y (rows by anchors), grown and shrunk block by block like the Gram matrix, and
+``solve`` applies Woodbury's correction to the Gram matrix and the right factor.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from memory.fact import FactRows
 from memory.focus import focused
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
+from memory.soft_anchors import scaled_anchors, woodbury_solve_parts
 from memory.spread import LowerLayer
 
 Metric = PreservingMetric | LazyMetric | None
@@ -38,7 +44,7 @@ class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
                  ridge: float = DEFAULT_RIDGE, metric: Metric = None, gain: float = 1.0,
                  max_condition: float = 0.0, method: str = "qf",
-                 lower: tuple[tuple[LowerLayer, Metric], ...] = ()):
+                 lower: tuple[tuple[LowerLayer, Metric], ...] = (), anchor_weight: float = 0.0):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
@@ -47,6 +53,11 @@ class JointQF:
         self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
         self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
         self.method = method  # recorded in the deltas' metadata: "qf", or "qf2" for QF2's solved rule
+        if anchor_weight < 0:
+            raise ValueError(f"the soft anchors' weight must be >= 0 (0: anchors are held rows), not {anchor_weight}")
+        if anchor_weight > 0 and lower:
+            raise ValueError("soft anchors are not combined with --spread yet; choose one")
+        self.anchor_weight = anchor_weight  # > 0: the facts' anchors are a soft term of the metric, not rows
         # The layers below this one each fact is also written at (memory.spread), lowest first,
         # each with its own metric (None: the identity); () for one layer.
         self.lower = tuple(layer for layer, _ in lower)
@@ -59,6 +70,10 @@ class JointQF:
         self._lower_keys: dict[Hashable, torch.Tensor] = {}  # (k-1, T_f, D) float64, the plain keys below
         self._lower_Z: dict[Hashable, torch.Tensor] = {}  # (k-1, T_f, D) float64: M_l^{-1} U'_l as rows
         self._gram = torch.zeros(0, 0, dtype=torch.float64)  # over all rows, in key order
+        self._anchors: dict[Hashable, torch.Tensor] = {}  # (A_f, D) float64, Â_f (soft anchors only)
+        self._Y: dict[Hashable, torch.Tensor] = {}  # (A_f, D) float64, M^{-1} Â_f as rows
+        self._S = torch.zeros(0, 0, dtype=torch.float64)  # Â^T Y over all anchors, in key order (S without its I)
+        self._X = torch.zeros(0, 0, dtype=torch.float64)  # U'^T Y: all rows by all anchors
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -84,13 +99,19 @@ class JointQF:
         if self.gain != 1.0:
             R.mul_(self.gain)
         lower = rows.keys_at(tuple(layer.layer for layer in self.lower)) if self.lower else None
-        self.add_residual(key, R, rows.U_plain, rows.significance, lower)
+        if self.anchor_weight > 0 and rows.anchors:  # the last rows are anchors: soft, not held
+            T = rows.num_rows - rows.anchors
+            self.add_residual(key, R[:, :T], rows.U_plain[:T], rows.significance[:T], lower,
+                              anchor_keys=rows.U_plain[T:])
+        else:
+            self.add_residual(key, R, rows.U_plain, rows.significance, lower)
 
     def add_residual(self, key: Hashable, R: torch.Tensor, U_plain: torch.Tensor, significance: torch.Tensor,
-                     lower_keys: torch.Tensor | None = None) -> None:
+                     lower_keys: torch.Tensor | None = None, anchor_keys: torch.Tensor | None = None) -> None:
         """Add a fact by its residual R (N, T_f), the change ``dW`` must make at its plain keys
         U_plain (T_f, D), and its rows' significance (T_f,); QF2's solved rule adds its facts so.
-        Spread over layers, ``lower_keys`` (k-1, T_f, D) are its plain keys at ``self.lower``."""
+        Spread over layers, ``lower_keys`` (k-1, T_f, D) are its plain keys at ``self.lower``; with
+        soft anchors, ``anchor_keys`` (A_f, D) are its anchors' keys."""
         if key in self._R:
             raise KeyError(f"fact {key!r} is already in the joint solve")
         if R.shape != (self.W0.shape[0], U_plain.shape[0]) or U_plain.shape[1] != self.W0.shape[1]:
@@ -99,6 +120,8 @@ class JointQF:
         if self.lower and (lower_keys is None or tuple(lower_keys.shape) != wanted):
             got = None if lower_keys is None else tuple(lower_keys.shape)
             raise ValueError(f"a solve spread over {len(self.lower) + 1} layers needs the fact's keys below, {wanted}; got {got}")
+        if anchor_keys is not None and anchor_keys.shape[0] and not self.anchor_weight > 0:
+            raise ValueError("anchor keys are for a solve with soft anchors (anchor_weight > 0); hold them as rows")
         self._R[key] = R.detach().to("cpu", torch.float64)
         self._U_plain[key] = U_plain.detach().to("cpu", torch.float64)
         self._sig[key] = significance.double().cpu()
@@ -115,7 +138,27 @@ class JointQF:
         cross = torch.cat(blocks) if blocks else torch.zeros(0, new.shape[0], dtype=torch.float64)
         own = self._gram_block(key, key)
         self._gram = torch.cat([torch.cat([self._gram, cross], 1), torch.cat([cross.T, own], 1)], 0)
+        if self.anchor_weight > 0:
+            self._add_anchors(key, anchor_keys)
         self._keys.append(key)
+
+    def _add_anchors(self, key: Hashable, anchor_keys: torch.Tensor | None) -> None:
+        """Grow S and X by the new fact's anchors (and X by its rows); before ``key`` joins _keys."""
+        D = self.W0.shape[1]
+        if anchor_keys is None or anchor_keys.shape[0] == 0:
+            A_hat = Y = torch.zeros(0, D, dtype=torch.float64)
+        else:
+            A_hat, Y = scaled_anchors(anchor_keys, self.anchor_weight, self.metric.keys if self.metric else None)
+        self._anchors[key], self._Y[key] = A_hat, Y
+        U_new = self._U_plain[key]
+        old_Y = torch.cat([self._Y[k] for k in self._keys] + [torch.zeros(0, D, dtype=torch.float64)])
+        old_A = torch.cat([self._anchors[k] for k in self._keys] + [torch.zeros(0, D, dtype=torch.float64)])
+        old_U = torch.cat([self._U_plain[k] for k in self._keys] + [torch.zeros(0, D, dtype=torch.float64)])
+        S_cross = old_A @ Y.T  # (A_old, A_f)
+        self._S = torch.cat([torch.cat([self._S, S_cross], 1), torch.cat([S_cross.T, A_hat @ Y.T], 1)], 0)
+        X_col = old_U @ Y.T  # the old rows by the new anchors (T_old, A_f)
+        X_row = torch.cat([U_new @ old_Y.T, U_new @ Y.T], 1)  # the new rows by every anchor (T_f, A)
+        self._X = torch.cat([torch.cat([self._X, X_col], 1), X_row], 0)
 
     def _gram_block(self, a: Hashable, b: Hashable) -> torch.Tensor:
         """U'_a^T Z_b summed over the layers: the (T_a, T_b) block of the Gram matrix."""
@@ -127,12 +170,15 @@ class JointQF:
     def remove(self, key: Hashable) -> None:
         if key not in self._R:
             raise KeyError(f"fact {key!r} is not in the joint solve")
-        start, stop = self._span(key)
-        keep = torch.cat([torch.arange(0, start), torch.arange(stop, self.num_rows)])
+        keep = _without(self._span(key), self.num_rows)
         self._gram = self._gram[keep][:, keep]
+        if self.anchor_weight > 0:
+            kept_anchors = _without(self._span(key, self._anchors), self._S.shape[0])
+            self._S = self._S[kept_anchors][:, kept_anchors]
+            self._X = self._X[keep][:, kept_anchors]
         self._keys.remove(key)
         del self._R[key], self._U_plain[key], self._sig[key]
-        for table in (self._Z, self._lower_keys, self._lower_Z):
+        for table in (self._Z, self._lower_keys, self._lower_Z, self._anchors, self._Y):
             table.pop(key, None)
 
     def rename(self, old: Hashable, new: Hashable) -> None:
@@ -140,14 +186,17 @@ class JointQF:
         if new in self._R:
             raise KeyError(f"fact {new!r} is already in the joint solve")
         self._keys[self._keys.index(old)] = new
-        for table in (self._R, self._U_plain, self._sig, self._Z, self._lower_keys, self._lower_Z):
+        for table in (self._R, self._U_plain, self._sig, self._Z, self._lower_keys, self._lower_Z, self._anchors,
+                      self._Y):
             if old in table:
                 table[new] = table.pop(old)
 
-    def _span(self, key: Hashable) -> tuple[int, int]:
+    def _span(self, key: Hashable, blocks: dict[Hashable, torch.Tensor] | None = None) -> tuple[int, int]:
+        """Where ``key``'s rows are in the Gram matrix (or its anchors, with ``blocks=self._anchors``)."""
+        blocks = self._U_plain if blocks is None else blocks
         start = 0
         for k in self._keys:
-            stop = start + self._U_plain[k].shape[0]
+            stop = start + blocks[k].shape[0]
             if k == key:
                 return start, stop
             start = stop
@@ -163,7 +212,13 @@ class JointQF:
             sig = torch.cat([self._sig[k] for k in self._keys])
             U_plain = torch.cat([self._U_plain[k] for k in self._keys]).T  # (D, T)
             Z = torch.cat([self._Z[k] for k in self._keys]).T if self.metric is not None else None
-            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=self._gram, Z=Z, max_condition=self.max_condition)
+            gram = self._gram
+            if self.anchor_weight > 0:  # Woodbury on the metric with the anchors (memory.soft_anchors)
+                S = self._S + torch.eye(self._S.shape[0], dtype=torch.float64)
+                Y = torch.cat([self._Y[k] for k in self._keys])
+                gram, Zt = woodbury_solve_parts(gram, (U_plain if Z is None else Z).T, self._X, S, Y)
+                Z = Zt.T
+            left, right = qf_solve(R, U_plain, sig, self.ridge, gram=gram, Z=Z, max_condition=self.max_condition)
         return LowRankDelta(
             left=left, right=right, parameter=self.parameter, base_sha256=self.base_sha256,
             model=self.model, layer=self.layer, metadata={"method": self.method, "facts": str(len(self._keys)), **self.solver},
@@ -195,7 +250,8 @@ class JointQF:
         """The solve's settings, as recorded with each edit."""
         return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
                 "question_keys": str(getattr(self.metric, "question_weight", 0.0)),
-                "gain": str(self.gain), "condition": str(self.max_condition), "spread": str(len(self.lower) + 1)}
+                "gain": str(self.gain), "condition": str(self.max_condition), "spread": str(len(self.lower) + 1),
+                "soft_anchors": str(self.anchor_weight)}
 
     def lower_deltas(self, delta: LowRankDelta, key: Hashable | None = None) -> list[LowRankDelta]:
         """The lower layers' deltas of the solve ``delta`` (the top layer's, from ``solve``), lowest
@@ -217,3 +273,9 @@ class JointQF:
             left=delta.left[:, start:stop], right=delta.right[start:stop], parameter=self.parameter,
             base_sha256=self.base_sha256, model=self.model, layer=self.layer, metadata={"method": self.method},
         )
+
+
+def _without(span: tuple[int, int], size: int) -> torch.Tensor:
+    """The indices 0 .. size-1 outside ``span`` [start, stop)."""
+    start, stop = span
+    return torch.cat([torch.arange(0, start), torch.arange(stop, size)])

@@ -168,24 +168,26 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance",
-                                               "--condition", "1e6", "--question-keys", "2"])
+                                               "--condition", "1e6", "--question-keys", "2", "--anchors", "2",
+                                               "--soft-anchors", "3"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0, "keys_data": None, "question_keys": 2.0, "anchors": 0, "spread": 1,
-                              "answer_forms": False}
+                              "phrasings": 0, "keys_data": None, "question_keys": 2.0, "anchors": 2,
+                              "soft_anchors": 3.0, "spread": 1, "answer_forms": False}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
     assert shown["edits"][0]["hyperparams"]["condition"] == 1e6
     assert shown["edits"][0]["hyperparams"]["question_keys"] == 2.0
+    assert shown["edits"][0]["hyperparams"]["soft_anchors"] == 3.0
     monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
     monkeypatch.setenv("QF_GAIN", "1")
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0, "spread": 1,
-                               "answer_forms": False}
+                               "phrasings": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0,
+                               "soft_anchors": 0.0, "spread": 1, "answer_forms": False}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
     refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
