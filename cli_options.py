@@ -16,7 +16,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors",
-                   "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys")
+                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -52,9 +52,14 @@ def model_options(fn):
     @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
                   help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
                        "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
+    @click.option("--near-questions", "near_questions", type=click.IntRange(min=0), envvar="QF_NEAR_QUESTIONS",
+                  default=None,
+                  help="QF: also hold unchanged the N shipped questions of fact the model answers most like the "
+                       "fact's query (nearest answering key), e.g. other subjects with the old answer (default 0 "
+                       "= none, the paper's rule). [env QF_NEAR_QUESTIONS]")
     @click.option("--soft-anchors", "soft_anchors", type=click.FloatRange(min=0), envvar="QF_SOFT_ANCHORS",
                   default=None,
-                  help="QF with --anchors: instead of holding the anchors exactly (one row each), penalize the "
+                  help="QF with --anchors or --near-questions: instead of holding the anchors exactly (one row each), penalize the "
                        "change there with weight B, in units of what the metric already charges (default 0 = "
                        "held exactly). [env QF_SOFT_ANCHORS]")
     @click.option("--answer-forms/--given-answer-only", "answer_forms", envvar="QF_ANSWER_FORMS", default=None,
@@ -113,7 +118,7 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
+    --condition, --phrasings, --anchors, --near-questions, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
     EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 

@@ -44,10 +44,12 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # "qf/" followed by "/"-separated settings over the defaults: pP (preserve strength P), gG (gain
 # G), fK (focus on the target's and top K tokens' logits), cK (condition cap K), qN (N rephrasings
 # of each question by the model, chat template), aN (N anchors: the prompt asked of other subjects,
-# held unchanged, memory.anchors), bB (those anchors soft, of weight B, memory.soft_anchors), sK (spread each fact over K layers up to the edited one,
-# memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), forms
+# held unchanged, memory.anchors), nN (N near questions held too, memory.near_questions), bB (those
+# anchors soft, of weight B, memory.soft_anchors), sK (spread each fact over K layers up to the edited
+# one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), forms
 # (also the instructed model's own answer, chat template), auto (automatic significance), all (every row).
-# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/p0/g1/s3", "qf/k0".
+# E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/n4/b10", "qf/p0/g1/s3",
+# "qf/k0".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class QFMethod(EditMethod):
         """What a case's captured rows depend on: the case and the settings that change the captures."""
         config = self.editor.config
         forms = config.answer_forms and self.poser.template == "chat"
-        return case.index, self._phrasings, config.anchors, config.spread, forms
+        return case.index, self._phrasings, config.anchors, config.near_questions, config.spread, forms
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
@@ -138,10 +140,11 @@ def _setting(part: str) -> tuple[str, object]:
     if part == "forms":
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
-                  "s": "spread", "k": "question_keys", "b": "soft_anchors"}.get(part[:1])
+                  "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    return field_name, (int if field_name in ("focus", "phrasings", "anchors", "spread") else float)(part[1:])
+    whole = ("focus", "phrasings", "anchors", "spread", "near_questions")
+    return field_name, (int if field_name in whole else float)(part[1:])
 
 
 def qf_settings(name: str) -> dict | None:

@@ -39,6 +39,8 @@ class EditorConfig:
     answer_forms: bool = False
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
     anchors: int = 0  # the query asked of this many other subjects, held unchanged (needs the fact's subject), memory.anchors
+    # also hold the this many shipped questions of fact whose answering key is nearest the fact's, memory.near_questions
+    near_questions: int = 0
     # > 0: the anchors are not held rows but a soft term of the metric of this weight b, memory.soft_anchors
     soft_anchors: float = 0.0
     spread: int = 1  # write each fact over this many layers up to the edited one (1 = that layer alone), memory.spread
@@ -56,7 +58,7 @@ class EditorConfig:
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
-              "keys_data": None, "question_keys": 0.0, "anchors": 0, "soft_anchors": 0.0, "spread": 1,
+              "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0, "spread": 1,
               "answer_forms": False}
 
 

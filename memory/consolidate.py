@@ -37,7 +37,8 @@ from memory.answering import Answering, Consolidation, ConsolidationError, Edito
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
-from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs
+from memory.near_questions import QuestionBank
+from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs, question_bank
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 from memory.spread import LowerLayer, spread_layers
 
@@ -65,8 +66,12 @@ class QFEditor(Answering):
         self.layer = self.layer_for(model, config.layer)
         if config.focus and self.layer != arch.num_layers(model) - 1:
             raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
-        if config.focus and config.anchors:
-            raise ValueError("--focus and --anchors do not combine (an anchor has no target to focus on); choose one")
+        if config.focus and (config.anchors or config.near_questions):
+            raise ValueError("--focus and --anchors / --near-questions do not combine (an anchor has no target to "
+                             "focus on); choose one")
+        if config.near_questions and config.spread > 1:
+            raise ValueError("--near-questions is not combined with --spread (the shipped questions' keys are the "
+                             "edited layer's alone); choose one")
         self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
         if config.spread > 1 and (config.focus or config.auto_significance):
             raise ValueError("--spread is not combined with --focus or --auto-significance (both read the plain "
@@ -90,6 +95,8 @@ class QFEditor(Answering):
                             anchor_weight=config.soft_anchors)
         self.delta: LowRankDelta = self.joint.solve()
         self._next_key = 0
+        self._progress = progress
+        self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
 
     @staticmethod
     def layer_for(model, layer: int | None) -> int:
@@ -98,8 +105,11 @@ class QFEditor(Answering):
 
     def prepare_keys(self) -> str:
         """Collect (or find) the key covariance now, not at the first solve; says what was done."""
+        if self.config.near_questions:
+            self.question_bank()
         if not isinstance(self.joint.metric, LazyMetric):
-            return "the paper's identity norm (preserve 0) needs no keys"
+            return "the paper's identity norm (preserve 0) needs no keys" + (
+                f"; near questions' keys for layer {self.layer} ready" if self.config.near_questions else "")
         self.joint.metric.built()
         return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"
 
@@ -230,10 +240,27 @@ class QFEditor(Answering):
 
     def anchored(self, rows: FactRows, query: str, subject: str | None, prompt_ids: Callable[[str], list[int]]) -> FactRows:
         """``rows`` with the anchors of ``config.anchors`` (memory.anchors): ``query`` asked of other
-        subjects, each put to the model as ``prompt_ids(question)``; ``rows`` as they are when the
-        fact has no subject (or anchors are off)."""
+        subjects, each put to the model as ``prompt_ids(question)`` (none when the fact has no
+        subject), then those of ``config.near_questions`` (memory.near_questions); ``rows`` as they
+        are when there are none."""
         questions = contrast_queries(query, subject, self.config.anchors)
-        return with_anchors(rows, *self.capture_anchors([prompt_ids(q) for q in questions])) if questions else rows
+        keys, residuals, lower = self.capture_anchors([prompt_ids(q) for q in questions]) if questions else (
+            torch.zeros(0, rows.U.shape[1]), torch.zeros(0, rows.V.shape[1]), rows.lower_keys[:, :0]
+            if rows.lower_keys is not None else None)
+        if self.config.near_questions:  # spread is refused with them: no lower keys to add
+            near = self.question_bank().nearest(rows.U_plain[0], self.config.near_questions, subject)
+            # an anchor's residual is zero whatever V is (both passes are the same); zeros stand for it
+            keys, residuals = torch.cat([keys, near]), torch.cat([residuals, torch.zeros(near.shape[0], rows.V.shape[1])])
+        return with_anchors(rows, keys, residuals, lower) if keys.shape[0] else rows
+
+    def question_bank(self) -> QuestionBank:
+        """The shipped factual prompts' keys at the edited layer (memory.near_questions), from the cache
+        or collected now, at the base weights."""
+        if self._bank is None:
+            with self._lower_base_weights():
+                self._bank = question_bank(self.loaded, self.layer, self.down_name, self.config.system,
+                                           tensor_sha256(self.joint.W0), self._progress)
+        return self._bank
 
     def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys (A, D) and residuals (A, N) at the last token of each prompt (the position that

@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from memory import factual_prompts
 from memory.capture import Capture, right_padded_ids
 from memory.generic_chats import CHATS
+from memory.near_questions import QuestionBank
 from memory.paths import data_dir
 from memory.prompts import answer_ids, render_prompt
 
@@ -144,6 +145,27 @@ def factual_sequences(tokenizer, system: str | None = None) -> list[list[int]]:
 
 
 @torch.no_grad()
+def collect_last_keys(model, down_proj: str, sequences: list[list[int]], progress: Progress | None = None,
+                      batch: int = 16) -> torch.Tensor:
+    """The key at each sequence's last position (where a prompt is answered): (len(sequences), D)
+    float32, in the sequences' order; ``batch`` sequences run together, right-padded."""
+    tick = progress or (lambda d, t: (lambda n=1: None))
+    device = next(model.parameters()).device
+    update = tick("collecting question keys", len(sequences))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
+    keys: list[torch.Tensor | None] = [None] * len(sequences)
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        ids, mask = right_padded_ids([sequences[i] for i in chunk], pad=0)
+        with Capture(model, [down_proj], stop=True) as cap:
+            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        for row, i in enumerate(chunk):
+            keys[i] = cap.inputs[down_proj][row, len(sequences[i]) - 1].float().cpu()
+        update(len(chunk))
+    return torch.stack(keys)
+
+
+@torch.no_grad()
 def collect_covariance(model, down_proj: str, sequences: list[list[int]],
                        progress: Progress | None = None, batch: int = 1, last_only: bool = False) -> tuple[torch.Tensor, int]:
     """C = K0 K0^T / n over every position of ``sequences``: ((D, D) float64, n).
@@ -151,11 +173,14 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
     The prefix all sequences share (the system prompt) is counted once. ``batch`` sequences run
     together, right-padded (causal attention: a position never sees the padding after it).
     ``last_only``: only each sequence's last position (where a prompt is answered), n = len(sequences)."""
+    if last_only:
+        K = collect_last_keys(model, down_proj, sequences, progress, batch).double()
+        return K.T @ K / K.shape[0], K.shape[0]
     tick = progress or (lambda d, t: (lambda n=1: None))
     skip = _shared_prefix(sequences)
     device = next(model.parameters()).device
     C, n = None, 0
-    update = tick("collecting question keys" if last_only else "collecting keys", len(sequences))
+    update = tick("collecting keys", len(sequences))
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
@@ -163,7 +188,7 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
         with Capture(model, [down_proj], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         for row, i in enumerate(chunk):
-            first = len(sequences[i]) - 1 if last_only else 0 if i == 0 else skip
+            first = 0 if i == 0 else skip
             K = cap.inputs[down_proj][row, first:len(sequences[i])].double().cpu()  # (positions, D)
             C = K.T @ K if C is None else C.addmm_(K.T, K)
             n += K.shape[0]
@@ -205,6 +230,22 @@ def key_covariance(loaded, layer: int, down_proj: str, system: str | None, weigh
     Cq = _cached(path, lambda: collect_covariance(loaded.model, down_proj, factual_sequences(loaded.tokenizer, system),
                                                   progress, batch=16, last_only=True), down_proj)
     return mixed_covariance(C, Cq, question_weight)
+
+
+def question_bank(loaded, layer: int, down_proj: str, system: str | None, weights_sha256: str,
+                  progress: Progress | None = None) -> QuestionBank:
+    """The shipped factual prompts' answering keys at ``down_proj`` (memory.near_questions), cached
+    under $QF_HOME/keys like the covariances (collect them from the base weights)."""
+    texts = factual_prompts.completions() + factual_prompts.questions()  # factual_sequences' order
+    checkpoint = {"model": loaded.name, "config": loaded.config_sha256(), "system": system,
+                  "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}
+    digest = _digest(model=_digest(**checkpoint, texts=texts), layer=layer, weights=weights_sha256)
+    path = data_dir() / "keys" / f"L{layer}-bank-{digest}.safetensors"
+    if not path.exists():
+        keys = collect_last_keys(loaded.model, down_proj, factual_sequences(loaded.tokenizer, system), progress)
+        _atomic_write(path, lambda p: save_file({"keys": keys.contiguous()}, str(p)))
+        log.info("collected %d question keys of %s -> %s", keys.shape[0], down_proj, path)
+    return QuestionBank(load_file(str(path))["keys"], texts)
 
 
 def mixed_covariance(C: torch.Tensor, Cq: torch.Tensor, weight: float) -> torch.Tensor:

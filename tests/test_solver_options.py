@@ -199,6 +199,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     dict(preserve=20.0, gain=1.5, auto_significance=True, anchors=2),  # anchors exclude focus
     dict(preserve=20.0, gain=1.5, anchors=2, spread=3),  # spread excludes focus and auto significance
     dict(preserve=0.0, answer_forms=True, anchors=2),
+    dict(preserve=20.0, anchors=2, near_questions=3, soft_anchors=5.0),  # soft anchors, with or without a subject
 ])
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(options, tokenizer, tmp_path, monkeypatch):
     from agent.ledger_editor import LedgerEditor
