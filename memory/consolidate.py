@@ -244,14 +244,15 @@ class QFEditor(Answering):
         subject), then those of ``config.near_questions`` (memory.near_questions); ``rows`` as they
         are when there are none."""
         questions = contrast_queries(query, subject, self.config.anchors)
-        keys, residuals, lower = self.capture_anchors([prompt_ids(q) for q in questions]) if questions else (
-            torch.zeros(0, rows.U.shape[1]), torch.zeros(0, rows.V.shape[1]), rows.lower_keys[:, :0]
-            if rows.lower_keys is not None else None)
-        if self.config.near_questions:  # spread is refused with them: no lower keys to add
+        parts = [self.capture_anchors([prompt_ids(q) for q in questions])] if questions else []
+        if self.config.near_questions:  # refused with spread: no lower layers' keys to add
             near = self.question_bank().nearest(rows.U_plain[0], self.config.near_questions, subject)
-            # an anchor's residual is zero whatever V is (both passes are the same); zeros stand for it
-            keys, residuals = torch.cat([keys, near]), torch.cat([residuals, torch.zeros(near.shape[0], rows.V.shape[1])])
-        return with_anchors(rows, keys, residuals, lower) if keys.shape[0] else rows
+            # an anchor's residual is zero whatever V is (both passes are the same): zeros stand for it
+            parts.append((near, torch.zeros(near.shape[0], rows.V.shape[1]), None))
+        if not parts:
+            return rows
+        keys, residuals = (torch.cat([part[i] for part in parts]) for i in (0, 1))
+        return with_anchors(rows, keys, residuals, parts[0][2])
 
     def question_bank(self) -> QuestionBank:
         """The shipped factual prompts' keys at the edited layer (memory.near_questions), from the cache
