@@ -149,20 +149,26 @@ def collect_last_keys(model, down_proj: str, sequences: list[list[int]], progres
                       batch: int = 16) -> torch.Tensor:
     """The key at each sequence's last position (where a prompt is answered): (len(sequences), D)
     float32, in the sequences' order; ``batch`` sequences run together, right-padded."""
-    tick = progress or (lambda d, t: (lambda n=1: None))
-    device = next(model.parameters()).device
-    update = tick("collecting question keys", len(sequences))
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     keys: list[torch.Tensor | None] = [None] * len(sequences)
+    for chunk, inputs in _batches(model, down_proj, sequences, batch, progress, "collecting question keys"):
+        for row, i in enumerate(chunk):
+            keys[i] = inputs[row, len(sequences[i]) - 1].float().cpu()
+    return torch.stack(keys)
+
+
+def _batches(model, down_proj: str, sequences: list[list[int]], batch: int, progress: Progress | None, what: str):
+    """Run ``sequences`` to ``down_proj`` ``batch`` at a time, right-padded, shortest first; yields
+    (the chunk's sequence indices, down_proj's inputs (B, length, D)), ticking ``what``'s progress."""
+    update = (progress or (lambda d, t: (lambda n=1: None)))(what, len(sequences))
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
         ids, mask = right_padded_ids([sequences[i] for i in chunk], pad=0)
         with Capture(model, [down_proj], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        for row, i in enumerate(chunk):
-            keys[i] = cap.inputs[down_proj][row, len(sequences[i]) - 1].float().cpu()
+        yield chunk, cap.inputs[down_proj]
         update(len(chunk))
-    return torch.stack(keys)
 
 
 @torch.no_grad()
@@ -176,23 +182,14 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
     if last_only:
         K = collect_last_keys(model, down_proj, sequences, progress, batch).double()
         return K.T @ K / K.shape[0], K.shape[0]
-    tick = progress or (lambda d, t: (lambda n=1: None))
     skip = _shared_prefix(sequences)
-    device = next(model.parameters()).device
     C, n = None, 0
-    update = tick("collecting keys", len(sequences))
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
-    for start in range(0, len(order), batch):
-        chunk = order[start:start + batch]
-        ids, mask = right_padded_ids([sequences[i] for i in chunk], pad=0)
-        with Capture(model, [down_proj], stop=True) as cap:
-            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    for chunk, inputs in _batches(model, down_proj, sequences, batch, progress, "collecting keys"):
         for row, i in enumerate(chunk):
             first = 0 if i == 0 else skip
-            K = cap.inputs[down_proj][row, first:len(sequences[i])].double().cpu()  # (positions, D)
+            K = inputs[row, first:len(sequences[i])].double().cpu()  # (positions, D)
             C = K.T @ K if C is None else C.addmm_(K.T, K)
             n += K.shape[0]
-        update(len(chunk))
     return C / n, n
 
 
