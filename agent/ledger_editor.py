@@ -259,10 +259,11 @@ class LedgerEditor:
 
 def _acting(settings: dict, hyperparams: dict) -> dict:
     """The solve ``settings`` that act on an edit recorded with ``hyperparams``: the preserving
-    metric's keys only with preserve > 0, the anchors' softness only for an edit with anchors."""
+    metric's keys only with preserve > 0, the anchors' softness only for an edit with anchors (swapped
+    subjects or near questions)."""
     acting = dict(settings)
     if not acting["preserve"]:
         acting["keys_data"], acting["question_keys"] = None, 0.0
-    if not hyperparams.get("anchors", 0):
+    if not (hyperparams.get("anchors", 0) or hyperparams.get("near_questions", 0)):
         acting["soft_anchors"] = 0.0
     return acting

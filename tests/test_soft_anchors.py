@@ -125,4 +125,5 @@ def test_the_ledger_compares_only_the_settings_that_act():
     # with preserve 0 the question keys do nothing; without anchors their softness does nothing
     assert _acting(now, {"anchors": 0}) == _acting(recorded, {"anchors": 0})
     assert _acting(now, {"anchors": 3}) != _acting(recorded, {"anchors": 3})
+    assert _acting(now, {"near_questions": 2}) != _acting(recorded, {"near_questions": 2})
     assert _acting(dict(now, preserve=10.0), {}) != _acting(dict(recorded, preserve=10.0), {})
