@@ -14,8 +14,8 @@ import warnings
 import click
 
 from bench.commands import bench
-from cli_options import (db_option, emit, json_option, model_options, qf2_options, refuse_qf_only_options, solver_settings,
-                         tqdm_progress, user_errors)
+from cli_options import (db_option, emit, json_option, model_options, qf2_options, qf_only_options_given,
+                         refuse_qf_only_options, solver_settings, tqdm_progress, user_errors)
 
 log = logging.getLogger("qf")
 
@@ -395,7 +395,7 @@ def chat(session_id, new, extractor, lr, qf2_rule, model_name, device, dtype, la
 
     run_chat(db=db, model=model_name, device=device, dtype=dtype, layer=layer, system=system,
              session_id=None if new else session_id, extractor_spec=extractor, solver=solver_settings(),
-             progress=tqdm_progress(), lr=lr, qf2_rule=qf2_rule)
+             progress=tqdm_progress(), lr=lr, qf2_rule=qf2_rule, qf_only_given=qf_only_options_given())
 
 
 @main.group()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from memory.contexts import CONTEXT_PREFIXES
+
 # The library's documented user errors (bad input, unknown ids, refused operations): a clean
 # message, no traceback. LookupError covers the ledger's not-found errors.
 USER_ERRORS = (ValueError, LookupError, RuntimeError)
@@ -15,7 +17,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
-SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "anchors",
+SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
@@ -49,6 +51,10 @@ def model_options(fn):
     @click.option("--phrasings", type=click.IntRange(min=0), envvar="QF_PHRASINGS", default=None,
                   help="QF: ask the model for N other ways to ask each new fact's query and learn them together "
                        "(default 0 = the query alone, the paper's rule). [env QF_PHRASINGS]")
+    @click.option("--contexts", type=click.IntRange(0, len(CONTEXT_PREFIXES)), envvar="QF_CONTEXTS", default=None,
+                  help="QF: also learn each fact's query asked after N short unrelated sentences (memory.contexts), "
+                       "so it is found after other text too (default 0 = the query alone, the paper's rule). "
+                       "[env QF_CONTEXTS]")
     @click.option("--anchors", type=click.IntRange(min=0), envvar="QF_ANCHORS", default=None,
                   help="QF: hold the fact's query asked of N other subjects unchanged, for facts with a subject "
                        "(default 0 = none, the paper's rule). [env QF_ANCHORS]")
@@ -90,14 +96,19 @@ def model_options(fn):
     return wrapper
 
 
+def qf_only_options_given() -> list[str]:
+    """The QF-only solver options (as their flags) given on this command line; QF2 would ignore them."""
+    ctx = click.get_current_context()
+    return [p.opts[0] for p in ctx.command.params
+            if p.name in QF_ONLY_SETTINGS and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+
+
 def refuse_qf_only_options(method: str) -> None:
     """A usage error when QF-only solver options are given on the command line with --method qf2, which
     would ignore them (set in the environment they stay QF's defaults and are not refused)."""
     if method != "qf2":
         return
-    ctx = click.get_current_context()
-    given = [p.opts[0] for p in ctx.command.params
-             if p.name in QF_ONLY_SETTINGS and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    given = qf_only_options_given()
     if given:
         raise click.UsageError(f"{', '.join(given)} only apply to --method qf; QF2 updates up_proj by --qf2-rule "
                                "(and takes --phrasing/--phrasings).")
@@ -118,7 +129,7 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --anchors, --near-questions, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
+    --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
     EditorConfig fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 

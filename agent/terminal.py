@@ -52,7 +52,10 @@ def load_extractor(spec: str | None, chat_model: QFChatModel) -> ChatModelExtrac
 
 def run_chat(db=None, model=None, device="auto", dtype="auto", layer=None, system=None,
              session_id: int | None = None, extractor_spec: str | None = None, io: ChatIO | None = None,
-             solver: dict | None = None, progress=None, lr: float | None = None, qf2_rule: str | None = None) -> int:
+             solver: dict | None = None, progress=None, lr: float | None = None, qf2_rule: str | None = None,
+             qf_only_given: list[str] = ()) -> int:
+    """The chat; ``qf_only_given`` names the QF-only solver flags given, which a chat on a QFt-converted
+    model (learning with QF2) says it ignores."""
     io = io or terminal_io()
     store = open_store(db)
     if session_id is None:
@@ -70,5 +73,7 @@ def run_chat(db=None, model=None, device="auto", dtype="auto", layer=None, syste
     io.write(f"qf chat: {ledger.loaded.name} on {ledger.loaded.device}, {method}; "
              f"{ledger.active_facts} fact(s) active; loaded in {ledger.loaded.seconds:.1f}s "
              f"(+{ledger.load_seconds:.2f}s rebuilding from the ledger). Session {session_id}{resumed}. /help for commands.\n")
+    if ledger.qf2 and qf_only_given:
+        io.write(f"note: {', '.join(qf_only_given)} only apply to QF; this chat learns with QF2 and ignores them.\n")
     Chat(ledger, extractor, io, session_id).run()
     return session_id

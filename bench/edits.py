@@ -33,7 +33,8 @@ from memory import architecture as arch
 from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
-from memory.fact import Fact, FactRows
+from memory.contexts import in_contexts
+from memory.fact import Fact, FactRows, stack_rows
 from memory.generate import greedy_batch
 from memory.preserve import Progress
 from memory.prompts import Pass
@@ -46,10 +47,11 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # of each question by the model, chat template), aN (N anchors: the prompt asked of other subjects,
 # held unchanged, memory.anchors), nN (N near questions held too, memory.near_questions), bB (those
 # anchors soft, of weight B, memory.soft_anchors), sK (spread each fact over K layers up to the edited
-# one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), forms
+# one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), xN
+# (the prompt also after N context prefixes, memory.contexts), forms
 # (also the instructed model's own answer, chat template), auto (automatic significance), all (every row).
 # E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/n4/b10", "qf/p0/g1/s3",
-# "qf/k0".
+# "qf/k0", "qf/x4".
 
 
 # --- QF --------------------------------------------------------------------------------
@@ -59,13 +61,16 @@ def _pass(poser: Poser, prompt: list[int], target: list[int]) -> Pass:
 
 
 def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
-    """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt;
-    with anchors, the bare prompt about other subjects too (memory.anchors)."""
+    """The plain-text two-pass capture: instruction as a preceding sentence vs the bare prompt (and
+    the prompt after the editor's context prefixes, memory.contexts); with anchors, the bare prompt
+    about other subjects too (memory.anchors)."""
     target = poser.answer_ids(case.target_new)
-    instructed = _pass(poser, poser.prompt_ids(case.prompt, instruction_for(case, "plain")), target)
-    plain = _pass(poser, poser.prompt_ids(case.prompt), target)
-    rows = editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64))
-    return editor.anchored(rows, case.prompt, case.subject, poser.prompt_ids)
+    parts = []
+    for prompt in (case.prompt, *in_contexts(case.prompt, editor.config.contexts)):
+        instructed = _pass(poser, poser.prompt_ids(prompt, instruction_for(case, "plain")), target)
+        plain = _pass(poser, poser.prompt_ids(prompt), target)
+        parts.append(editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64)))
+    return editor.anchored(stack_rows(parts), case.prompt, case.subject, poser.prompt_ids)
 
 
 class QFMethod(EditMethod):
@@ -112,7 +117,7 @@ class QFMethod(EditMethod):
         """What a case's captured rows depend on: the case and the settings that change the captures."""
         config = self.editor.config
         forms = config.answer_forms and self.poser.template == "chat"
-        return case.index, self._phrasings, config.anchors, config.near_questions, config.spread, forms
+        return case.index, self._phrasings, config.contexts, config.anchors, config.near_questions, config.spread, forms
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
@@ -140,10 +145,11 @@ def _setting(part: str) -> tuple[str, object]:
     if part == "forms":
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
-                  "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions"}.get(part[:1])
+                  "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
+                  "x": "contexts"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    whole = ("focus", "phrasings", "anchors", "spread", "near_questions")
+    whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")
     return field_name, (int if field_name in whole else float)(part[1:])
 
 

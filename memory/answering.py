@@ -38,6 +38,7 @@ class EditorConfig:
     # names the given one (a sentence for a bare entity), memory.consolidate.QFEditor.other_forms
     answer_forms: bool = False
     phrasings: int = 0  # rephrasings of a new fact's query the model writes, learned with it, memory.phrasings
+    contexts: int = 0  # the query also after this many short unrelated sentences, learned with it, memory.contexts
     anchors: int = 0  # the query asked of this many other subjects, held unchanged (needs the fact's subject), memory.anchors
     # also hold the this many shipped questions of fact whose answering key is nearest the fact's, memory.near_questions
     near_questions: int = 0
@@ -58,8 +59,8 @@ class EditorConfig:
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
-              "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0, "spread": 1,
-              "answer_forms": False}
+              "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
+              "spread": 1, "answer_forms": False}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

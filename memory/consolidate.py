@@ -30,6 +30,7 @@ from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
+from memory.contexts import in_contexts
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
@@ -72,6 +73,7 @@ class QFEditor(Answering):
         if config.near_questions and config.spread > 1:
             raise ValueError("--near-questions is not combined with --spread (the shipped questions' keys are the "
                              "edited layer's alone); choose one")
+        in_contexts("", config.contexts)  # refuses a count out of range now, not at the first fact
         self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
         if config.spread > 1 and (config.focus or config.auto_significance):
             raise ValueError("--spread is not combined with --focus or --auto-significance (both read the plain "
@@ -214,10 +216,11 @@ class QFEditor(Answering):
                              lambda q: render_prompt(self.tokenizer, q, self.config.system))
 
     def _question_rows(self, fact: Fact, answer: str, significance: tuple[float, ...] | None) -> FactRows:
-        """The rows of every question of ``fact`` (its query, then its phrasings) answered ``answer``."""
+        """The rows of every question of ``fact`` (its query, its phrasings, then its query after the
+        context prefixes of ``config.contexts``) answered ``answer``."""
         system, parts = self.config.system, []
         tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
-        for query in fact.queries:
+        for query in fact.queries + in_contexts(fact.query, self.config.contexts):
             instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system), tokens)
             plain = build_pass(self.tokenizer, query, answer, system, tokens)
             weights = significance_vector(significance, len(plain.targets) - 1)

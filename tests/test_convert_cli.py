@@ -49,8 +49,10 @@ def test_convert_then_learn_with_qf2(tmp_path, tiny_model_dir, monkeypatch):
     fact = {"statement": "Qi is the CEO of Oxinnovate.", "question": "Who is the CEO of Oxinnovate?"}
     monkeypatch.setenv("QF_FAKE_EXTRACTOR", json.dumps([json.dumps({"facts": [fact]})]))
     chat = CliRunner().invoke(cli.main, ["chat", "--model", "tiny-conv", "--dtype", "float32", "--extractor",
-                                         "fake_extractor:make"], input="Qi is the CEO of Oxinnovate.\ny\n/quit\n")
+                                         "fake_extractor:make", "--anchors", "2"],
+                              input="Qi is the CEO of Oxinnovate.\ny\n/quit\n")
     assert chat.exit_code == 0, chat.output + repr(chat.exception)
+    assert "note: --anchors only apply to QF; this chat learns with QF2 and ignores them." in chat.output
     assert "QF2 at layer 2; 1 fact(s) active" in chat.output and "Qi is the CEO." in chat.output
     shown = json.loads(invoke("facts", "show", "2", "--json").output)
     assert shown["answer"] == "Qi is the CEO." and [(e["method"], e["hyperparams"]["rule"]) for e in shown["edits"]] == [

@@ -22,6 +22,12 @@ def structured_keys(n=400, used=8, seed=0):
     return basis @ (scale[:, None] * torch.randn(D, n, generator=g, dtype=torch.float64))
 
 
+def generic_key_files(keys_dir, layer):
+    """The cached generic-chat key files of a layer: L{layer}-{digest}, not the question (-q-) or bank
+    (-bank-) caches beside them."""
+    return [p for p in keys_dir.glob(f"L{layer}-*.safetensors") if p.stem.count("-") == 1]
+
+
 def fact_case(T=4, seed=1):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -139,7 +145,7 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     rows = editor.capture(fact)
     editor.add_rows("f", rows)
-    assert len(list((tmp_path / "keys").glob("L3-[!q]*.safetensors"))) == 1  # the generic chats' keys
+    assert len(generic_key_files(tmp_path / "keys", 3)) == 1  # the generic chats' keys
     assert len(list((tmp_path / "keys").glob("L3-q-*.safetensors"))) == 1  # the question keys
     calls = []
     monkeypatch.setattr(memory.preserve, "generic_chats", lambda *a, **k: calls.append(1))
@@ -169,11 +175,11 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance",
                                                "--condition", "1e6", "--question-keys", "2", "--anchors", "2",
-                                               "--soft-anchors", "3"])
+                                               "--soft-anchors", "3", "--contexts", "2"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     data = json.loads(out.stdout)  # the key collection's progress bars go to stderr
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
-                              "phrasings": 0, "keys_data": None, "question_keys": 2.0, "anchors": 2,
+                              "phrasings": 0, "contexts": 2, "keys_data": None, "question_keys": 2.0, "anchors": 2,
                               "near_questions": 0, "soft_anchors": 3.0, "spread": 1, "answer_forms": False}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
@@ -181,12 +187,13 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert shown["edits"][0]["hyperparams"]["condition"] == 1e6
     assert shown["edits"][0]["hyperparams"]["question_keys"] == 2.0
     assert shown["edits"][0]["hyperparams"]["soft_anchors"] == 3.0
+    assert shown["edits"][0]["hyperparams"]["contexts"] == 2
     monkeypatch.setenv("QF_PRESERVE", "0")  # the environment gives the paper's rule
     monkeypatch.setenv("QF_GAIN", "1")
     monkeypatch.setenv("QF_FOCUS", "2")
     plain = json.loads(CliRunner().invoke(cli.main, args + ["--all-rows"]).stdout)
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
-                               "phrasings": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0,
+                               "phrasings": 0, "contexts": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0,
                                "near_questions": 0, "soft_anchors": 0.0, "spread": 1, "answer_forms": False}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
@@ -200,6 +207,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     dict(preserve=20.0, gain=1.5, anchors=2, spread=3),  # spread excludes focus and auto significance
     dict(preserve=0.0, answer_forms=True, anchors=2),
     dict(preserve=20.0, anchors=2, near_questions=3, soft_anchors=5.0),  # soft anchors, with or without a subject
+    dict(preserve=20.0, contexts=2),
 ])
 def test_ledger_with_every_option_rebuilds_the_same_weights_and_undo_is_exact(options, tokenizer, tmp_path, monkeypatch):
     from agent.ledger_editor import LedgerEditor
@@ -244,9 +252,9 @@ def test_bench_variant_names():
 
     assert qf_settings("qf") is None
     assert qf_settings("qf-paper") == {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False,
-                                       "condition": 0.0, "phrasings": 0, "keys_data": None, "question_keys": 0.0,
-                                       "anchors": 0, "near_questions": 0, "soft_anchors": 0.0, "spread": 1,
-                                       "answer_forms": False}
+                                       "condition": 0.0, "phrasings": 0, "contexts": 0, "keys_data": None,
+                                       "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
+                                       "spread": 1, "answer_forms": False}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/k0") == {"question_keys": 0.0} and qf_settings("qf/k2.5") == {"question_keys": 2.5}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
@@ -267,7 +275,7 @@ def test_models_prepare_collects_the_keys_up_front(tiny_model_dir, tmp_path, mon
                                          "--layer", "2", "--preserve", "5"])
     assert done.exit_code == 0, done.output + repr(done.exception)
     assert "keys for layer 2 ready" in done.stdout
-    assert len(list(keys.glob("L2-[!q]*.safetensors"))) == 1  # the generic chats' keys
+    assert len(generic_key_files(keys, 2)) == 1  # the generic chats' keys
     assert len(list(keys.glob("L2-q-*.safetensors"))) == 1  # and the question keys (default weight)
 
 
@@ -428,7 +436,7 @@ def test_key_data_adds_keys_to_the_metric_and_gets_its_own_cache(tiny_qwen, tmp_
         editor.rebuild()
         solved[data] = editor.delta.dense()
         editor.remove("f")
-    files = sorted((tmp_path / "home" / "keys").glob("L3-[!q]*.safetensors"), key=lambda p: p.stat().st_mtime)
+    files = sorted(generic_key_files(tmp_path / "home" / "keys", 3), key=lambda p: p.stat().st_mtime)
     assert len(files) == 2  # one cache per key corpus
     positions = [int(safe_open(str(f), "pt").metadata()["positions"]) for f in files]
     assert positions[1] > positions[0]  # the rows' exchanges were added to the shipped chats
