@@ -129,8 +129,9 @@ def qf2_options(fn):
 
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
-    --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread, --answer-forms, --keys-data, --question-keys), as
-    EditorConfig fields; the library's defaults for those not given."""
+    --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread,
+    --answer-forms, --keys-data, --question-keys), as EditorConfig fields; the library's defaults for
+    those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 
