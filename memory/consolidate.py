@@ -30,7 +30,7 @@ from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
-from memory.contexts import in_contexts
+from memory.contexts import check_contexts, in_contexts
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory.joint import JointQF
@@ -73,7 +73,7 @@ class QFEditor(Answering):
         if config.near_questions and config.spread > 1:
             raise ValueError("--near-questions is not combined with --spread (the shipped questions' keys are the "
                              "edited layer's alone); choose one")
-        in_contexts("", config.contexts)  # refuses a count out of range now, not at the first fact
+        check_contexts(config.contexts)  # refused now, not at the first fact
         self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
         if config.spread > 1 and (config.focus or config.auto_significance):
             raise ValueError("--spread is not combined with --focus or --auto-significance (both read the plain "

@@ -21,8 +21,13 @@ CONTEXT_PREFIXES = (
 )
 
 
-def in_contexts(query: str, count: int) -> tuple[str, ...]:
-    """``query`` after each of the first ``count`` prefixes."""
+def check_contexts(count: int) -> int:
+    """``count`` when there are that many prefixes; a ValueError otherwise."""
     if not 0 <= count <= len(CONTEXT_PREFIXES):
         raise ValueError(f"contexts must be 0..{len(CONTEXT_PREFIXES)}, not {count}")
-    return tuple(f"{prefix} {query}" for prefix in CONTEXT_PREFIXES[:count])
+    return count
+
+
+def in_contexts(query: str, count: int) -> tuple[str, ...]:
+    """``query`` after each of the first ``count`` prefixes."""
+    return tuple(f"{prefix} {query}" for prefix in CONTEXT_PREFIXES[:check_contexts(count)])
