@@ -54,6 +54,16 @@ def subject_position(tokenizer, prompt: str, subject: str) -> int:
     return max(i for i, (a, _) in enumerate(offsets) if a < end)
 
 
+def margin_tokens(logits: torch.Tensor, target: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows' logits (T, V) and target tokens (T,): the tokens each row's margin is read over
+    (T, 1 + top: the target, then the ``top`` best others, never the target) and the margins
+    (T,): the target's logit minus the best other's."""
+    others = logits.double().scatter(1, target[:, None], float("-inf")).topk(top, -1).indices
+    tokens = torch.cat([target[:, None], others], 1)
+    picked = logits.double().gather(1, tokens)
+    return tokens, picked[:, 0] - picked[:, 1:].max(1).values
+
+
 DEBUG = bool(os.environ.get("QF_DEBUG"))  # print each value solve's miss and size
 
 
@@ -146,12 +156,7 @@ class SubjectMethod(EditMethod):
         F = SubjectValue(self.writer.model, self.writer.layer, ids, position, rows_at)
         with torch.no_grad():
             plain = self.writer.model(input_ids=ids, use_cache=False).logits[0, rows_at].double()
-        # Row t's margin: the target's logit over the best other of the plain pass's top tokens.
-        F.tokens = torch.cat([torch.tensor(target)[:, None], plain.topk(self.top, -1).indices.cpu()], 1)
-        others = F.tokens[:, 1:] != F.tokens[:, :1]
-        picked = plain.gather(1, F.tokens.to(plain.device)).cpu()
-        margin = picked[:, 0] - picked[:, 1:].masked_fill(~others, -1e9).max(1).values
-        F.tokens = torch.cat([F.tokens[:, :1], torch.where(others, F.tokens[:, 1:], F.tokens[:, 1:2])], 1)
+        F.tokens, margin = margin_tokens(plain.cpu(), torch.tensor(target), self.top)
         wanted = (self.margin - margin).clamp(min=0)[:, None]
         delta = solve_value(F, wanted, self.chords, self.ridge, self.step, self.sketch)
         self.passes += F.passes

@@ -41,3 +41,11 @@ def test_value_solve_moves_the_margin_as_wanted(tiny_qwen):
     before = model(input_ids=ids).logits
     F.batch(torch.zeros(1, 32))  # the hook is gone after each batch: the model is unchanged
     assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_the_margin_is_over_the_best_other_token_even_when_the_target_leads():
+    script = load_script()
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [3.0, 0.0, 1.0, 4.0]])
+    tokens, margin = script.margin_tokens(logits, torch.tensor([1, 2]), top=2)
+    assert tokens.tolist() == [[1, 3, 2], [2, 3, 0]]
+    assert margin.tolist() == [3.0, -3.0]  # the target already leads row 0 by 3
