@@ -18,7 +18,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
-                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys")
+                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -85,6 +85,11 @@ def model_options(fn):
                   help="QF with --preserve: weight W of the keys of questions of fact (shipped prompts about many "
                        "subjects) in the preserving metric, against the generic chats' 1 (default 1; 0 = the "
                        "chats alone). [env QF_QUESTION_KEYS]")
+    @click.option("--gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_GATE", default=None,
+                  help="QF: write each fact with new neurons of the edited layer's MLP that fire only where its "
+                       "input's cosine with the fact's keys exceeds T (e.g. 0.85), leaving down_proj and other "
+                       "questions alone; cannot be exported as a plain checkpoint (default 0 = the linear update "
+                       "of down_proj). [env QF_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

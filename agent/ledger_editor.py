@@ -128,16 +128,16 @@ class LedgerEditor:
         for layer, editor in self.editors.items():
             wanted = {edit.id: edit for edit in by_layer.get(layer, [])}
             changed = False
-            for key in editor.joint.keys:
+            for key in editor.fact_keys:
                 if key not in wanted:
-                    editor.joint.remove(key)
+                    editor.drop(key)
                     changed = True
             for edit_id, edit in wanted.items():
-                if edit_id not in editor.joint:
+                if not editor.holds(edit_id):
                     fact = self.store.fact(edit.fact_id)
                     rows = rows_from_tensors(self.store.load_captures(edit_id), fact.answer or "")
                     try:
-                        editor.joint.add(edit_id, rows)
+                        editor.add_rows(edit_id, rows)
                     except ValueError as exc:  # captured without the lower layers' keys this spread needs
                         raise ValueError(
                             f"fact {edit.fact_id} (edit {edit_id}) was learned with --spread "
@@ -145,7 +145,7 @@ class LedgerEditor:
                             f"({exc}); run with --spread {edit.hyperparams.get('spread', 1)}, or undo the fact and "
                             "learn it again") from None
                     changed = True
-            if changed or editor.delta.rank != editor.joint.num_rows:
+            if changed or not editor.written_all():
                 editor.rebuild()
         seconds = time.perf_counter() - start
         log.info("weights rebuilt from %d active edits in %.2fs", len(active), seconds)
@@ -156,7 +156,7 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread")
+        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate")
         now = {name: getattr(self.config, name) for name in names}
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},
@@ -189,7 +189,7 @@ class LedgerEditor:
 
     @property
     def active_facts(self) -> int:
-        return sum(len(e.joint) for e in self.editors.values()) + (len(self.qf2.keys) if self.qf2 else 0)
+        return sum(e.num_facts for e in self.editors.values()) + (len(self.qf2.keys) if self.qf2 else 0)
 
     # --- events -----------------------------------------------------------------------
     def learn(
@@ -206,13 +206,13 @@ class LedgerEditor:
         editor = self._qf2_editor() if method == "qf2" else (self._editor(layer) if layer is not None else self.current)
         ids: dict[str, int] = {}
 
-        def record(key, rows, delta):
+        def record(key, rows, delta):  # delta: what the solve gave (QF's gated neurons with --gate)
             if method == "qf2":
                 share, captures, lower = delta, qf2_rows_to_tensors(rows), []
                 hyperparams = {"beta": editor.block.beta, **qf2_settings_of(editor.config)}
             else:
-                share, captures = editor.joint.share(delta, key), rows_to_tensors(rows)
-                lower = editor.joint.lower_deltas(delta, key)  # a spread solve's lower layers share its left factor
+                # lower: a spread solve's lower layers' shares (they share its left factor); none otherwise
+                (share, *lower), captures = editor.share_of(key, delta), rows_to_tensors(rows)
                 hyperparams = {"ridge": editor.config.ridge, **solver_settings_of(editor.config)}
                 if rows.forms:  # the model's own wording of the answer, written beside the given one
                     hyperparams["answer_forms_written"] = list(rows.forms)
@@ -223,7 +223,7 @@ class LedgerEditor:
             }
             ids["fact"], ids["edit"] = self.store.record_consolidation(
                 checkpoint_id=self.checkpoint_id, fact_id=fact_id, fact=fact_dict, method=method,
-                layer=editor.layer, parameter=editor.parameter,
+                layer=editor.layer, parameter=share.parameter,  # the MLP's gated neurons, with --gate
                 hyperparams={**hyperparams, "system": editor.config.system, "rows": rows.num_rows,
                              "model_layers": arch.num_layers(self.loaded.model)},
                 captures=captures, factors={"left": share.left, "right": share.right}
@@ -262,7 +262,7 @@ def _acting(settings: dict, hyperparams: dict) -> dict:
     metric's keys only with preserve > 0, the anchors' softness only for an edit with anchors (swapped
     subjects or near questions)."""
     acting = dict(settings)
-    if not acting["preserve"]:
+    if not acting["preserve"] or acting.get("gate"):  # gated neurons leave down_proj alone: no metric acts
         acting["keys_data"], acting["question_keys"] = None, 0.0
     if not (hyperparams.get("anchors", 0) or hyperparams.get("near_questions", 0)):
         acting["soft_anchors"] = 0.0

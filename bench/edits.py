@@ -48,7 +48,8 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # held unchanged, memory.anchors), nN (N near questions held too, memory.near_questions), bB (those
 # anchors soft, of weight B, memory.soft_anchors), sK (spread each fact over K layers up to the edited
 # one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), xN
-# (the prompt also after N context prefixes, memory.contexts), forms
+# (the prompt also after N context prefixes, memory.contexts), tT (each row a neuron gated at cosine T,
+# memory.gated), forms
 # (also the instructed model's own answer, chat template), auto (automatic significance), all (every row).
 # E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/n4/b10", "qf/p0/g1/s3",
 # "qf/k0", "qf/x4".
@@ -133,7 +134,7 @@ class QFMethod(EditMethod):
 
     def restore(self) -> None:
         for key in self.keys:
-            self.editor.joint.remove(key)
+            self.editor.drop(key)
         self.keys.clear()
         self.editor.rebuild()
 
@@ -146,7 +147,7 @@ def _setting(part: str) -> tuple[str, object]:
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
-                  "x": "contexts"}.get(part[:1])
+                  "x": "contexts", "t": "gate"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
     whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")
@@ -398,6 +399,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
                     per_case = with_fluency(per_case, base_fluency(editor.model, evaluation.poser, so_far, evals))
                 curve.append({"edits": done, **M.aggregate(per_case)})
         relative = written.relative_change() if isinstance(method, QFMethod) else M.relative_norm(weight, editor.joint.W0)
+        neurons = written.neuron_stats() if isinstance(method, QFMethod) else {}  # gated neurons (memory.gated)
         t0 = time.perf_counter()
         evals, per_case = evaluation.run(editor.model, cases, method.context,
                                          progress(f"{method.name}: evaluating", evaluation.steps(cases)))
@@ -406,7 +408,7 @@ def run_method(editor: QFEditor, method: EditMethod, cases: list[EditCase], eval
         method.restore()
     per_case = with_fluency(per_case, base_fluency(editor.model, evaluation.poser, cases, evals))
     summary = {
-        "metrics": {**M.aggregate(per_case), "relative_weight_change": relative},
+        "metrics": {**M.aggregate(per_case), "relative_weight_change": relative, **neurons},
         "seconds_per_edit": statistics.median(per_edit) if per_edit else 0.0,
         "edit_seconds_total": total,
         "eval_seconds": eval_seconds,

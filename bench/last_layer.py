@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from bench import metrics as M
 from bench.datasets import right_padded
 from memory import architecture as arch
+from memory import gated
 from memory.capture import Capture
 
 
@@ -47,6 +48,8 @@ class LastLayerScorer:
         self.model = model
         self.norm_name = arch.module_path(model, layer, "mlp_norm")
         self.down_proj = model.get_submodule(self.down_name)
+        self.mlp = model.get_submodule(arch.module_path(model, layer, "mlp"))
+        self.mlp_norm = model.get_submodule(self.norm_name)
         self.weight = model.get_parameter(parameter)
         self.final_norm = model.get_submodule(arch.architecture_of(model).final_norm)
         self.head = model.get_output_embeddings()
@@ -82,6 +85,9 @@ class LastLayerScorer:
             u = torch.cat([r.u for _, _, r in chunk])
             # As the model computes it: down_proj in its weight's dtype, the sum in the residual's.
             mlp = F.linear(u.to(self.weight.dtype), self.weight, self.down_proj.bias).to(h.dtype)
+            patch = gated.installed_patch(self.mlp)
+            if patch is not None:  # key-gated neurons on the last MLP (memory.gated): they read its input
+                mlp = mlp + patch.neurons.output(self.mlp_norm(h))
             logits = self.head(self.final_norm(h + mlp)).float().cpu()
             row = 0
             for key, name, r in chunk:

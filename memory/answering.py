@@ -48,6 +48,9 @@ class EditorConfig:
     keys_data: str | None = None  # chat rows (JSONL) whose exchanges add keys to the preserving metric, memory.preserve
     # weight w of the factual prompts' question keys in the preserving metric (0 = none), memory.preserve
     question_keys: float = 1.0
+    # > 0: write each fact row with a new neuron that fires only above this cosine with the row's key,
+    # instead of changing down_proj (0 = the linear update), memory.gated
+    gate: float = 0.0
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
     # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
@@ -60,7 +63,7 @@ class EditorConfig:
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
-              "spread": 1, "answer_forms": False}
+              "spread": 1, "answer_forms": False, "gate": 0.0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

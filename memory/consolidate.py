@@ -12,8 +12,10 @@ focus keeps only the change of the logits a row is about (memory.focus), automat
 drops the rows it already predicts (memory.fact.auto_significance); ``anchors`` adds rows of the
 query asked of other subjects, held unchanged (memory.anchors); ``spread`` k writes each fact with
 the down_proj matrices of the k layers up to the edited one together (memory.spread), whose keys the
-plain pass captures too, at the lower layers' base weights. What they decide is stored with the
-fact's rows, so the ledger's rebuild and undo stay exact.
+plain pass captures too, at the lower layers' base weights; ``gate`` tau > 0 writes each row's
+residual with a new neuron that fires only above cosine tau with the row's key, leaving down_proj
+as it is (memory.gated). What they decide is stored with the fact's rows, so the ledger's rebuild
+and undo stay exact.
 """
 
 from __future__ import annotations
@@ -33,20 +35,23 @@ from memory.anchors import contrast_queries
 from memory.contexts import check_contexts, in_contexts
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
+from memory import gated
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
-from memory.focus import focus_bases
+from memory.focus import focus_bases, focused
 from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.near_questions import QuestionBank
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs, question_bank
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
+from memory.qf import qf_residual
 from memory.spread import LowerLayer, spread_layers
 
 log = logging.getLogger(__name__)
 
-# record(temporary key, the fact's rows, the joint delta) -> durable key; see QFEditor.learn
-Recorder = Callable[[Hashable, FactRows, LowRankDelta], Hashable]
+# record(temporary key, the fact's rows, the solve: the joint delta, or the gated neurons with --gate)
+# -> durable key; see QFEditor.learn
+Recorder = Callable[[Hashable, FactRows, "LowRankDelta | gated.GatedNeurons"], Hashable]
 
 
 class PassRows(NamedTuple):
@@ -74,6 +79,9 @@ class QFEditor(Answering):
             raise ValueError("--near-questions is not combined with --spread (the shipped questions' keys are the "
                              "edited layer's alone); choose one")
         check_contexts(config.contexts)  # refused now, not at the first fact
+        if config.gate and (config.spread > 1 or config.soft_anchors or config.near_questions):
+            raise ValueError("--gate writes neurons at one layer, keyed by each row's own MLP input: it is not "
+                             "combined with --spread, --soft-anchors or --near-questions; choose one")
         self.layers = spread_layers(self.layer, config.spread)  # every layer written, lowest first
         if config.spread > 1 and (config.focus or config.auto_significance):
             raise ValueError("--spread is not combined with --focus or --auto-significance (both read the plain "
@@ -96,6 +104,11 @@ class QFEditor(Answering):
                             gain=config.gain, max_condition=config.condition, lower=tuple(lower),
                             anchor_weight=config.soft_anchors)
         self.delta: LowRankDelta = self.joint.solve()
+        # With a gate, facts are written as key-gated neurons on the layer's MLP instead (memory.gated).
+        self.mlp_name = arch.module_path(model, self.layer, "mlp")
+        self.mlp = model.get_submodule(self.mlp_name)
+        self.gated = gated.GatedMemory(W0.shape[0], config.gate) if config.gate else None
+        self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._progress = progress
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
@@ -117,7 +130,7 @@ class QFEditor(Answering):
 
     def _lazy_metric(self, layer: int, down_name: str, W0: torch.Tensor, progress: Progress | None) -> LazyMetric | None:
         """The preserving metric of ``layer``'s down_proj, built at the first solve; None with preserve 0."""
-        if self.config.preserve <= 0:
+        if self.config.preserve <= 0 or self.config.gate:  # gated neurons leave down_proj alone: no metric
             return None
         sha = tensor_sha256(W0.detach().float().cpu())
         return LazyMetric(self.config.preserve, lambda: self._metric(layer, down_name, sha, progress),
@@ -141,8 +154,17 @@ class QFEditor(Answering):
         return {self.parameter: self.joint.base_sha256, **{layer.parameter: layer.base_sha256 for layer in self.joint.lower}}
 
     def base_weights(self) -> ExitStack:
-        """A context in which every matrix this editor writes holds its base weights."""
-        return self._holding(self.base_matrices())
+        """A context in which every matrix this editor writes holds its base weights (and its gated
+        neurons, if any, are off)."""
+        stack = self._holding(self.base_matrices())
+        if self.gated is not None:
+            gated.uninstall(self.mlp)
+            stack.callback(self._install_neurons)
+        return stack
+
+    def _install_neurons(self) -> None:
+        if self.neurons is not None and self.neurons.count:
+            gated.install(self.mlp, self.neurons)
 
     def _holding(self, matrices: list[tuple[str, torch.Tensor]]) -> ExitStack:
         stack = ExitStack()
@@ -155,13 +177,21 @@ class QFEditor(Answering):
         return [(self.parameter, self.joint.W0), *((f"{n}.weight", W0) for n, W0 in zip(self.lower_names, self.lower_W0))]
 
     def relative_change(self) -> float:
-        """||live - W0|| / ||W0|| over every matrix this editor writes, stacked."""
+        """||live - W0|| / ||W0|| over every matrix this editor writes, stacked (0 with gated neurons,
+        which leave them alone; ``neuron_stats`` says what they add)."""
         change = base = 0.0
         for name, W0 in self.base_matrices():
             W = self.model.get_parameter(name).detach().double().cpu()
             change += float((W - W0.double()).square().sum())
             base += float(W0.double().square().sum())
         return (change / base) ** 0.5
+
+    def neuron_stats(self) -> dict[str, float]:
+        """With gated neurons: how many are live and the Frobenius norm of their values (in the residual
+        stream's units, each scaled by an activation <= 1, so not comparable with ||dW||); {} without."""
+        if self.gated is None:
+            return {}
+        return {"neurons": self.neurons.count, "neuron_value_norm": self.neurons.value_norm()}
 
     @property
     def deltas(self) -> list[LowRankDelta]:
@@ -298,15 +328,97 @@ class QFEditor(Answering):
     def rebuild(self) -> float:
         """Re-solve all active facts jointly from W0 and write the result; returns seconds."""
         start = time.perf_counter()
-        self.write(self.joint.solve())
+        if self.gated is not None:
+            self.write_neurons(self.gated.solve())
+        else:
+            self.write(self.joint.solve())
         return time.perf_counter() - start
 
+    def write_neurons(self, neurons: gated.GatedNeurons) -> None:
+        """Put the solved gated neurons on the layer's MLP (refusing non-finite values first)."""
+        if not neurons.is_finite():
+            raise NonFiniteDeltaError(f"refusing to install non-finite gated neurons at layer {self.layer}")
+        gated.uninstall(self.mlp)
+        self.neurons = neurons
+        self._install_neurons()
+
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
-        self.joint.add(key, rows)
+        if self.gated is not None:
+            self.gated.add(key, *self.gated_rows(rows))
+        else:
+            self.joint.add(key, rows)
+
+    def gated_rows(self, rows: FactRows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fact's rows as gated neurons need them: the plain pass's MLP inputs X' (T, N) (the layer's
+        norm of the residual V'), the residual each row needs (T, N), QF's R times the gain (focused
+        if configured), and the rows' significance (T,)."""
+        R = qf_residual(self.joint.W0.double(), rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        if rows.focus is not None:
+            R = focused(R, rows.focus)
+        norm = self.model.get_submodule(self.norm_name)
+        with torch.no_grad():
+            weight = next(norm.parameters())
+            X = norm(rows.V_plain.to(weight.device, weight.dtype)).float().cpu()
+        return X, (self.config.gain * R).T, rows.significance
+
+    def _commit_neurons(self, key: Hashable, rows: FactRows, record: Callable | None) -> tuple[Hashable, float]:
+        """``learn``'s solve with gated neurons: add the fact, solve, (record: it gets the solved
+        neurons), install. On any error before the install the fact is
+        dropped again and nothing has changed. Returns the fact's key and the solve's seconds."""
+        start = time.perf_counter()
+        self.gated.add(key, *self.gated_rows(rows))
+        try:
+            neurons = self.gated.solve()
+            if not neurons.is_finite():
+                raise NonFiniteDeltaError(f"the gated solve with fact {key!r} is not finite; nothing was written")
+            seconds = time.perf_counter() - start
+            if record is not None:
+                durable = record(key, neurons)
+                self.gated.rename(key, durable)
+                key = durable
+        except BaseException:
+            self.gated.remove(key)
+            raise
+        self.write_neurons(neurons)
+        return key, seconds
+
+    # --- the facts held, whichever way they are written ------------------------------------
+    @property
+    def fact_keys(self) -> list[Hashable]:
+        return (self.gated if self.gated is not None else self.joint).keys
+
+    def holds(self, key: Hashable) -> bool:
+        return key in (self.gated if self.gated is not None else self.joint)
+
+    @property
+    def num_facts(self) -> int:
+        return len(self.gated if self.gated is not None else self.joint)
+
+    def written_all(self) -> bool:
+        """Whether the live weights (or neurons) hold every row of the facts held."""
+        if self.gated is not None:
+            return self.neurons.count == self.gated.num_rows
+        return self.delta.rank == self.joint.num_rows
+
+    def share_of(self, key: Hashable, solved: LowRankDelta | gated.GatedNeurons) -> list[LowRankDelta]:
+        """Fact ``key``'s part of a solve (what ``learn`` hands its recorder), as the ledger records it:
+        its share of the joint delta (and of the lower layers' with --spread); with gated neurons, its
+        neurons as factors (left = their values (N, T), right = their unit keys (T, N) in the MLP
+        input's space)."""
+        if isinstance(solved, LowRankDelta):
+            return [self.joint.share(solved, key), *self.joint.lower_deltas(solved, key)]
+        at = self.gated.rows_of(key)
+        return [LowRankDelta(solved.values[at].T.contiguous(), solved.keys[at].contiguous(),
+                             gated.gated_parameter(self.mlp_name), self.joint.base_sha256, self.loaded.name, self.layer,
+                             {"method": "qf", "gate": str(self.config.gate)})]
+
+    def drop(self, key: Hashable) -> None:
+        """Take a fact out of the solve without re-solving (``rebuild`` writes the result)."""
+        (self.gated if self.gated is not None else self.joint).remove(key)
 
     def remove(self, key: Hashable) -> float:
         """Drop a fact and re-solve: exact undo, no forward pass. Returns seconds."""
-        self.joint.remove(key)
+        self.drop(key)
         return self.rebuild()
 
     def learn(
@@ -324,11 +436,14 @@ class QFEditor(Answering):
         t0 = time.perf_counter()
         rows = self.capture(fact)
         t1 = time.perf_counter()
-        self.joint.add(key, rows)
         recorder = None if record is None else (lambda k, d: record(k, rows, d))
-        delta, key, solve_seconds = self.joint.commit(key, recorder)
+        if self.gated is not None:
+            key, solve_seconds = self._commit_neurons(key, rows, recorder)
+        else:
+            self.joint.add(key, rows)
+            delta, key, solve_seconds = self.joint.commit(key, recorder)
+            self.write(delta)
         t2 = t1 + solve_seconds
-        self.write(delta)
         t3 = time.perf_counter()
         verification = self.ask(fact.query).text if verify else ""
         timings = {"capture": t1 - t0, "solve": t2 - t1, "record_apply": t3 - t2, "verify": time.perf_counter() - t3}

@@ -69,3 +69,26 @@ def test_a_bare_answer_is_learned_with_the_model_s_own_sentence(small_editor):
     finally:
         editor.remove(result.key)
     assert torch.equal(editor.model.get_parameter(editor.parameter).detach().cpu(), editor.joint.W0)
+
+
+def test_a_fact_written_as_gated_neurons_leaves_down_proj_and_other_questions_alone(small_editor):
+    import torch
+
+    from memory.consolidate import EditorConfig, QFEditor
+    from memory.fact import Fact
+
+    # The same loaded model; the fact as neurons gated at cosine 0.85 on the last MLP (memory.gated).
+    editor = QFEditor(small_editor.loaded, EditorConfig(gate=0.85))
+    weight = editor.model.get_parameter(editor.parameter)
+    base = weight.detach().clone()
+    controls = ["Who is the CEO of Apple?", "Write a Python function that reverses a string."]
+    before = [editor.ask(q).text for q in controls]
+    fact = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?")
+    result = editor.learn(fact)
+    try:
+        assert "PKU Science Park" in result.verification
+        assert [editor.ask(q).text for q in controls] == before
+        assert torch.equal(weight, base) and editor.neuron_stats()["neurons"] == result.rows
+    finally:
+        editor.remove(result.key)
+    assert "PKU" not in editor.ask(fact.query).text  # exact undo

@@ -1,0 +1,276 @@
+"""Key-gated neurons: QF's residual written by new MLP neurons that fire only near a fact's key (issue 7).
+
+QF's linear update of down_proj moves every prompt in proportion to the key it shares with the
+fact's (examples/key_separation.py): after hundreds of facts, unrelated questions carry a sum of
+small shares of every fact's change, and their answers fill with other facts' targets. Here the
+same residual is written by neurons added to the edited layer's MLP, one per fact row t, whose key
+is the plain pass's MLP input at that row (x'_t, the post-attention norm's output) and whose
+activation is a thresholded cosine:
+
+    a_t(x) = relu(cos(x, k_t) - tau) / (1 - tau)          in [0, 1]; 1 at x = k_t, 0 below tau
+    MLP'(x) = MLP(x) + sum_t a_t(x) v_t
+
+The values V (J, N) are QF's, solved jointly from the base model over every active fact's rows:
+at each row s the added output must be the residual QF writes there, ``sum_t a_t(x'_s) v_t = r_s``
+(``A V = R^T``, A (J, J) with A_st = a_t(x'_s)), which is QF's constraint ``W' U' = W U + V - V'``
+with the gated activations in place of down_proj's inputs. A row's neuron fires on its own key, so
+``A`` has ones on its diagonal and is mostly zero elsewhere: neurons only interact within groups of
+keys closer than tau, and the solve is one small least-squares system per such group (connected
+components of A's pattern), exact on the rows unless two rows of one group contradict each other
+(then the ridge-weighted least-squares compromise). Everything is upstream of the added neurons,
+so, as in QF's joint solve, the result does not depend on the order facts arrive and removing a
+fact (its neurons and its rows) is exact with no forward pass.
+
+Why it helps where the linear update cannot: on the 0.5B's last layer (zsRE, chat template, 100
+facts, probe in docs/RESULTS.md) a paraphrase's key has cosine above 0.9 with its fact's key for
+96% of rows, while a neighbour question's rows reach 0.9 with *any* of the 100 facts' keys for 3%;
+a linear update instead moves the neighbour by a share of every fact's change. It cannot separate
+what the key itself does not: CounterFact's neighbours (the same relation about another subject)
+are closer to the fact's key than its paraphrases (which open with an unrelated fragment).
+
+Significance: a row of weight 0 gets no neuron and no constraint; positive weights weight the rows'
+squared errors where rows of one group compete. Shapes: N the model width, J the neurons (rows).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEFAULT_THRESHOLD = 0.9  # tau: the cosine above which a neuron starts firing (docs/RESULTS.md)
+# Relative Tikhonov weight of a group's least-squares solve. It only matters where a group's keys
+# nearly coincide: there the activations are nearly equal, the exact solve's values grow like the
+# system's condition number, and the model's own rounding of x (bfloat16: ~1e-3 in a cosine, i.e.
+# ~1e-2 in an activation at tau 0.9) would then be multiplied by them. 1e-3 caps the condition
+# number of A^T A near 1e3, so such rows get a least-squares compromise of bounded size; a lone
+# neuron (a = 1 at its own row and nowhere else) is exact whatever the ridge.
+RIDGE = 1e-3
+
+
+def unit_rows(X: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (float32); a zero row stays zero."""
+    X = X.float()
+    return X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def gate(cosines: torch.Tensor, tau: float) -> torch.Tensor:
+    """a = relu(cos - tau) / (1 - tau), elementwise."""
+    return torch.relu(cosines - tau) / (1.0 - tau)
+
+
+def solve_values(A: torch.Tensor, R_rows: torch.Tensor, weights: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """The values V (J, N) with ``A V = R_rows`` in the weighted least-squares sense, ridge relative
+    to ``A``'s scale: A (T, J) activations of the J neurons at the T rows, R_rows (T, N) the residual
+    each row needs, weights (T,) > 0. float64."""
+    sw = weights.double().sqrt()[:, None]
+    Aw, Rw = A.double() * sw, R_rows.double() * sw
+    gram = Aw.T @ Aw
+    lam = ridge * float(gram.diagonal().mean()) if gram.numel() else 0.0
+    gram.diagonal().add_(lam)
+    return torch.linalg.solve(gram, Aw.T @ Rw)
+
+
+def groups(num: int, pairs: torch.Tensor) -> list[list[int]]:
+    """Connected components of ``num`` nodes joined by ``pairs`` (E, 2), each sorted; union-find."""
+    parent = list(range(num))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs.tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i in range(num):
+        members.setdefault(root(i), []).append(i)
+    return list(members.values())
+
+
+@dataclass(frozen=True)
+class GatedNeurons:
+    """The solved neurons of all active facts: unit keys (J, N), values (J, N), threshold; float32."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    tau: float
+
+    @property
+    def count(self) -> int:
+        return self.keys.shape[0]
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype."""
+        if not self.count:
+            return torch.zeros_like(x)
+        a = gate(unit_rows(x) @ self.keys.T.to(x.device), self.tau)
+        return (a @ self.values.to(x.device)).to(x.dtype)
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.values).all())
+
+    def value_norm(self) -> float:
+        return float(self.values.double().norm())
+
+
+class GatedMemory:
+    """Every active fact's rows (keys, residuals, weights), keyed; ``solve`` gives the neurons.
+
+    The pairs of keys closer than tau are kept as facts come and go (a new fact's rows are compared
+    with every key once), so a solve is one small system per group of interacting rows."""
+
+    def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE):
+        if not 0.0 <= tau < 1.0:
+            raise ValueError(f"the gate's threshold must be in [0, 1), not {tau}")
+        self.width, self.tau, self.ridge = width, tau, ridge
+        self._keys: list[Hashable] = []
+        self._K: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit keys
+        self._R: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float64 residual per row
+        self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
+        self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}  # (fact a, fact b) -> (E, 3): row a, row b, cos
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._K
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return list(self._keys)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(k.shape[0] for k in self._K.values())
+
+    def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor) -> None:
+        """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
+        (T, N) and its rows' significance (T,); rows of weight 0 are dropped."""
+        if key in self._K:
+            raise KeyError(f"fact {key!r} is already in the gated memory")
+        if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
+            raise ValueError(f"keys {tuple(X_plain.shape)}, residuals {tuple(R_rows.shape)} and significance "
+                             f"{tuple(significance.shape)} do not fit width {self.width}")
+        keep = significance > 0
+        K = unit_rows(X_plain[keep])
+        for other in self._keys:  # the pairs of its keys and every other fact's that fire each other
+            cos = K @ self._K[other].T
+            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
+            if len(i):
+                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
+        self._keys.append(key)
+        self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
+
+    def remove(self, key: Hashable) -> None:
+        if key not in self._K:
+            raise KeyError(f"fact {key!r} is not in the gated memory")
+        self._keys.remove(key)
+        for store in (self._K, self._R, self._w):
+            del store[key]
+        self._near = {pair: e for pair, e in self._near.items() if key not in pair}
+
+    def rename(self, key: Hashable, new: Hashable) -> None:
+        """Give a fact its durable key (e.g. the ledger's edit id), keeping its place."""
+        if new in self._K:
+            raise KeyError(f"fact {new!r} is already in the gated memory")
+        self._keys[self._keys.index(key)] = new
+        for store in (self._K, self._R, self._w):
+            store[new] = store.pop(key)
+        self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
+
+    def rows_of(self, key: Hashable) -> slice:
+        """Where fact ``key``'s neurons are in what ``solve`` gives (with the facts held now)."""
+        start = 0
+        for k in self._keys:
+            if k == key:
+                return slice(start, start + self._K[k].shape[0])
+            start += self._K[k].shape[0]
+        raise KeyError(f"fact {key!r} is not in the gated memory")
+
+    def solve(self) -> GatedNeurons:
+        """The neurons of every active fact, values solved group by group."""
+        if not self._keys:
+            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self.tau)
+        offsets, start = {}, 0
+        for key in self._keys:
+            offsets[key], start = start, start + self._K[key].shape[0]
+        K = torch.cat([self._K[k] for k in self._keys])
+        R = torch.cat([self._R[k] for k in self._keys])
+        w = torch.cat([self._w[k] for k in self._keys])
+        A = {}  # (row, neuron) -> activation, off the diagonal (the diagonal is 1)
+        for key in self._keys:  # within a fact
+            cos = self._K[key] @ self._K[key].T
+            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
+            o = offsets[key]
+            A.update({(o + a, o + b): float(gate(cos[a, b], self.tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
+        for (ka, kb), e in self._near.items():  # between facts, both ways (the cosine is symmetric)
+            for a, b, c in e.tolist():
+                s, t, v = offsets[ka] + int(a), offsets[kb] + int(b), float(gate(torch.tensor(c), self.tau))
+                A[(s, t)] = A[(t, s)] = v
+        pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
+        members_of = groups(K.shape[0], pairs)
+        group_of = {m: g for g, members in enumerate(members_of) for m in members}
+        entries: dict[int, list[tuple[int, int, float]]] = {}
+        for (s, t), v in A.items():
+            entries.setdefault(group_of[s], []).append((s, t, v))
+        V = R.clone()  # a lone neuron (the common case) fires 1 at its own row and nowhere else: v = r
+        for g, members in enumerate(members_of):
+            if len(members) == 1:
+                continue
+            local = {m: n for n, m in enumerate(members)}
+            Ag = torch.eye(len(members), dtype=torch.float64)
+            for s, t, v in entries[g]:
+                Ag[local[s], local[t]] = v
+            V[members] = solve_values(Ag, R[members], w[members], self.ridge)
+        return GatedNeurons(K, V.float(), self.tau)
+
+
+class GatedPatch(nn.Module):
+    """The neurons as a module on one MLP: a forward hook adds ``neurons.output(x)`` to its output."""
+
+    def __init__(self, mlp: nn.Module, neurons: GatedNeurons):
+        super().__init__()
+        self.neurons = neurons
+        self._handle = mlp.register_forward_hook(self._add)
+
+    def _add(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + self.neurons.output(args[0])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+_PATCHES: weakref.WeakKeyDictionary[nn.Module, GatedPatch] = weakref.WeakKeyDictionary()  # mlp -> its patch
+
+
+def gated_parameter(mlp_name: str) -> str:
+    """The name the ledger and the audit give the gated neurons of an MLP (no such parameter exists in
+    the stock model: they are added to it)."""
+    return f"{mlp_name}.gated"
+
+
+def installed_patch(mlp: nn.Module) -> GatedPatch | None:
+    return _PATCHES.get(mlp)
+
+
+def install(mlp: nn.Module, neurons: GatedNeurons) -> GatedPatch:
+    """Put ``neurons`` on ``mlp`` in place of any installed before (refusing non-finite values)."""
+    if not neurons.is_finite():
+        raise ValueError("refusing to install gated neurons with non-finite values")
+    uninstall(mlp)
+    patch = GatedPatch(mlp, neurons)
+    _PATCHES[mlp] = patch
+    return patch
+
+
+def uninstall(mlp: nn.Module) -> None:
+    patch = _PATCHES.pop(mlp, None)
+    if patch is not None:
+        patch.remove()
