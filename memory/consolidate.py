@@ -123,7 +123,8 @@ class QFEditor(Answering):
         if self.config.near_questions:
             self.question_bank()
         if not isinstance(self.joint.metric, LazyMetric):
-            return "the paper's identity norm (preserve 0) needs no keys" + (
+            what = "gated neurons (--gate) need" if self.gated is not None else "the paper's identity norm (preserve 0) needs"
+            return f"{what} no keys" + (
                 f"; near questions' keys for layer {self.layer} ready" if self.config.near_questions else "")
         self.joint.metric.built()
         return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"

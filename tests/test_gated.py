@@ -186,3 +186,7 @@ def test_the_cli_learns_with_a_gate_and_export_says_how_to_export_such_facts(tin
                                            "--format", "peft", "--json"])  # the same fact, re-solved as a dW
     assert linear.exit_code == 0, linear.output
     assert json.loads(linear.stdout)["active_facts"] == 1
+
+
+def test_prepare_says_gated_neurons_need_no_keys(tiny_qwen):
+    assert QFEditor(tiny_qwen, EditorConfig(gate=0.85)).prepare_keys().startswith("gated neurons (--gate) need no keys")
