@@ -111,8 +111,12 @@ class GatedNeurons:
         """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype."""
         if not self.count:
             return torch.zeros_like(x)
-        a = gate(unit_rows(x) @ self.keys.T.to(x.device), self.tau)
+        a = gate(unit_rows(x) @ self.keys.T.to(x.device), self.tau)  # .to: a no-op once installed (install)
         return (a @ self.values.to(x.device)).to(x.dtype)
+
+    def to(self, device: torch.device | str) -> "GatedNeurons":
+        """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
+        return GatedNeurons(self.keys.to(device), self.values.to(device), self.tau)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -266,7 +270,8 @@ def install(mlp: nn.Module, neurons: GatedNeurons) -> GatedPatch:
     if not neurons.is_finite():
         raise ValueError("refusing to install gated neurons with non-finite values")
     uninstall(mlp)
-    patch = GatedPatch(mlp, neurons)
+    weight = next(mlp.parameters(), None)
+    patch = GatedPatch(mlp, neurons.to(weight.device) if weight is not None else neurons)
     _PATCHES[mlp] = patch
     return patch
 
