@@ -38,13 +38,12 @@ from memory.float32_linear import keep_float32
 from memory import gated
 from memory.joint import JointQF
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
-from memory.focus import focus_bases, focused
+from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.near_questions import QuestionBank
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs, question_bank
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
-from memory.qf import qf_residual
 from memory.spread import LowerLayer, spread_layers
 
 log = logging.getLogger(__name__)
@@ -351,16 +350,14 @@ class QFEditor(Answering):
 
     def gated_rows(self, rows: FactRows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A fact's rows as gated neurons need them: the plain pass's MLP inputs X' (T, N) (the layer's
-        norm of the residual V'), the residual each row needs (T, N), QF's R times the gain (focused
-        if configured), and the rows' significance (T,)."""
-        R = qf_residual(self.joint.W0.double(), rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
-        if rows.focus is not None:
-            R = focused(R, rows.focus)
+        norm of the residual V'), the residual each row needs (T, N), the one the linear solve would
+        write (JointQF.residual: QF's R, focused and times the gain as configured), and the rows'
+        significance (T,)."""
         norm = self.model.get_submodule(self.norm_name)
         with torch.no_grad():
             weight = next(norm.parameters())
             X = norm(rows.V_plain.to(weight.device, weight.dtype)).float().cpu()
-        return X, (self.config.gain * R).T, rows.significance
+        return X, self.joint.residual(rows).T, rows.significance
 
     def _commit_neurons(self, key: Hashable, rows: FactRows, record: Callable | None) -> tuple[Hashable, float]:
         """``learn``'s solve with gated neurons: add the fact, solve, (record: it gets the solved
@@ -385,15 +382,20 @@ class QFEditor(Answering):
 
     # --- the facts held, whichever way they are written ------------------------------------
     @property
+    def _facts(self) -> gated.GatedMemory | JointQF:
+        """What holds the facts: the gated memory with --gate, else the joint solve."""
+        return self.gated if self.gated is not None else self.joint
+
+    @property
     def fact_keys(self) -> list[Hashable]:
-        return (self.gated if self.gated is not None else self.joint).keys
+        return self._facts.keys
 
     def holds(self, key: Hashable) -> bool:
-        return key in (self.gated if self.gated is not None else self.joint)
+        return key in self._facts
 
     @property
     def num_facts(self) -> int:
-        return len(self.gated if self.gated is not None else self.joint)
+        return len(self._facts)
 
     def written_all(self) -> bool:
         """Whether the live weights (or neurons) hold every row of the facts held."""
@@ -415,7 +417,7 @@ class QFEditor(Answering):
 
     def drop(self, key: Hashable) -> None:
         """Take a fact out of the solve without re-solving (``rebuild`` writes the result)."""
-        (self.gated if self.gated is not None else self.joint).remove(key)
+        self._facts.remove(key)
 
     def remove(self, key: Hashable) -> float:
         """Drop a fact and re-solve: exact undo, no forward pass. Returns seconds."""

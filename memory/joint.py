@@ -89,8 +89,9 @@ class JointQF:
     def num_rows(self) -> int:
         return self._gram.shape[0]
 
-    def add(self, key: Hashable, rows: FactRows) -> None:
-        """Add a QF fact: its residual from its captures (memory.qf), focused and scaled as configured."""
+    def residual(self, rows: FactRows) -> torch.Tensor:
+        """A QF fact's residual to write at its rows, (N, T_f) float64: R from its captures (memory.qf),
+        focused and scaled by the gain as configured. Gated neurons (memory.gated) write the same."""
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
         R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
@@ -98,6 +99,11 @@ class JointQF:
             R = focused(R, rows.focus)
         if self.gain != 1.0:
             R.mul_(self.gain)
+        return R
+
+    def add(self, key: Hashable, rows: FactRows) -> None:
+        """Add a QF fact: its residual from its captures (``residual``)."""
+        R = self.residual(rows)
         lower = rows.keys_at(tuple(layer.layer for layer in self.lower)) if self.lower else None
         if self.anchor_weight > 0 and rows.anchors:  # the last rows are anchors: soft, not held
             T = rows.num_rows - rows.anchors
