@@ -139,9 +139,7 @@ class GatedMemory:
         self._K: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit keys
         self._R: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float64 residual per row
         self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
-        # (fact a, fact b) -> (E, 3): row of a, row of b, the activation each gives the other's neuron;
-        # pairs within one fact under (a, a); only pairs closer than tau are kept
-        self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
+        self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}  # (fact a, fact b) -> (E, 3): row a, row b, cos
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -167,16 +165,11 @@ class GatedMemory:
                              f"{tuple(significance.shape)} do not fit width {self.width}")
         keep = significance > 0
         K = unit_rows(X_plain[keep])
-        # the pairs of its keys, among themselves and with every other fact's, that fire each other
-        for other, K_other in ((key, K), *self._K.items()):
-            cos = K @ K_other.T
-            near = cos > self.tau
-            if other == key:
-                near.fill_diagonal_(False)  # a neuron's own row: the diagonal of A, 1
-            i, j = torch.nonzero(near, as_tuple=True)
+        for other in self._keys:  # the pairs of its keys and every other fact's that fire each other
+            cos = K @ self._K[other].T
+            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
             if len(i):
-                activation = gate(cos[i, j].double(), self.tau)
-                self._near[(key, other)] = torch.stack([i.double(), j.double(), activation], 1)
+                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
 
@@ -217,9 +210,14 @@ class GatedMemory:
         R = torch.cat([self._R[k] for k in self._keys])
         w = torch.cat([self._w[k] for k in self._keys])
         A = {}  # (row, neuron) -> activation, off the diagonal (the diagonal is 1)
-        for (ka, kb), e in self._near.items():  # both ways: the cosine is symmetric
-            for a, b, v in e.tolist():
-                s, t = offsets[ka] + int(a), offsets[kb] + int(b)
+        for key in self._keys:  # within a fact
+            cos = self._K[key] @ self._K[key].T
+            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
+            o = offsets[key]
+            A.update({(o + a, o + b): float(gate(cos[a, b], self.tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
+        for (ka, kb), e in self._near.items():  # between facts, both ways (the cosine is symmetric)
+            for a, b, c in e.tolist():
+                s, t, v = offsets[ka] + int(a), offsets[kb] + int(b), float(gate(torch.tensor(c), self.tau))
                 A[(s, t)] = A[(t, s)] = v
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         members_of = groups(K.shape[0], pairs)
