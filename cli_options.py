@@ -18,7 +18,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
-                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate")
+                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -39,6 +39,11 @@ def model_options(fn):
     @click.option("--gain", type=click.FloatRange(min=0, min_open=True), envvar="QF_GAIN", default=None,
                   help="QF: write gain x the instructed pass's change (default 1.5; 1 = the paper's rule). "
                        "[env QF_GAIN]")
+    @click.option("--row-gain", "row_gain", type=click.FloatRange(min=0), envvar="QF_ROW_GAIN", default=None,
+                  help="QF at the last layer: instead of one --gain, give each answer row the smallest gain up to G "
+                       "at which the plain pass's next token is the answer's, written whole and at half strength, "
+                       "read off the LM head (memory.row_gain; default 0 = off, --gain for every row). "
+                       "[env QF_ROW_GAIN]")
     @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
                   help="QF at the last layer: write only the change of the answer token's and the plain pass's "
                        "top K tokens' logits (default 0 = all of it, the paper's rule). [env QF_FOCUS]")
@@ -135,7 +140,7 @@ def qf2_options(fn):
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
     --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread,
-    --answer-forms, --keys-data, --question-keys), as EditorConfig fields; the library's defaults for
+    --answer-forms, --keys-data, --question-keys, --gate, --row-gain), as EditorConfig fields; the library's defaults for
     those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 

@@ -156,7 +156,7 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate")
+        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain")
         now = {name: getattr(self.config, name) for name in names}
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},

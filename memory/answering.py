@@ -31,6 +31,8 @@ class EditorConfig:
     # "Solver options"); PAPER_RULE below gives the paper's exact rule.
     preserve: float = 10.0  # strength p of the K0-preserving metric (0 = the paper's identity norm), memory.qf
     gain: float = 1.5  # the residual to write is gain * R (1 = the instructed pass exactly), memory.qf
+    # > 0 (>= 1), at the last layer: each row's own gain, up to this, read off the LM head (instead of gain), memory.row_gain
+    row_gain: float = 0.0
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
@@ -63,7 +65,7 @@ class EditorConfig:
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
-              "spread": 1, "answer_forms": False, "gate": 0.0}
+              "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -43,6 +43,7 @@ from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.near_questions import QuestionBank
 from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs, question_bank
+from memory.row_gain import Head
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 from memory.spread import LowerLayer, spread_layers
 
@@ -71,6 +72,9 @@ class QFEditor(Answering):
         self.layer = self.layer_for(model, config.layer)
         if config.focus and self.layer != arch.num_layers(model) - 1:
             raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
+        if config.row_gain and (self.layer != arch.num_layers(model) - 1 or config.spread > 1):
+            raise ValueError(f"--row-gain reads the LM head after the edited layer: it works at the last layer "
+                             f"({arch.num_layers(model) - 1}) alone, not with --layer {self.layer} or --spread")
         if config.focus and (config.anchors or config.near_questions):
             raise ValueError("--focus and --anchors / --near-questions do not combine (an anchor has no target to "
                              "focus on); choose one")
@@ -101,7 +105,8 @@ class QFEditor(Answering):
         metric = self._lazy_metric(self.layer, self.down_name, W0, progress)
         self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
                             gain=config.gain, max_condition=config.condition, lower=tuple(lower),
-                            anchor_weight=config.soft_anchors)
+                            anchor_weight=config.soft_anchors, head=self._head() if config.row_gain else None,
+                            max_row_gain=config.row_gain)
         self.delta: LowRankDelta = self.joint.solve()
         # With a gate, facts are written as key-gated neurons on the layer's MLP instead (memory.gated).
         self.mlp_name = arch.module_path(model, self.layer, "mlp")
@@ -116,6 +121,12 @@ class QFEditor(Answering):
     def layer_for(model, layer: int | None) -> int:
         """The layer an editor with ``layer`` edits: the given one (checked) or the default."""
         return arch.check_layer(model, arch.default_layer(model) if layer is None else layer)
+
+    def _head(self) -> Head:
+        """The final norm and LM head, which read the last layer's output (memory.row_gain)."""
+        norm = self.model.get_submodule(arch.architecture_of(self.model).final_norm)
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+        return Head(self.model.get_output_embeddings().weight, norm.weight, float(eps))
 
     def prepare_keys(self) -> str:
         """Collect (or find) the key covariance now, not at the first solve; says what was done."""

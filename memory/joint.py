@@ -34,6 +34,7 @@ from memory.fact import FactRows
 from memory.focus import focused
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
+from memory.row_gain import Head, gain_grid, row_gains
 from memory.soft_anchors import scaled_anchors, woodbury_solve_parts
 from memory.spread import LowerLayer
 
@@ -44,13 +45,20 @@ class JointQF:
     def __init__(self, W0: torch.Tensor, parameter: str, model: str = "", layer: int | None = None,
                  ridge: float = DEFAULT_RIDGE, metric: Metric = None, gain: float = 1.0,
                  max_condition: float = 0.0, method: str = "qf",
-                 lower: tuple[tuple[LowerLayer, Metric], ...] = (), anchor_weight: float = 0.0):
+                 lower: tuple[tuple[LowerLayer, Metric], ...] = (), anchor_weight: float = 0.0,
+                 head: Head | None = None, max_row_gain: float = 0.0):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
         self.parameter, self.model, self.layer, self.ridge = parameter, model, layer, ridge
         self.metric = metric  # None: the identity norm, the paper's rule
         self.gain = gain  # each fact's residual is gain * R (memory.qf, "Gain")
+        # > 0: each row's own gain up to this instead, read off the head after the (last) layer (memory.row_gain)
+        if max_row_gain and head is None:
+            raise ValueError("row gains need the model's final norm and LM head")
+        if max_row_gain:
+            gain_grid(max_row_gain)  # refused now, not at the first fact
+        self.head, self.max_row_gain = head, max_row_gain
         self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
         self.method = method  # recorded in the deltas' metadata: "qf", or "qf2" for QF2's solved rule
         if anchor_weight < 0:
@@ -91,13 +99,16 @@ class JointQF:
 
     def residual(self, rows: FactRows) -> torch.Tensor:
         """A QF fact's residual to write at its rows, (N, T_f) float64: R from its captures (memory.qf),
-        focused and scaled by the gain as configured. Gated neurons (memory.gated) write the same."""
+        focused and scaled by the gain (or each row's, memory.row_gain) as configured. Gated neurons (memory.gated) write the same."""
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
         R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
         if rows.focus is not None:
             R = focused(R, rows.focus)
-        if self.gain != 1.0:
+        if self.max_row_gain:
+            h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_64.T  # the plain pass after the layer
+            R.mul_(row_gains(h, R, rows.targets, self.head, self.max_row_gain))
+        elif self.gain != 1.0:
             R.mul_(self.gain)
         return R
 
@@ -257,7 +268,7 @@ class JointQF:
         return {"ridge": str(self.ridge), "preserve": str(self.metric.strength if self.metric else 0.0),
                 "question_keys": str(getattr(self.metric, "question_weight", 0.0)),
                 "gain": str(self.gain), "condition": str(self.max_condition), "spread": str(len(self.lower) + 1),
-                "soft_anchors": str(self.anchor_weight)}
+                "soft_anchors": str(self.anchor_weight), "row_gain": str(self.max_row_gain)}
 
     def lower_deltas(self, delta: LowRankDelta, key: Hashable | None = None) -> list[LowRankDelta]:
         """The lower layers' deltas of the solve ``delta`` (the top layer's, from ``solve``), lowest

@@ -1,0 +1,83 @@
+"""Row gains: how far past the instructed pass to write each row, read off the LM head (issue 7).
+
+A fixed gain (memory.qf, "Gain") scales every row's residual alike. Measured on the default model
+(docs/RESULTS.md, key-gated neurons), gain 2 lifts zsRE's efficacy and paraphrases but overshoots
+some rows (their top-1 token is then another one, farther along the instructed pass's direction),
+and it cuts sentence answers short; gain 1 leaves partly reached questions (a paraphrase firing a
+gated neuron at 0.6, a share of a linear change) short of the answer.
+
+At the last layer the edited MLP's output is added to the residual stream that the final norm and
+the LM head read, so what a row's plain pass predicts after its change is known without a forward
+pass: ``logits(g) = head(norm(h + g r))``, h the plain pass's residual stream after the layer and r
+the row's residual. A row's gain is the smallest on a grid from 1 to ``max_gain`` at which the row's
+answer token is the top-1 token both when the change is written whole and when only ``HOLD`` of it
+arrives (a paraphrase's share); failing that, the smallest at which it is top-1 when whole; failing
+that (the instructed pass itself does not name it), the one that makes it likeliest.
+
+Pure functions of the captures, the base weights and the head: nothing is stored, and a rebuild,
+an undo or a replay computes the same gains (on another checkpoint, from its own head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+STEP = 0.25  # the grid of gains: 1, 1.25, ..., max_gain
+HOLD = 0.5  # the share of a row's change at which its answer token should still come first
+
+
+@dataclass(frozen=True)
+class Head:
+    """What turns the last layer's residual stream into logits: the final RMSNorm and the LM head."""
+
+    weight: torch.Tensor  # (V, N) the LM head, in the model's dtype
+    norm_weight: torch.Tensor  # (N,)
+    eps: float
+
+    def read(self, h: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W(g h_t) and W(g r_t) for every row, (T, V) float32 each, in one pass over the head (in its dtype).
+        RMSNorm scales a vector by one number, so the logits of h_t + c r_t are
+        ``rsqrt(mean((h_t + c r_t)^2) + eps) (W(g h_t) + c W(g r_t))`` (``logits_along``)."""
+        g = self.norm_weight.detach().double().cpu()
+        rows = torch.cat([h.double() * g, R.T.double() * g]).to(self.weight.device, self.weight.dtype)
+        a, b = (rows @ self.weight.detach().T).float().cpu().split(h.shape[0])
+        return a, b
+
+    def logits_along(self, h: torch.Tensor, r: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                     scales: torch.Tensor) -> torch.Tensor:
+        """The logits of h + c r for each scale c, (C, V) float32, from one row's h, r (N,) and ``read``'s a, b (V,)."""
+        c = scales.double()
+        rho = torch.rsqrt((h.double() + c[:, None] * r.double()).pow(2).mean(-1) + self.eps).float()  # (C,)
+        return rho[:, None] * (a + c.float()[:, None] * b)
+
+
+def gain_grid(max_gain: float) -> torch.Tensor:
+    """1, 1 + STEP, ..., up to max_gain (at least 1) -> (G,) float64."""
+    if max_gain < 1:
+        raise ValueError(f"the row gains' maximum must be >= 1 (the instructed pass's own change), not {max_gain}")
+    return torch.arange(1.0, max_gain + 1e-9, STEP, dtype=torch.float64)
+
+
+def row_gains(h: torch.Tensor, R: torch.Tensor, targets: tuple[int, ...], head: Head, max_gain: float) -> torch.Tensor:
+    """Each row's gain (T,) float64 for rows whose plain-pass residual stream after the edited (last)
+    layer is h (T, N), whose residual to write is R (N, T), predicting ``targets`` (-1: an anchor,
+    which has no residual: gain 1). See the module docstring for the rule."""
+    grid = gain_grid(max_gain)
+    G, scales = len(grid), torch.cat([grid, HOLD * grid])  # the whole change, then HOLD of it
+    a, b = head.read(h, R)
+    gains = torch.ones(len(targets), dtype=torch.float64)
+    for t, target in enumerate(targets):
+        if target < 0:
+            continue
+        logits = head.logits_along(h[t], R[:, t], a[t], b[t], scales)  # (2G, V)
+        first = (logits.argmax(-1) == target).view(2, G)
+        held = first.all(0)
+        if held.any():
+            gains[t] = grid[held.nonzero()[0, 0]]
+        elif first[0].any():
+            gains[t] = grid[first[0].nonzero()[0, 0]]
+        else:
+            gains[t] = grid[logits[:G].log_softmax(-1)[:, target].argmax()]
+    return gains

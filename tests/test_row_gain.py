@@ -1,0 +1,79 @@
+"""Row gains (memory.row_gain, --row-gain): the head's logits read in closed form, the rule on a
+constructed case, the solve meeting each row's scaled residual, and the editor's refusals."""
+
+import pytest
+import torch
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+from memory import architecture as arch
+from memory.consolidate import EditorConfig, QFEditor
+from memory.fact import Fact
+from memory.qf import qf_residual
+from memory.row_gain import Head, gain_grid, row_gains
+
+FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.")
+
+
+def test_the_head_read_in_closed_form_is_the_norm_then_the_head():
+    torch.manual_seed(0)
+    N, V = 24, 50
+    norm = Qwen2RMSNorm(N, eps=1e-6)
+    norm.weight.data = 1 + 0.3 * torch.randn(N)
+    W = torch.randn(V, N)
+    head = Head(W, norm.weight, 1e-6)
+    h, R = 3 * torch.randn(4, N), torch.randn(N, 4)
+    a, b = head.read(h, R)
+    scales = torch.tensor([0.0, 0.5, 1.0, 2.5])
+    for t in range(4):
+        got = head.logits_along(h[t], R[:, t], a[t], b[t], scales)
+        want = torch.stack([norm(h[t] + c * R[:, t]) @ W.T for c in scales])
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def _one_hot_head(V: int = 4) -> Head:
+    """Logits = the residual's own coordinates (times one positive number): argmax is read off directly."""
+    return Head(torch.eye(V), torch.ones(V), 1e-6)
+
+
+def test_a_row_gets_the_smallest_gain_that_holds_its_token_whole_and_at_half():
+    head = _one_hot_head()
+    h = torch.tensor([[2.0, 0, 0, 0]] * 3, dtype=torch.float64)  # the plain pass says token 0
+    r = torch.tensor([-0.5, 1.0, 0, 0], dtype=torch.float64)  # towards token 1: first once c > 4/3
+    R = torch.stack([r, r, torch.tensor([0.0, 0, -1.0, 0], dtype=torch.float64)], 1)
+    # rows 0, 1: whole and half (c/2 > 4/3) from 2.75; row 2 moves away from its token 2, which is
+    # never first: the gain that makes it likeliest, the least
+    assert row_gains(h, R, (1, 1, 2), head, 3.0).tolist() == [2.75, 2.75, 1.0]
+    # up to 2 the half share never reaches it: the smallest gain at which the whole change does
+    assert row_gains(h, R[:, [0, 1, 1]], (1, -1, 1), head, 2.0).tolist() == [1.5, 1.0, 1.5]  # an anchor row (-1) keeps 1
+    # a row already answered by the instructed pass at gain 1, whole and at half, stays at 1
+    assert row_gains(h, 10 * R[:, :1], (1,), head, 3.0).tolist() == [1.0]
+    assert gain_grid(2.0).tolist() == [1.0, 1.25, 1.5, 1.75, 2.0]
+    with pytest.raises(ValueError, match=">= 1"):
+        gain_grid(0.5)
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.85])
+def test_the_editor_writes_each_row_its_own_gain_times_the_instructed_change(gate, tiny_qwen):
+    last = arch.num_layers(tiny_qwen.model) - 1
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=last, preserve=0.0, row_gain=3.0, gate=gate, ridge=1e-9))
+    rows = editor.capture(FACT)
+    joint = editor.joint
+    R = qf_residual(joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+    h = rows.V_plain.double() + rows.U_plain.double() @ joint.W0.double().T
+    gains = row_gains(h, R, rows.targets, editor._head(), 3.0)
+    assert torch.allclose(joint.residual(rows), R * gains, atol=1e-9)
+    editor.learn(FACT, verify=False)
+    if gate:  # the fact's lone neurons carry each row's scaled residual
+        written = editor.neurons.output(rows.V_plain.to(editor.neurons.keys.dtype)).double().T
+    else:  # dW u'_t = g_t r_t on the fact's rows
+        written = editor.delta.dense().double() @ rows.U_plain.double().T
+    assert torch.allclose(written, R * gains, atol=1e-3 * float(R.abs().max() * gains.max()))
+
+
+def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen):
+    with pytest.raises(ValueError, match="last layer"):
+        QFEditor(tiny_qwen, EditorConfig(layer=1, row_gain=3.0))
+    with pytest.raises(ValueError, match="last layer"):
+        QFEditor(tiny_qwen, EditorConfig(layer=3, spread=2, row_gain=3.0))
+    with pytest.raises(ValueError, match=">= 1"):
+        QFEditor(tiny_qwen, EditorConfig(layer=3, row_gain=0.5, preserve=0.0))
