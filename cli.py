@@ -312,10 +312,11 @@ def export(out, fmt, model_name, device, dtype, layer, system, db, as_json):
     from memory.export import export_hf, export_peft
 
     ledger = _ledger(db, model_name, device, dtype, layer, system)
-    if ledger.config.gate and ledger.active_facts:
+    if any(editor.gated is not None for editor in ledger.editors.values()) and ledger.active_facts:
         raise click.ClickException("these facts are live as gated neurons (--gate), which a plain checkpoint or a "
-                                   "LoRA adapter cannot hold; `qf export --gate 0 ...` writes them as down_proj "
-                                   "changes instead, re-solved from the captures the ledger keeps")
+                                   "LoRA adapter cannot hold (gated neurons are the default); `qf export --gate 0 "
+                                   "...` writes them as down_proj changes instead, re-solved from the captures the "
+                                   "ledger keeps (they act on other questions too: docs/RESULTS.md)")
     if fmt == "hf":
         path = export_hf(ledger.loaded, Path(out))
     else:

@@ -37,13 +37,13 @@ def model_options(fn):
                   help="QF: strength of the K0-preserving solve (default 10; 0 = the paper's minimum-norm "
                        "rule). [env QF_PRESERVE]")
     @click.option("--gain", type=click.FloatRange(min=0, min_open=True), envvar="QF_GAIN", default=None,
-                  help="QF: write gain x the instructed pass's change (default 1.5; 1 = the paper's rule). "
-                       "[env QF_GAIN]")
+                  help="QF: write gain x the instructed pass's change (default 1.5; 1 = the paper's rule), where "
+                       "rows do not get their own (--row-gain). [env QF_GAIN]")
     @click.option("--row-gain", "row_gain", type=click.FloatRange(min=0), envvar="QF_ROW_GAIN", default=None,
                   help="QF at the last layer: instead of one --gain, give each answer row the smallest gain up to G "
                        "at which the plain pass's next token is the answer's, written whole and at half strength, "
-                       "read off the LM head (memory.row_gain; default 0 = off, --gain for every row). "
-                       "[env QF_ROW_GAIN]")
+                       "read off the LM head (memory.row_gain; default 4 with --gate at the last layer, else 0 = "
+                       "--gain for every row). [env QF_ROW_GAIN]")
     @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
                   help="QF at the last layer: write only the change of the answer token's and the plain pass's "
                        "top K tokens' logits (default 0 = all of it, the paper's rule). [env QF_FOCUS]")
@@ -92,9 +92,9 @@ def model_options(fn):
                        "chats alone). [env QF_QUESTION_KEYS]")
     @click.option("--gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_GATE", default=None,
                   help="QF: write each fact with new neurons of the edited layer's MLP that fire only where its "
-                       "input's cosine with the fact's keys exceeds T (e.g. 0.85), leaving down_proj and other "
-                       "questions alone; cannot be exported as a plain checkpoint (default 0 = the linear update "
-                       "of down_proj). [env QF_GATE]")
+                       "input's cosine with the fact's keys exceeds T, leaving down_proj and other questions "
+                       "alone; cannot be exported as a plain checkpoint (default 0.85; 0 = the linear update of "
+                       "down_proj, the default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -37,6 +37,8 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
         "anchors": torch.tensor([rows.anchors], dtype=torch.int64),
         "form_rows": torch.tensor([rows.form_rows], dtype=torch.int64),
     } | ({"focus": rows.focus} if rows.focus is not None else {}) | ({
+        "gains": rows.gains, "gains_max": torch.tensor([rows.gains_max], dtype=torch.float64),
+    } if rows.gains is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
 
@@ -49,6 +51,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         int(tensors["anchors"]) if "anchors" in tensors else 0,  # captures recorded before anchors: 0
         tensors.get("lower_keys"), tuple(tensors["lower_layers"].tolist()) if "lower_layers" in tensors else (),
         int(tensors["form_rows"]) if "form_rows" in tensors else 0,  # captures recorded before answer forms: 0
+        gains=tensors.get("gains"), gains_max=float(tensors["gains_max"]) if "gains_max" in tensors else 0.0,
     )
 
 
@@ -157,7 +160,7 @@ class LedgerEditor:
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
         names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain")
-        now = {name: getattr(self.config, name) for name in names}
+        now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},
                                                            e.hyperparams)]
@@ -259,11 +262,13 @@ class LedgerEditor:
 
 def _acting(settings: dict, hyperparams: dict) -> dict:
     """The solve ``settings`` that act on an edit recorded with ``hyperparams``: the preserving
-    metric's keys only with preserve > 0, the anchors' softness only for an edit with anchors (swapped
-    subjects or near questions)."""
+    metric's keys only with preserve > 0 and no gate, the fixed gain only without row gains, the
+    anchors' softness only for an edit with anchors (swapped subjects or near questions)."""
     acting = dict(settings)
     if not acting["preserve"] or acting.get("gate"):  # gated neurons leave down_proj alone: no metric acts
         acting["keys_data"], acting["question_keys"] = None, 0.0
+    if acting.get("row_gain"):  # each row's own gain: the fixed one does not act
+        acting["gain"] = None
     if not (hyperparams.get("anchors", 0) or hyperparams.get("near_questions", 0)):
         acting["soft_anchors"] = 0.0
     return acting

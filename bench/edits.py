@@ -174,7 +174,7 @@ def qf_settings(name: str) -> dict | None:
 def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None) -> QFEditor:
     """The editor for a QF variant name: ``editor`` itself for "qf", else one configured as named."""
     settings = qf_settings(name)
-    return editor if settings is None else QFEditor(editor.loaded, replace(editor.config, **settings), progress=progress)
+    return editor if settings is None else QFEditor(editor.loaded, replace(editor.given, **settings), progress=progress)
 
 
 def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4,

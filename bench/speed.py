@@ -1,9 +1,10 @@
 """Speed of one consolidation against one forward pass, and of the joint re-solve.
 
-Per fact: the two capture passes, the solve, the write, and one full forward pass over the
-instructed sequence (with logits, as inference runs it); medians over facts. Then the joint
-re-solve of ``resolve_facts`` facts from W0 with no forward pass: its cost depends only on the
-shapes (rows x D), so those facts reuse the captured rows' shapes with random values.
+Per fact: the two capture passes (and the row gains read off the head), the solve, the write, and
+one full forward pass over the instructed sequence (with logits, as inference runs it); medians over
+facts. Then the joint re-solve of ``resolve_facts`` facts from the base model with no forward pass,
+as a ledger's load does: its cost depends on the shapes (rows x D), so those facts reuse the captured
+rows' shapes with random values (random keys are far apart: every gated neuron is alone).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from memory.consolidate import QFEditor
 from memory.fact import Fact, FactRows
+from memory.gated import GatedMemory
 from memory.joint import JointQF
 from memory.prompts import build_pass, instructed_system
 
@@ -51,18 +53,18 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
     for i, fact in enumerate(synthetic_facts(n)):
         inst = build_pass(editor.tokenizer, fact.query, fact.answer, instructed_system(fact.instruction, editor.config.system))
         _, t_forward = _timed(lambda: editor.model(input_ids=inst.input_ids.to(device), use_cache=False))
-        fact_rows, t_capture = _timed(lambda: editor.capture(fact))
+        fact_rows, t_capture = _timed(lambda: editor.joint.with_gains(editor.capture(fact)))  # + the row gains
         keys.append(("speed", i))
         editor.add_rows(keys[-1], fact_rows)
-        delta, t_solve = _timed(editor.joint.solve)
-        _, t_apply = _timed(lambda: editor.write(delta))
+        solved, t_solve = _timed(editor.solve)  # the default's gated neurons, or down_proj's delta with --gate 0
+        _, t_apply = _timed(lambda: editor.write_solved(solved))
         for series, value in zip((capture, solve, apply, forward), (t_capture, t_solve, t_apply, t_forward)):
             series.append(value)
         rows.append(fact_rows.num_rows)
         if progress:
             progress(1)
     for key in keys:
-        editor.joint.remove(key)
+        editor.drop(key)
     editor.rebuild()
     med = statistics.median
     consolidation = [c + s + a for c, s, a in zip(capture, solve, apply)]
@@ -75,34 +77,45 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
         "consolidation_s": med(consolidation),
         "forward_s": med(forward),
         "ratio": med(consolidation) / med(forward),
-        **joint_resolve_time(editor, resolve_facts, int(med(rows))),
+        **resolve_time(editor, resolve_facts, int(med(rows))),
     }
 
 
-def joint_resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
-    """Load (residuals + Gram from stored rows), re-solve and write ``facts`` facts from W0."""
+def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
+    """Load (residuals from stored rows), re-solve and write ``facts`` facts from the base model, as a
+    ledger's load does: into gated neurons (the default) or down_proj's joint delta (--gate 0). The
+    rows carry their recorded gains (1), as a ledger's do, so no head is read."""
     W0 = editor.joint.W0
     N, D = W0.shape
     g = torch.Generator().manual_seed(0)
     stored = [
-        FactRows("", (), *(torch.randn(rows_per_fact, d, generator=g) for d in (D, N, D, N)), torch.ones(rows_per_fact, dtype=torch.float64))
+        FactRows("", (), *(torch.randn(rows_per_fact, d, generator=g) for d in (D, N, D, N)),
+                 torch.ones(rows_per_fact, dtype=torch.float64), gains=torch.ones(rows_per_fact, dtype=torch.float64),
+                 gains_max=editor.joint.max_row_gain)
         for _ in range(facts)
     ]
-    joint = JointQF(W0, editor.parameter, ridge=editor.config.ridge)
+    if editor.gated is not None:
+        solver = GatedMemory(N, editor.gated.tau)
+
+        def add(i, rows):
+            solver.add(i, rows.V_plain, editor.joint.residual(rows).T, rows.significance)
+    else:
+        solver = JointQF(W0, editor.parameter, ridge=editor.config.ridge)
+        add = solver.add
     start = time.perf_counter()
     for i, rows in enumerate(stored):
-        joint.add(i, rows)
+        add(i, rows)
     loaded = time.perf_counter()
-    delta = joint.solve()
-    solved = time.perf_counter()
-    weight = torch.empty_like(W0)
-    weight.copy_(W0).add_(delta.left.float() @ delta.right.float())
+    solved = solver.solve()
+    solved_at = time.perf_counter()
+    editor.write_solved(solved)
     written = time.perf_counter()
+    editor.rebuild()  # back to the editor's own facts
     return {
         "resolve_facts": facts,
-        "resolve_rows": joint.num_rows,
+        "resolve_rows": solver.num_rows,
         "resolve_load_s": loaded - start,
-        "resolve_solve_s": solved - loaded,
-        "resolve_write_s": written - solved,
+        "resolve_solve_s": solved_at - loaded,
+        "resolve_write_s": written - solved_at,
         "resolve_s": written - loaded,
     }

@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
 from memory.fact import Fact
+from memory.gated import DEFAULT_THRESHOLD
 from memory.generate import Answer, greedy_answer, stop_ids
 from memory.loading import LoadedModel
 from memory.phrasings import generate_phrasings
@@ -31,8 +32,9 @@ class EditorConfig:
     # "Solver options"); PAPER_RULE below gives the paper's exact rule.
     preserve: float = 10.0  # strength p of the K0-preserving metric (0 = the paper's identity norm), memory.qf
     gain: float = 1.5  # the residual to write is gain * R (1 = the instructed pass exactly), memory.qf
-    # > 0 (>= 1), at the last layer: each row's own gain, up to this, read off the LM head (instead of gain), memory.row_gain
-    row_gain: float = 0.0
+    # > 0 (>= 1), at the last layer: each row's own gain, up to this, read off the LM head (instead of gain),
+    # memory.row_gain; None: DEFAULT_ROW_GAIN with gated neurons at the last layer, else 0 (``with_defaults_decided``)
+    row_gain: float | None = None
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
@@ -51,8 +53,9 @@ class EditorConfig:
     # weight w of the factual prompts' question keys in the preserving metric (0 = none), memory.preserve
     question_keys: float = 1.0
     # > 0: write each fact row with a new neuron that fires only above this cosine with the row's key,
-    # instead of changing down_proj (0 = the linear update), memory.gated
-    gate: float = 0.0
+    # instead of changing down_proj (0 = the linear update), memory.gated; None: DEFAULT_GATE, unless an
+    # option only the linear update has is set (spread, soft anchors, near questions): then 0
+    gate: float | None = None
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
     # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
@@ -60,6 +63,25 @@ class EditorConfig:
     system: str | None = None  # the chat's system prompt; None = the chat template's default
     max_answer_tokens: int = 64  # cap for the instructed model's own answer
     verify_tokens: int = 64  # cap for the closed-book verification answer
+
+
+# The default combination (docs/RESULTS.md, "Row gains"): key-gated neurons at the measured best
+# threshold, each row's gain read off the LM head up to this.
+DEFAULT_GATE = DEFAULT_THRESHOLD
+DEFAULT_ROW_GAIN = 4.0
+
+
+def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
+    """``config`` with its automatic settings (None) decided for an editor at the model's last layer
+    or not: the gate unless an option of the linear update alone is set; row gains with the gate
+    where the LM head reads the edited layer (the last, alone). Given settings are kept as they are."""
+    gate = config.gate
+    if gate is None:
+        gate = 0.0 if config.spread > 1 or config.soft_anchors or config.near_questions else DEFAULT_GATE
+    row_gain = config.row_gain
+    if row_gain is None:
+        row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
+    return replace(config, gate=gate, row_gain=row_gain)
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.

@@ -1,8 +1,10 @@
 """Consolidation: fact -> two teacher-forced captures -> joint QF solve -> write -> verify.
 
-``QFEditor`` owns the edited matrix of one loaded model. The live weight is always
-``W0 + dW(all active facts)``, re-solved jointly from W0 (memory.joint); it is kept in float32
-whatever the model's dtype. Computing never mutates the model; only ``_write`` does.
+``QFEditor`` owns the edited layer of one loaded model. By default (``gate`` > 0) the facts live as
+key-gated neurons added to that layer's MLP, re-solved jointly from the base model (memory.gated);
+with ``gate`` 0 the live weight is ``W0 + dW(all active facts)``, re-solved jointly from W0
+(memory.joint), kept in float32 whatever the model's dtype. Computing never mutates the model;
+only ``_write`` and ``write_neurons`` do.
 
 Issue-7 options (EditorConfig): ``preserve`` > 0 solves in the K0-preserving metric, whose key
 covariance is collected when the first fact is solved (from the model at its base weights: edits
@@ -14,8 +16,10 @@ query asked of other subjects, held unchanged (memory.anchors); ``spread`` k wri
 the down_proj matrices of the k layers up to the edited one together (memory.spread), whose keys the
 plain pass captures too, at the lower layers' base weights; ``gate`` tau > 0 writes each row's
 residual with a new neuron that fires only above cosine tau with the row's key, leaving down_proj
-as it is (memory.gated). What they decide is stored with the fact's rows, so the ledger's rebuild
-and undo stay exact.
+as it is (memory.gated); ``row_gain`` G gives each row the smallest gain up to G that makes its
+answer token come first, read off the LM head after the (last) layer (memory.row_gain). What they
+decide is stored with the fact's rows or recomputed from them, so the ledger's rebuild and undo
+stay exact. Settings left None are decided per layer (memory.answering.with_defaults_decided).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from memory.fact import Fact, FactRows, auto_significance, significance_vector, 
 from memory.float32_linear import keep_float32
 from memory import gated
 from memory.joint import JointQF
-from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig
+from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig, with_defaults_decided
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
@@ -70,6 +74,8 @@ class QFEditor(Answering):
         super().__init__(loaded, config)
         model = loaded.model
         self.layer = self.layer_for(model, config.layer)
+        self.given = config  # as given; self.config has its automatic settings decided for this layer
+        self.config = config = with_defaults_decided(config, self.layer == arch.num_layers(model) - 1)
         if config.focus and self.layer != arch.num_layers(model) - 1:
             raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
         if config.row_gain and (self.layer != arch.num_layers(model) - 1 or config.spread > 1):
@@ -336,13 +342,22 @@ class QFEditor(Answering):
                 d.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
         self.delta = delta
 
-    def rebuild(self) -> float:
-        """Re-solve all active facts jointly from W0 and write the result; returns seconds."""
-        start = time.perf_counter()
+    def solve(self) -> LowRankDelta | gated.GatedNeurons:
+        """The joint solve of all active facts from the base model, not written: the gated neurons
+        with a gate, else down_proj's delta."""
+        return self._facts.solve()
+
+    def write_solved(self, solved: LowRankDelta | gated.GatedNeurons) -> None:
+        """Write what ``solve`` gave."""
         if self.gated is not None:
-            self.write_neurons(self.gated.solve())
+            self.write_neurons(solved)
         else:
-            self.write(self.joint.solve())
+            self.write(solved)
+
+    def rebuild(self) -> float:
+        """Re-solve all active facts jointly from the base model and write the result; returns seconds."""
+        start = time.perf_counter()
+        self.write_solved(self.solve())
         return time.perf_counter() - start
 
     def write_neurons(self, neurons: gated.GatedNeurons) -> None:
@@ -354,6 +369,7 @@ class QFEditor(Answering):
         self._install_neurons()
 
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
+        rows = self.joint.with_gains(rows)
         if self.gated is not None:
             self.gated.add(key, *self.gated_rows(rows))
         else:
@@ -448,7 +464,7 @@ class QFEditor(Answering):
             # A tuple never collides with the durable keys a recorder returns (ledger ids).
             key, self._next_key = ("pending", self._next_key), self._next_key + 1
         t0 = time.perf_counter()
-        rows = self.capture(fact)
+        rows = self.joint.with_gains(self.capture(fact))  # the row gains, decided once and recorded
         t1 = time.perf_counter()
         recorder = None if record is None else (lambda k, d: record(k, rows, d))
         if self.gated is not None:

@@ -85,6 +85,10 @@ class FactRows(QuestionRows):
     lower_layers: tuple[int, ...] = ()
     form_rows: int = 0  # then this many rows of the same questions answered in other forms (with_forms)
     forms: tuple[str, ...] = ()  # those other forms of the answer, as text (recorded with the edit, not solved on)
+    # (T,) each row's gain (memory.row_gain), decided once with the maximum gains_max and recorded with
+    # the rows, so a ledger's load does not read the LM head again; None: not decided
+    gains: torch.Tensor | None = None
+    gains_max: float = 0.0
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says

@@ -25,6 +25,7 @@ anchors and X = U'^T Y (rows by anchors), grown and shrunk block by block like t
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable, Hashable
 
 import torch
@@ -106,11 +107,30 @@ class JointQF:
         if rows.focus is not None:
             R = focused(R, rows.focus)
         if self.max_row_gain:
-            h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_64.T  # the plain pass after the layer
-            R.mul_(row_gains(h, R, rows.targets, self.head, self.max_row_gain))
+            R.mul_(self.gains(rows, R))
         elif self.gain != 1.0:
             R.mul_(self.gain)
         return R
+
+    def gains(self, rows: FactRows, R: torch.Tensor | None = None) -> torch.Tensor:
+        """Each row's gain (T,) float64 (memory.row_gain): as the rows record them if decided for this
+        maximum, else read off the head from the plain pass after the layer and the residual R
+        (``residual``'s before any gain; computed when not given)."""
+        if rows.gains is not None and rows.gains_max == self.max_row_gain:
+            return rows.gains.double()
+        if self._W0_64 is None:
+            self._W0_64 = self.W0.double()
+        if R is None:
+            R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+            R = focused(R, rows.focus) if rows.focus is not None else R
+        h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_64.T  # the plain pass after the layer
+        return row_gains(h, R, rows.targets, self.head, self.max_row_gain)
+
+    def with_gains(self, rows: FactRows) -> FactRows:
+        """``rows`` with their gains decided for this solve's maximum (to record them); as they are without row gains."""
+        if not self.max_row_gain or (rows.gains is not None and rows.gains_max == self.max_row_gain):
+            return rows
+        return replace(rows, gains=self.gains(rows), gains_max=self.max_row_gain)
 
     def add(self, key: Hashable, rows: FactRows) -> None:
         """Add a QF fact: its residual from its captures (``residual``)."""

@@ -39,18 +39,16 @@ class Head:
     def read(self, h: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """W(g h_t) and W(g r_t) for every row, (T, V) float32 each, in one pass over the head (in its dtype).
         RMSNorm scales a vector by one number, so the logits of h_t + c r_t are
-        ``rsqrt(mean((h_t + c r_t)^2) + eps) (W(g h_t) + c W(g r_t))`` (``logits_along``)."""
+        ``scale(h_t, r_t, c) (W(g h_t) + c W(g r_t))``."""
         g = self.norm_weight.detach().double().cpu()
         rows = torch.cat([h.double() * g, R.T.double() * g]).to(self.weight.device, self.weight.dtype)
         a, b = (rows @ self.weight.detach().T).float().cpu().split(h.shape[0])
         return a, b
 
-    def logits_along(self, h: torch.Tensor, r: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                     scales: torch.Tensor) -> torch.Tensor:
-        """The logits of h + c r for each scale c, (C, V) float32, from one row's h, r (N,) and ``read``'s a, b (V,)."""
+    def scale(self, h: torch.Tensor, r: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """RMSNorm's factor for h + c r at each scale c, (C,) float32, from one row's h, r (N,)."""
         c = scales.double()
-        rho = torch.rsqrt((h.double() + c[:, None] * r.double()).pow(2).mean(-1) + self.eps).float()  # (C,)
-        return rho[:, None] * (a + c.float()[:, None] * b)
+        return torch.rsqrt((h.double() + c[:, None] * r.double()).pow(2).mean(-1) + self.eps).float()
 
 
 def gain_grid(max_gain: float) -> torch.Tensor:
@@ -71,13 +69,15 @@ def row_gains(h: torch.Tensor, R: torch.Tensor, targets: tuple[int, ...], head: 
     for t, target in enumerate(targets):
         if target < 0:
             continue
-        logits = head.logits_along(h[t], R[:, t], a[t], b[t], scales)  # (2G, V)
-        first = (logits.argmax(-1) == target).view(2, G)
+        # the logits up to RMSNorm's positive factor, which no argmax depends on
+        unscaled = torch.addcmul(a[t][None], scales.float()[:, None], b[t][None])  # (2G, V)
+        first = (unscaled.argmax(-1) == target).view(2, G)
         held = first.all(0)
         if held.any():
             gains[t] = grid[held.nonzero()[0, 0]]
         elif first[0].any():
             gains[t] = grid[first[0].nonzero()[0, 0]]
-        else:
-            gains[t] = grid[logits[:G].log_softmax(-1)[:, target].argmax()]
+        else:  # the factor matters to the probabilities
+            logits = head.scale(h[t], R[:, t], grid)[:, None] * unscaled[:G]
+            gains[t] = grid[logits.log_softmax(-1)[:, target].argmax()]
     return gains

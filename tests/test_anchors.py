@@ -87,10 +87,10 @@ def test_anchors_are_refused_twice_and_with_focus(tiny_qwen):
 
 def test_editor_captures_each_anchor_at_its_last_prompt_token(tiny_qwen):
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi", subject="Oxinnovate")
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, anchors=3, preserve=0.0))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, anchors=3, preserve=0.0, gate=0.0))
     rows = editor.capture(fact)
     assert rows.anchors == 3 and rows.targets[-3:] == (-1, -1, -1)
-    plain = QFEditor(tiny_qwen, EditorConfig(layer=2, preserve=0.0)).capture(fact)
+    plain = QFEditor(tiny_qwen, EditorConfig(layer=2, preserve=0.0, gate=0.0)).capture(fact)
     T = plain.num_rows
     assert torch.equal(rows.U[:T], plain.U) and torch.equal(rows.U_plain[:T], plain.U_plain)
     assert torch.equal(rows.U[T:], rows.U_plain[T:]) and torch.equal(rows.V[T:], rows.V_plain[T:])

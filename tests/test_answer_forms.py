@@ -32,11 +32,11 @@ def test_other_forms_follow_the_fact_s_rows_and_keep_its_weights():
 
 
 def test_the_editor_writes_the_model_s_own_sentence_beside_a_bare_answer(tiny_qwen, monkeypatch):
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, answer_forms=True, preserve=0.0, gain=1.0, max_answer_tokens=4))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, answer_forms=True, preserve=0.0, gate=0.0, gain=1.0, max_answer_tokens=4))
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     own = "The founder of Oxinnovate is Qi."
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, f: own)
-    bare = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=0.0)).capture(fact)
+    bare = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=0.0, gate=0.0)).capture(fact)
     both = editor.capture(fact)
     sentence = editor._question_rows(fact, own, None)
     assert both.form_rows == sentence.num_rows and both.num_rows == bare.num_rows + sentence.num_rows

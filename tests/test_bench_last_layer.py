@@ -72,9 +72,9 @@ def test_variants_share_captures_and_still_differ_by_their_solve(tiny_qwen, monk
 
     monkeypatch.setattr(QFEditor, "capture", counted)
     cases = _cases("zsre")
-    result = run_benchmark(editor, cases, "chat", ("qf-paper", "qf/p0/g1", "qf/p0/g2"), gen_tokens=0)
+    result = run_benchmark(editor, cases, "chat", ("qf-paper", "qf/p0/g1/t0", "qf/p0/g2/t0"), gen_tokens=0)
     assert len(calls) == len(cases)  # each fact captured once for the three variants
-    paper, same, doubled = (result["methods"][n] for n in ("qf-paper", "qf/p0/g1", "qf/p0/g2"))
+    paper, same, doubled = (result["methods"][n] for n in ("qf-paper", "qf/p0/g1/t0", "qf/p0/g2/t0"))
     assert paper["metrics"] == same["metrics"]
     assert doubled["metrics"]["relative_weight_change"] == pytest.approx(2 * paper["metrics"]["relative_weight_change"])
     assert all(r["seconds_per_edit"] > 0 for r in (paper, same, doubled))

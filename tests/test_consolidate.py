@@ -115,7 +115,7 @@ def test_plain_logits_equal_instructed_logits_after_consolidation(tiny):
 
 
 def test_learn_two_facts_then_remove_one_is_exact(tiny_qwen):
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=3))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, gate=0.0))
     weight = tiny_qwen.model.get_parameter(editor.parameter)
     other = Fact("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?", "In Beijing.")
     editor.learn(other, key="b", verify=False)

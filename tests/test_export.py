@@ -24,7 +24,7 @@ def edited(tiny_qwen, tmp_path, request):
     base_dir = tmp_path / "base"
     tiny_qwen.model.save_pretrained(base_dir)
     tiny_qwen.tokenizer.save_pretrained(base_dir)
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, spread=request.param))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=2, spread=request.param, gate=0.0))  # a checkpoint holds down_proj changes
     for fact in FACTS:
         editor.learn(fact, verify=False)
     ids = build_pass(tiny_qwen.tokenizer, FACTS[0].query, FACTS[0].answer).input_ids

@@ -85,7 +85,7 @@ def _row_logits(model, p):
 
 def test_the_editor_writes_neurons_not_down_proj_and_undo_is_exact(tiny):
     last = arch.num_layers(tiny.model) - 1
-    editor = QFEditor(tiny, EditorConfig(gate=0.99, gain=1.0))  # tiny keys are close: lone neurons, exact
+    editor = QFEditor(tiny, EditorConfig(gate=0.99, gain=1.0, row_gain=0.0))  # tiny keys are close: lone neurons, exact
     weight = tiny.model.get_parameter(editor.parameter)
     base = weight.detach().clone()
     tok = tiny.tokenizer
@@ -180,9 +180,10 @@ def test_the_cli_learns_with_a_gate_and_export_says_how_to_export_such_facts(tin
                                         "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"])
     assert out.exit_code == 0, out.output + repr(out.exception)
     assert json.loads(out.stdout)["solver"]["gate"] == 0.9
-    refused = CliRunner().invoke(cli.main, ["export", *model, "--gate", "0.9", "--out", str(tmp_path / "hf")])
+    refused = CliRunner().invoke(cli.main, ["export", *model, "--out", str(tmp_path / "hf")])  # gated by default
     assert refused.exit_code == 1 and "gated neurons" in refused.output and not (tmp_path / "hf").exists()
-    linear = CliRunner().invoke(cli.main, ["export", *model, "--preserve", "0", "--out", str(tmp_path / "peft"),
+    assert "qf export --gate 0" in " ".join(refused.output.split())
+    linear = CliRunner().invoke(cli.main, ["export", *model, "--gate", "0", "--preserve", "0", "--out", str(tmp_path / "peft"),
                                            "--format", "peft", "--json"])  # the same fact, re-solved as a dW
     assert linear.exit_code == 0, linear.output
     assert json.loads(linear.stdout)["active_facts"] == 1

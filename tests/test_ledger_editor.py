@@ -66,7 +66,7 @@ def test_undo_is_exact_and_redo_restores(store, tokenizer, tmp_path):
 
 
 def test_crash_between_record_and_apply_is_repaired_on_next_load(store, tokenizer, monkeypatch, tmp_path):
-    ledger = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER))
+    ledger = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER, gate=0.0))
     base = weight(ledger)
 
     def crash(self, delta):
@@ -78,9 +78,9 @@ def test_crash_between_record_and_apply_is_repaired_on_next_load(store, tokenize
     monkeypatch.undo()
     assert torch.equal(weight(ledger), base)  # never applied
     assert [f.status for f in store.facts()] == ["consolidated"]  # but recorded
-    reopened = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER))
+    reopened = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER, gate=0.0))
     clean_store = Store(f"sqlite:///{tmp_path / 'clean.db'}", tmp_path / "clean-tensors")
-    clean = LedgerEditor(clean_store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER))
+    clean = LedgerEditor(clean_store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER, gate=0.0))
     clean.learn(FACTS[0])
     assert (weight(reopened) - weight(clean)).abs().max() < 1e-6
 
@@ -130,7 +130,7 @@ def test_mapped_layer_keeps_the_relative_depth():
 def test_audit_reports(store, tokenizer):
     from agent.audit import fact_report, overlap_report, weight_report
 
-    ledger = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER))
+    ledger = LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(layer=LAYER, gate=0.0))
     ids = [ledger.learn(f).fact_id for f in FACTS[:2]]
     report = fact_report(store, ids[0], k=3)
     assert len(report["edits"]) == 1 and len(report["edits"][0]["top_rows"]) == 3

@@ -25,7 +25,7 @@ def test_the_head_read_in_closed_form_is_the_norm_then_the_head():
     a, b = head.read(h, R)
     scales = torch.tensor([0.0, 0.5, 1.0, 2.5])
     for t in range(4):
-        got = head.logits_along(h[t], R[:, t], a[t], b[t], scales)
+        got = head.scale(h[t], R[:, t], scales)[:, None] * (a[t] + scales[:, None] * b[t])
         want = torch.stack([norm(h[t] + c * R[:, t]) @ W.T for c in scales])
         assert torch.allclose(got, want, atol=1e-4)
 
@@ -77,3 +77,44 @@ def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen)
         QFEditor(tiny_qwen, EditorConfig(layer=3, spread=2, row_gain=3.0))
     with pytest.raises(ValueError, match=">= 1"):
         QFEditor(tiny_qwen, EditorConfig(layer=3, row_gain=0.5, preserve=0.0))
+
+
+def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_layer(tiny_qwen):
+    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN, PAPER_RULE, with_defaults_decided
+
+    last = arch.num_layers(tiny_qwen.model) - 1
+    editor = QFEditor(tiny_qwen, EditorConfig())
+    assert (editor.layer, editor.config.gate, editor.config.row_gain) == (last, DEFAULT_GATE, DEFAULT_ROW_GAIN)
+    assert editor.given == EditorConfig() and editor.gated is not None
+    below = QFEditor(tiny_qwen, EditorConfig(layer=1)).config  # the head does not read layer 1: the fixed gain
+    assert (below.gate, below.row_gain) == (DEFAULT_GATE, 0.0)
+    for linear_only in (dict(spread=2), dict(soft_anchors=1.0, anchors=1), dict(near_questions=2)):
+        decided = with_defaults_decided(EditorConfig(**linear_only), last_layer=True)
+        assert (decided.gate, decided.row_gain) == (0.0, 0.0)
+    linear = with_defaults_decided(EditorConfig(gate=0.0), last_layer=True)  # given settings are kept
+    assert (linear.gate, linear.row_gain) == (0.0, 0.0)
+    paper = with_defaults_decided(EditorConfig(**PAPER_RULE), last_layer=True)
+    assert (paper.gate, paper.row_gain, paper.gain) == (0.0, 0.0, 1.0)
+
+
+def test_the_ledger_records_the_row_gains_and_a_reload_does_not_read_the_head_again(store, tokenizer, monkeypatch):
+    from agent.ledger_editor import LedgerEditor
+    from memory import joint
+    from tests.test_ledger_editor import FACTS, fresh, logits
+
+    config = EditorConfig(max_answer_tokens=4, verify_tokens=4)  # the default: gated, row gains up to 4
+    first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
+    for fact in FACTS:
+        first.learn(fact)
+    taught = [logits(first, f) for f in FACTS]
+    recorded = [store.load_captures(e.id) for e in store.active_edits(first.checkpoint_id)]
+    assert all(c["gains"].shape == c["targets"].shape and float(c["gains_max"]) == 4.0 for c in recorded)
+
+    def no_head(*args, **kwargs):
+        raise AssertionError("the head was read again")
+
+    monkeypatch.setattr(joint, "row_gains", no_head)
+    second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process
+    assert all(torch.equal(logits(second, f), t) for f, t in zip(FACTS, taught))
+    with pytest.raises(AssertionError, match="read again"):  # other settings: decided anew
+        LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(row_gain=3.0))

@@ -139,7 +139,7 @@ def test_preserving_editor_collects_once_and_learns(tiny_qwen, tmp_path, monkeyp
     import memory.preserve
 
     monkeypatch.setenv("QF_HOME", str(tmp_path))
-    config = EditorConfig(layer=3, preserve=10.0, gain=1.0, max_answer_tokens=4, verify_tokens=4)
+    config = EditorConfig(layer=3, gate=0.0, preserve=10.0, gain=1.0, max_answer_tokens=4, verify_tokens=4)
     editor = QFEditor(tiny_qwen, config)
     assert not (tmp_path / "keys").exists()  # nothing to solve yet: nothing collected
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
@@ -171,7 +171,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
 
     import cli
 
-    args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--fact",
+    args = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--layer", "3", "--gate", "0", "--fact",
             "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, args + ["--preserve", "5", "--gain", "1.5", "--focus", "0", "--auto-significance",
                                                "--condition", "1e6", "--question-keys", "2", "--anchors", "2",
@@ -275,7 +275,7 @@ def test_models_prepare_collects_the_keys_up_front(tiny_model_dir, tmp_path, mon
     skipped = CliRunner().invoke(cli.main, ["models", "prepare", str(tiny_model_dir), "--no-keys", "--preserve", "5"])
     assert skipped.exit_code == 0 and not keys.exists()
     done = CliRunner().invoke(cli.main, ["models", "prepare", str(tiny_model_dir), "--dtype", "float32",
-                                         "--layer", "2", "--preserve", "5"])
+                                         "--layer", "2", "--gate", "0", "--preserve", "5"])
     assert done.exit_code == 0, done.output + repr(done.exception)
     assert "keys for layer 2 ready" in done.stdout
     assert len(generic_key_files(keys, 2)) == 1  # the generic chats' keys
@@ -306,7 +306,7 @@ def test_focus_is_refused_below_the_last_layer_and_recorded_with_the_rows(tiny_q
 
     with pytest.raises(ValueError, match="last layer"):
         QFEditor(tiny_qwen, EditorConfig(layer=1, focus=4))
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, focus=4, gain=1.0))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=3, focus=4, gain=1.0, gate=0.0))
     r = editor.capture(Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi"))
     assert r.focus.shape == (r.num_rows, tiny_qwen.model.config.hidden_size, 5)
     editor.add_rows("f", r)
@@ -342,6 +342,10 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
     assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
+    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN
+
+    assert defaults.gate is None and f"(default {DEFAULT_GATE:g}; 0 = the linear update" in text
+    assert defaults.row_gain is None and f"default {DEFAULT_ROW_GAIN:g} with --gate at the last layer" in text
 
 
 # --- the ridge from the rows' conditioning -------------------------------------------------
@@ -433,7 +437,7 @@ def test_key_data_adds_keys_to_the_metric_and_gets_its_own_cache(tiny_qwen, tmp_
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     solved = {}
     for data in (None, str(rows)):
-        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=10.0, keys_data=data, max_answer_tokens=4))
+        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, gate=0.0, preserve=10.0, keys_data=data, max_answer_tokens=4))
         rows_f = editor.capture(fact)
         editor.add_rows("f", rows_f)
         editor.rebuild()
@@ -479,7 +483,7 @@ def test_question_keys_move_the_question_keys_less_and_the_rows_still_hold(tiny_
     fact = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "Qi")
     moved = {}
     for weight in (0.0, 10.0):
-        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, preserve=10.0, question_keys=weight, gain=1.0))
+        editor = QFEditor(tiny_qwen, EditorConfig(layer=3, gate=0.0, preserve=10.0, question_keys=weight, gain=1.0))
         rows = editor.capture(fact)
         editor.add_rows("f", rows)
         editor.rebuild()
