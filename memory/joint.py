@@ -25,8 +25,8 @@ anchors and X = U'^T Y (rows by anchors), grown and shrunk block by block like t
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 
 import torch
 
@@ -98,14 +98,21 @@ class JointQF:
     def num_rows(self) -> int:
         return self._gram.shape[0]
 
-    def residual(self, rows: FactRows) -> torch.Tensor:
-        """A QF fact's residual to write at its rows, (N, T_f) float64: R from its captures (memory.qf),
-        focused and scaled by the gain (or each row's, memory.row_gain) as configured. Gated neurons (memory.gated) write the same."""
+    def _W0_double(self) -> torch.Tensor:
         if self._W0_64 is None:
             self._W0_64 = self.W0.double()
-        R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
-        if rows.focus is not None:
-            R = focused(R, rows.focus)
+        return self._W0_64
+
+    def _instructed_change(self, rows: FactRows) -> torch.Tensor:
+        """R from a fact's captures (memory.qf), focused as configured, before any gain: (N, T_f) float64."""
+        R = qf_residual(self._W0_double(), rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+        return focused(R, rows.focus) if rows.focus is not None else R
+
+    def residual(self, rows: FactRows) -> torch.Tensor:
+        """A QF fact's residual to write at its rows, (N, T_f) float64: R from its captures, focused and
+        scaled by the gain (or each row's, memory.row_gain) as configured. Gated neurons (memory.gated)
+        write the same."""
+        R = self._instructed_change(rows)
         if self.max_row_gain:
             R.mul_(self.gains(rows, R))
         elif self.gain != 1.0:
@@ -118,12 +125,8 @@ class JointQF:
         (``residual``'s before any gain; computed when not given)."""
         if rows.gains is not None and rows.gains_max == self.max_row_gain:
             return rows.gains.double()
-        if self._W0_64 is None:
-            self._W0_64 = self.W0.double()
-        if R is None:
-            R = qf_residual(self._W0_64, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
-            R = focused(R, rows.focus) if rows.focus is not None else R
-        h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_64.T  # the plain pass after the layer
+        R = self._instructed_change(rows) if R is None else R
+        h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_double().T  # the plain pass after the layer
         return row_gains(h, R, rows.targets, self.head, self.max_row_gain)
 
     def with_gains(self, rows: FactRows) -> FactRows:
