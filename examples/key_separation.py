@@ -75,7 +75,7 @@ def main() -> None:
     if args.anchors:
         metrics.append((f"{args.anchors} anchors held", None, True, layers))
     if args.metric:
-        editor = QFEditor(loaded, EditorConfig())
+        editor = QFEditor(loaded, EditorConfig(gate=0.0))  # the linear update's preserving metric
         metrics.append(("preserving (default)", editor.joint.metric.keys, False, [editor.layer]))
     for label, inverse, anchored, at in metrics:
         for layer in at:

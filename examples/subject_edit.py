@@ -189,14 +189,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="finite differences need float32")
     parser.add_argument("--sketch", type=int, default=0, help="probe this many random directions, not every axis")
     parser.add_argument("--gen-cases", type=int, default=0)
-    parser.add_argument("--no-baseline", action="store_true", help="skip the editor's default")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the linear update's default")
     parser.add_argument("--json", dest="out", default=None, help="write the result here")
     args = parser.parse_args()
 
     loaded = load_model(args.model, dtype=args.dtype, progress=False)
     bar: Progress = lambda description, total: (lambda n: None)
-    reader = QFEditor(loaded, EditorConfig())
-    writer = QFEditor(loaded, EditorConfig(layer=args.subject_layer, question_keys=0.0))
+    # The linear update (the default when this was measured, 2026-12-04): the writer adds residuals to
+    # down_proj's joint solve, and the baseline is the one docs/RESULTS.md compares with.
+    reader = QFEditor(loaded, EditorConfig(gate=0.0))
+    writer = QFEditor(loaded, EditorConfig(layer=args.subject_layer, question_keys=0.0, gate=0.0))
     writer.prepare_keys()
     cases = [c for c in read_cases(args.data, limit=args.limit)[0] if c.subject in c.prompt]
     poser = Poser(loaded.tokenizer, "plain")

@@ -179,7 +179,8 @@ def test_the_cli_learns_with_a_gate_and_export_says_how_to_export_such_facts(tin
     out = CliRunner().invoke(cli.main, ["learn", *model, "--gate", "0.9", "--fact", "Qi started Oxinnovate.",
                                         "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"])
     assert out.exit_code == 0, out.output + repr(out.exception)
-    assert json.loads(out.stdout)["solver"]["gate"] == 0.9
+    solver = json.loads(out.stdout)["solver"]
+    assert solver["gate"] == 0.9 and solver["row_gain"] == 4.0  # the default's row gains, as decided at the last layer
     refused = CliRunner().invoke(cli.main, ["export", *model, "--out", str(tmp_path / "hf")])  # gated by default
     assert refused.exit_code == 1 and "gated neurons" in refused.output and not (tmp_path / "hf").exists()
     assert "qf export --gate 0" in " ".join(refused.output.split())
