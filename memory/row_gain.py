@@ -14,8 +14,9 @@ answer token is the top-1 token both when the change is written whole and when o
 arrives (a paraphrase's share); failing that, the smallest at which it is top-1 when whole; failing
 that (the instructed pass itself does not name it), the one that makes it likeliest.
 
-Pure functions of the captures, the base weights and the head: nothing is stored, and a rebuild,
-an undo or a replay computes the same gains (on another checkpoint, from its own head).
+Pure functions of the captures, the base weights and the head. The editor decides a fact's gains
+once and the ledger records them with its captures (FactRows.gains), so a rebuild, an undo or a
+load reads no head; a replay onto another checkpoint decides them there, from its own head.
 """
 
 from __future__ import annotations
