@@ -40,7 +40,7 @@ from memory.contexts import check_contexts, in_contexts
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory import gated
-from memory.joint import JointQF
+from memory.joint import JointQF, Solved, commit
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig, with_defaults_decided
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 # record(temporary key, the fact's rows, the solve: the joint delta, or the gated neurons with --gate)
 # -> durable key; see QFEditor.learn
-Recorder = Callable[[Hashable, FactRows, "LowRankDelta | gated.GatedNeurons"], Hashable]
+Recorder = Callable[[Hashable, FactRows, Solved], Hashable]
 
 
 class PassRows(NamedTuple):
@@ -74,13 +74,14 @@ class QFEditor(Answering):
         super().__init__(loaded, config)
         model = loaded.model
         self.layer = self.layer_for(model, config.layer)
+        last = arch.num_layers(model) - 1
         self.given = config  # as given; self.config has its automatic settings decided for this layer
-        self.config = config = with_defaults_decided(config, self.layer == arch.num_layers(model) - 1)
-        if config.focus and self.layer != arch.num_layers(model) - 1:
-            raise ValueError(f"--focus works at the last layer ({arch.num_layers(model) - 1}), not at layer {self.layer}")
-        if config.row_gain and (self.layer != arch.num_layers(model) - 1 or config.spread > 1):
+        self.config = config = with_defaults_decided(config, self.layer == last)
+        if config.focus and self.layer != last:
+            raise ValueError(f"--focus works at the last layer ({last}), not at layer {self.layer}")
+        if config.row_gain and (self.layer != last or config.spread > 1):
             raise ValueError(f"--row-gain reads the LM head after the edited layer: it works at the last layer "
-                             f"({arch.num_layers(model) - 1}) alone, not with --layer {self.layer} or --spread")
+                             f"({last}) alone, not with --layer {self.layer} or --spread")
         if config.focus and (config.anchors or config.near_questions):
             raise ValueError("--focus and --anchors / --near-questions do not combine (an anchor has no target to "
                              "focus on); choose one")
@@ -342,12 +343,12 @@ class QFEditor(Answering):
                 d.apply(self.model, keep_for_revert=False)  # undo = rebuild from W0, no backup needed
         self.delta = delta
 
-    def solve(self) -> LowRankDelta | gated.GatedNeurons:
+    def solve(self) -> Solved:
         """The joint solve of all active facts from the base model, not written: the gated neurons
         with a gate, else down_proj's delta."""
         return self._facts.solve()
 
-    def write_solved(self, solved: LowRankDelta | gated.GatedNeurons) -> None:
+    def write_solved(self, solved: Solved) -> None:
         """Write what ``solve`` gave."""
         if self.gated is not None:
             self.write_neurons(solved)
@@ -386,27 +387,6 @@ class QFEditor(Answering):
             X = norm(rows.V_plain.to(weight.device, weight.dtype)).float().cpu()
         return X, self.joint.residual(rows).T, rows.significance
 
-    def _commit_neurons(self, key: Hashable, rows: FactRows, record: Callable | None) -> tuple[Hashable, float]:
-        """``learn``'s solve with gated neurons: add the fact, solve, (record: it gets the solved
-        neurons), install. On any error before the install the fact is
-        dropped again and nothing has changed. Returns the fact's key and the solve's seconds."""
-        start = time.perf_counter()
-        self.gated.add(key, *self.gated_rows(rows))
-        try:
-            neurons = self.gated.solve()
-            if not neurons.is_finite():
-                raise NonFiniteDeltaError(f"the gated solve with fact {key!r} is not finite; nothing was written")
-            seconds = time.perf_counter() - start
-            if record is not None:
-                durable = record(key, neurons)
-                self.gated.rename(key, durable)
-                key = durable
-        except BaseException:
-            self.gated.remove(key)
-            raise
-        self.write_neurons(neurons)
-        return key, seconds
-
     # --- the facts held, whichever way they are written ------------------------------------
     @property
     def _facts(self) -> gated.GatedMemory | JointQF:
@@ -430,7 +410,7 @@ class QFEditor(Answering):
             return self.neurons.count == self.gated.num_rows
         return self.delta.rank == self.joint.num_rows
 
-    def share_of(self, key: Hashable, solved: LowRankDelta | gated.GatedNeurons) -> list[LowRankDelta]:
+    def share_of(self, key: Hashable, solved: Solved) -> list[LowRankDelta]:
         """Fact ``key``'s part of a solve (what ``learn`` hands its recorder), as the ledger records it:
         its share of the joint delta (and of the lower layers' with --spread); with gated neurons, its
         neurons as factors (left = their values (N, T), right = their unit keys (T, N) in the MLP
@@ -467,12 +447,9 @@ class QFEditor(Answering):
         rows = self.joint.with_gains(self.capture(fact))  # the row gains, decided once and recorded
         t1 = time.perf_counter()
         recorder = None if record is None else (lambda k, d: record(k, rows, d))
-        if self.gated is not None:
-            key, solve_seconds = self._commit_neurons(key, rows, recorder)
-        else:
-            self.joint.add(key, rows)
-            delta, key, solve_seconds = self.joint.commit(key, recorder)
-            self.write(delta)
+        self.add_rows(key, rows)
+        solved, key, solve_seconds = commit(self._facts, key, recorder)  # the gated neurons, or down_proj's delta
+        self.write_solved(solved)
         t2 = t1 + solve_seconds
         t3 = time.perf_counter()
         verification = self.ask(fact.query).text if verify else ""

@@ -33,6 +33,7 @@ import torch
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
 from memory.fact import FactRows
 from memory.focus import focused
+from memory.gated import GatedMemory, GatedNeurons
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 from memory.row_gain import Head, gain_grid, row_gains
@@ -264,27 +265,6 @@ class JointQF:
             model=self.model, layer=self.layer, metadata={"method": self.method, "facts": str(len(self._keys)), **self.solver},
         )
 
-    def commit(self, key: Hashable, record: Callable[[Hashable, LowRankDelta], Hashable] | None = None
-               ) -> tuple[LowRankDelta, Hashable, float]:
-        """Solve with the just-added fact ``key`` and (``record(key, joint delta)`` -> its durable
-        key, e.g. the ledger's edit id) rename it. On any error, a non-finite solve included, the
-        fact is removed again and the error raised: nothing else has changed. Returns the joint
-        delta, the fact's key and the solve's seconds (the record excluded)."""
-        start = time.perf_counter()
-        try:
-            delta = self.solve()
-            if not delta.is_finite():
-                raise NonFiniteDeltaError(f"the solve with fact {key!r} is not finite; nothing was written")
-            seconds = time.perf_counter() - start
-            if record is not None:
-                durable = record(key, delta)
-                self.rename(key, durable)
-                key = durable
-        except BaseException:
-            self.remove(key)
-            raise
-        return delta, key, seconds
-
     @property
     def solver(self) -> dict[str, str]:
         """The solve's settings, as recorded with each edit."""
@@ -319,3 +299,29 @@ def _without(span: tuple[int, int], size: int) -> torch.Tensor:
     """The indices 0 .. size-1 outside ``span`` [start, stop)."""
     start, stop = span
     return torch.cat([torch.arange(0, start), torch.arange(stop, size)])
+
+
+Solved = LowRankDelta | GatedNeurons  # what a solve of the facts gives: the joint delta, or the gated neurons
+
+
+def commit(facts: JointQF | GatedMemory, key: Hashable, record: Callable[[Hashable, Solved], Hashable] | None = None
+           ) -> tuple[Solved, Hashable, float]:
+    """Solve ``facts`` (a JointQF, or the gated memory of memory.gated) with the just-added fact ``key``
+    and (``record(key, solved)`` -> its durable key, e.g. the ledger's edit id) rename it. On any
+    error, a non-finite solve included, the fact is removed again and the error raised: nothing else
+    has changed. Returns the solve (the joint delta, or the gated neurons), the fact's key and the
+    solve's seconds (the record excluded)."""
+    start = time.perf_counter()
+    try:
+        solved = facts.solve()
+        if not solved.is_finite():
+            raise NonFiniteDeltaError(f"the solve with fact {key!r} is not finite; nothing was written")
+        seconds = time.perf_counter() - start
+        if record is not None:
+            durable = record(key, solved)
+            facts.rename(key, durable)
+            key = durable
+    except BaseException:
+        facts.remove(key)
+        raise
+    return solved, key, seconds

@@ -35,7 +35,7 @@ from memory.fact import Fact, QuestionRows, significance_vector
 from memory.float32_linear import keep_float32
 from memory.loading import LoadedModel
 from memory.prompts import Pass, build_pass, instructed_system
-from memory.joint import JointQF
+from memory.joint import JointQF, commit
 from memory.qf2 import firing, qf2_factors, qf2_residual
 from memory.qf2_block import QF2Block, installed
 
@@ -210,7 +210,7 @@ class QF2Editor(Answering):
             self.hold_rows(key, rows)
             # the ledger records each fact's own share of the joint delta
             recorder = None if record is None else (lambda k, d: record(k, rows, self.joint.share(d, k)))
-            joint, key, solve_seconds = self.joint.commit(key, recorder)
+            joint, key, solve_seconds = commit(self.joint, key, recorder)
             t2 = t1 + solve_seconds
         else:
             delta = self.delta_for(rows)
