@@ -18,7 +18,8 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # The solver options model_options adds (EditorConfig fields), and those only QF's solve reads: QF2
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
-                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain")
+                   "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
+                   "subject_gate")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -95,6 +96,12 @@ def model_options(fn):
                        "input's cosine with the fact's keys exceeds T, leaving down_proj and other questions "
                        "alone; cannot be exported as a plain checkpoint (default 0.85; 0 = the linear update of "
                        "down_proj, the default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
+    @click.option("--subject-gate", "subject_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_SUBJECT_GATE",
+                  default=None,
+                  help="QF with --gate: a fact's neurons fire above this lower cosine T once its subject (given, or "
+                       "guessed from the query's names) has been named earlier in the context, so rewordings of the "
+                       "question reach the fact and questions about other subjects do not; other questions about "
+                       "the same subject are reached more too (memory.subject_gate; 0 = off). [env QF_SUBJECT_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}
@@ -140,7 +147,7 @@ def qf2_options(fn):
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
     --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread,
-    --answer-forms, --keys-data, --question-keys, --gate, --row-gain), as EditorConfig fields; the library's defaults for
+    --answer-forms, --keys-data, --question-keys, --gate, --row-gain, --subject-gate), as EditorConfig fields; the library's defaults for
     those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 

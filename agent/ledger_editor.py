@@ -22,6 +22,7 @@ from memory.fact import Fact, FactRows
 from memory.loading import LoadedModel
 from memory.qf2_block import installed
 from memory.qf2_editor import QF2Editor, QF2Rows, require_converted
+from memory.subject_gate import SUBJECT_LAYER
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     } | ({"focus": rows.focus} if rows.focus is not None else {}) | ({
         "gains": rows.gains, "gains_max": torch.tensor([rows.gains_max], dtype=torch.float64),
     } if rows.gains is not None else {}) | ({
+        "subject_key": rows.subject_key, "subject_layer": torch.tensor([SUBJECT_LAYER], dtype=torch.int64),
+    } if rows.subject_key is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
 
@@ -52,6 +55,8 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         tensors.get("lower_keys"), tuple(tensors["lower_layers"].tolist()) if "lower_layers" in tensors else (),
         int(tensors["form_rows"]) if "form_rows" in tensors else 0,  # captures recorded before answer forms: 0
         gains=tensors.get("gains"), gains_max=float(tensors["gains_max"]) if "gains_max" in tensors else 0.0,
+        # a key of another subject layer (if SUBJECT_LAYER ever changes) would match nothing: not used
+        subject_key=tensors.get("subject_key") if int(tensors.get("subject_layer", -1)) == SUBJECT_LAYER else None,
     )
 
 
@@ -159,7 +164,8 @@ class LedgerEditor:
         settings; say so when facts were recorded under others (they are re-solved, not lost)."""
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
-        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain")
+        names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain",
+                 "subject_gate")
         now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},

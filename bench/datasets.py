@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,9 @@ class EditCase:
     neighborhood: str  # CounterFact locality prompt / zsRE loc
     neighborhood_answer: str  # its answer (locality_ground_truth / loc_ans)
     instruction: str | None = None  # override of the default statement of the fact (tests)
+    # another question about the same subject: the next case's prompt with this case's subject put in
+    # for the next's (with_other_relations); None when either has no subject in its prompt
+    other_relation: str | None = None
 
 
 def instruction_for(case: EditCase, template: str) -> str:
@@ -135,7 +138,20 @@ def parse_records(
         except MalformedRecord as exc:
             log.warning("skipping record %d: %s", index, exc)
             skipped.append((index, str(exc)))
-    return cases, skipped
+    return with_other_relations(cases), skipped
+
+
+def with_other_relations(cases: list[EditCase]) -> list[EditCase]:
+    """Each case with ``other_relation``: the next case's prompt (the first's, for the last) asked of
+    this case's subject. It asks the subject something else, so an edit should not make its answer
+    the case's new target (the benchmark's ``subject_leak``). Unset where a subject is unknown or the
+    next prompt does not name its own."""
+    out = []
+    for i, case in enumerate(cases):
+        other = cases[(i + 1) % len(cases)]
+        asks = bool(case.subject and other.subject and other.subject in other.prompt and len(cases) > 1)
+        out.append(replace(case, other_relation=other.prompt.replace(other.subject, case.subject) if asks else None))
+    return out
 
 
 def _json_or_raw(line: str):

@@ -71,7 +71,8 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
         instructed = _pass(poser, poser.prompt_ids(prompt, instruction_for(case, "plain")), target)
         plain = _pass(poser, poser.prompt_ids(prompt), target)
         parts.append(editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64)))
-    return editor.anchored(stack_rows(parts), case.prompt, case.subject, poser.prompt_ids)
+    rows = editor.anchored(stack_rows(parts), case.prompt, case.subject, poser.prompt_ids)
+    return editor.with_subject_key(rows, case.prompt, case.subject, poser.prompt_ids)
 
 
 class QFMethod(EditMethod):
@@ -118,7 +119,9 @@ class QFMethod(EditMethod):
         """What a case's captured rows depend on: the case and the settings that change the captures."""
         config = self.editor.config
         forms = config.answer_forms and self.poser.template == "chat"
-        return case.index, self._phrasings, config.contexts, config.anchors, config.near_questions, config.spread, forms
+        subject = bool(config.gate)  # gated neurons' rows carry the subject key (memory.subject_gate)
+        return (case.index, self._phrasings, config.contexts, config.anchors, config.near_questions, config.spread, forms,
+                subject)
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
@@ -147,7 +150,7 @@ def _setting(part: str) -> tuple[str, object]:
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
-                  "x": "contexts", "t": "gate", "r": "row_gain"}.get(part[:1])
+                  "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
     whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")
@@ -205,7 +208,13 @@ class CaseEval:
 
 
 def scored_pairs(case: EditCase) -> dict[str, tuple[str, str]]:
-    """name -> (prompt, continuation) scored teacher-forced for this case's family."""
+    """name -> (prompt, continuation) scored teacher-forced for this case's family (and the new
+    target after another question about the subject, where the case has one)."""
+    other = {"other_relation_new": (case.other_relation, case.target_new)} if case.other_relation else {}
+    return _family_pairs(case) | other
+
+
+def _family_pairs(case: EditCase) -> dict[str, tuple[str, str]]:
     if case.family == "counterfact":
         return {
             "prompt_new": (case.prompt, case.target_new), "prompt_true": (case.prompt, case.ground_truth),
@@ -302,6 +311,8 @@ def case_metrics(case: EditCase, ev: CaseEval, pre: CaseEval) -> dict[str, float
         out = M.counterfact_case(ev.scores)
     else:
         out = M.zsre_case(ev.scores, pre.scores)
+    if "other_relation_new" in ev.scores:
+        out["subject_leak"] = M.top1_accuracy(ev.scores["other_relation_new"])
     if ev.answers and pre.answers:
         out.update(M.generation_case(ev.answers, ev.texts, pre.answers, case.target_new))
     return out
@@ -466,7 +477,7 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
 COLUMNS = [("efficacy", "efficacy"), ("generalization", "generalization"), ("specificity", "specificity"),
            ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("paraphrase_success", "gen para"),
            ("neighborhood_unchanged", "gen nbhd same"), ("neighborhood_fluency", "nbhd fluency"),
-           ("relative_weight_change", "||dW||/||W0||")]
+           ("subject_leak", "subject leak"), ("relative_weight_change", "||dW||/||W0||")]
 
 
 def format_table(result: dict) -> str:

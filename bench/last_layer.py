@@ -28,15 +28,20 @@ from bench.datasets import right_padded
 from memory import architecture as arch
 from memory import gated
 from memory.capture import Capture
+from memory.subject_gate import named_at, subject_norm_name, subject_states
 
 
 @dataclass(frozen=True)
 class _Rows:
-    """One scored continuation: h (k, N) and u (k, D) at the k positions predicting ``targets``."""
+    """One scored continuation: h (k, N) and u (k, D) at the k positions predicting ``targets``, and
+    the subject layer's states (P, N) up to the last of those ``positions`` (subject-gated neurons
+    read which subjects were named before each: memory.subject_gate)."""
 
     h: torch.Tensor
     u: torch.Tensor
     targets: tuple[int, ...]
+    states: torch.Tensor
+    positions: tuple[int, ...]
 
 
 class LastLayerScorer:
@@ -53,6 +58,7 @@ class LastLayerScorer:
         self.weight = model.get_parameter(parameter)
         self.final_norm = model.get_submodule(arch.architecture_of(model).final_norm)
         self.head = model.get_output_embeddings()
+        self.subject_name = subject_norm_name(model)
         self._rows: dict[Hashable, dict[str, _Rows]] = {}
 
     def __contains__(self, key: Hashable) -> bool:
@@ -64,10 +70,12 @@ class LastLayerScorer:
         weights below the last down_proj, which no edit of it changes."""
         ids, mask, rows = right_padded(list(tokens.values()), pad_id)
         device = self.weight.device
-        with Capture(self.model, [self.norm_name, self.down_name], stop=True) as cap:
+        with Capture(self.model, [self.subject_name, self.norm_name, self.down_name], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         h, u = cap.inputs[self.norm_name], cap.inputs[self.down_name]
-        self._rows[key] = {name: _Rows(h[i, rows[i]].clone(), u[i, rows[i]].clone(), tuple(cont))
+        states = subject_states(self.model, cap.inputs[self.subject_name]).to(h.dtype)  # halved memory in bf16
+        self._rows[key] = {name: _Rows(h[i, rows[i]].clone(), u[i, rows[i]].clone(), tuple(cont),
+                                       states[i, :rows[i][-1] + 1].clone(), tuple(rows[i]))
                            for i, (name, (_, cont)) in enumerate(tokens.items())}
 
     def scores(self, key: Hashable) -> dict[str, M.TokenScores]:
@@ -87,7 +95,10 @@ class LastLayerScorer:
             mlp = F.linear(u.to(self.weight.dtype), self.weight, self.down_proj.bias).to(h.dtype)
             patch = gated.installed_patch(self.mlp)
             if patch is not None:  # key-gated neurons on the last MLP (memory.gated): they read its input
-                mlp = mlp + patch.neurons.output(self.mlp_norm(h))
+                neurons, named = patch.neurons, None
+                if neurons.subject_gated:
+                    named = torch.cat([named_at(r.states, neurons.subject_keys, list(r.positions)) for _, _, r in chunk])
+                mlp = mlp + neurons.output(self.mlp_norm(h), named)
             logits = self.head(self.final_norm(h + mlp)).float().cpu()
             row = 0
             for key, name, r in chunk:

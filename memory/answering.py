@@ -56,6 +56,9 @@ class EditorConfig:
     # instead of changing down_proj (0 = the linear update), memory.gated; None: DEFAULT_GATE, unless an
     # option only the linear update has is set (spread, soft anchors, near questions): then 0
     gate: float | None = None
+    # > 0, with gated neurons: a fact's neurons fire above this lower cosine once its subject has been
+    # named in the context (memory.subject_gate); 0 = off; None: DEFAULT_SUBJECT_GATE with the gate, else 0
+    subject_gate: float | None = None
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
     # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
@@ -69,6 +72,7 @@ class EditorConfig:
 # threshold, each row's gain read off the LM head up to this.
 DEFAULT_GATE = DEFAULT_THRESHOLD
 DEFAULT_ROW_GAIN = 4.0
+DEFAULT_SUBJECT_GATE = 0.0
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
@@ -81,13 +85,17 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     row_gain = config.row_gain
     if row_gain is None:
         row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
-    return replace(config, gate=gate, row_gain=row_gain)
+    subject_gate = config.subject_gate
+    if subject_gate is None:
+        subject_gate = min(DEFAULT_SUBJECT_GATE, gate)
+    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate)
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
-              "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0}
+              "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
+              "subject_gate": 0.0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -18,6 +18,7 @@ class Architecture:
     down_proj: str  # path inside the MLP: N x D matrix, input = act(gate(h)) * up(h)
     up_proj: str
     gate_proj: str
+    attn_norm: str = "input_layernorm"  # path inside a layer to the norm before its attention
     final_norm: str = "model.norm"  # dotted path from the model to the norm before the LM head
 
 
@@ -90,9 +91,9 @@ def check_layer(model: nn.Module, layer: int) -> int:
 
 
 def module_path(model: nn.Module, layer: int, part: str) -> str:
-    """Full dotted name of ``part`` ('mlp', 'mlp_norm', 'down_proj', 'up_proj', 'gate_proj')."""
+    """Full dotted name of ``part`` ('mlp', 'mlp_norm', 'attn_norm', 'down_proj', 'up_proj', 'gate_proj')."""
     arch = architecture_of(model)
     base = f"{arch.layers}.{check_layer(model, layer)}"
-    if part in ("mlp", "mlp_norm"):
+    if part in ("mlp", "mlp_norm", "attn_norm"):
         return f"{base}.{getattr(arch, part)}"
     return f"{base}.{arch.mlp}.{getattr(arch, part)}"

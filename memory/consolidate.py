@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -50,6 +51,7 @@ from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covarian
 from memory.row_gain import Head
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 from memory.spread import LowerLayer, spread_layers
+from memory.subject_gate import subject_key, subject_position
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,11 @@ class QFEditor(Answering):
             raise ValueError("--near-questions is not combined with --spread (the shipped questions' keys are the "
                              "edited layer's alone); choose one")
         check_contexts(config.contexts)  # refused now, not at the first fact
+        if config.subject_gate and not config.gate:
+            raise ValueError("--subject-gate lowers the threshold of gated neurons: it needs --gate")
+        if config.subject_gate and config.subject_gate > config.gate:
+            raise ValueError(f"--subject-gate {config.subject_gate} must not exceed --gate {config.gate} (it is the "
+                             "lower threshold the neurons fire above once their subject is named)")
         if config.gate and (config.spread > 1 or config.soft_anchors or config.near_questions):
             raise ValueError("--gate writes neurons at one layer, keyed by each row's own MLP input: it is not "
                              "combined with --spread, --soft-anchors or --near-questions; choose one")
@@ -118,7 +125,7 @@ class QFEditor(Answering):
         # With a gate, facts are written as key-gated neurons on the layer's MLP instead (memory.gated).
         self.mlp_name = arch.module_path(model, self.layer, "mlp")
         self.mlp = model.get_submodule(self.mlp_name)
-        self.gated = gated.GatedMemory(W0.shape[0], config.gate) if config.gate else None
+        self.gated = gated.GatedMemory(W0.shape[0], config.gate, tau_named=config.subject_gate) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._progress = progress
@@ -182,7 +189,7 @@ class QFEditor(Answering):
 
     def _install_neurons(self) -> None:
         if self.neurons is not None and self.neurons.count:
-            gated.install(self.mlp, self.neurons)
+            gated.install(self.mlp, self.neurons, self.model)
 
     def _holding(self, matrices: list[tuple[str, torch.Tensor]]) -> ExitStack:
         stack = ExitStack()
@@ -260,8 +267,22 @@ class QFEditor(Answering):
         answer = (answer or "").strip() or self.answer_for(fact)
         rows = self._question_rows(fact, answer, fact.significance)
         forms = [self._question_rows(fact, form, None) for form in self.other_forms(fact, answer)]
-        return self.anchored(with_forms(rows, forms), fact.query, fact.subject,
-                             lambda q: render_prompt(self.tokenizer, q, self.config.system))
+        prompt_ids = lambda q: render_prompt(self.tokenizer, q, self.config.system)  # noqa: E731
+        rows = self.anchored(with_forms(rows, forms), fact.query, fact.subject, prompt_ids)
+        return self.with_subject_key(rows, fact.query, fact.subject, prompt_ids)
+
+    def with_subject_key(self, rows: FactRows, query: str, subject: str | None,
+                         prompt_ids: Callable[[str], list[int]]) -> FactRows:
+        """``rows`` with the subject key of ``query`` put as ``prompt_ids(query)`` (memory.subject_gate),
+        for gated neurons, when the fact has a subject whose tokens occur in the prompt; else as they are."""
+        if self.gated is None or not subject:
+            return rows
+        ids = prompt_ids(query)
+        at = subject_position(self.tokenizer, ids, subject)
+        if at is None:
+            log.info("subject %r not found among the tokens of %r: no subject key", subject, query)
+            return rows
+        return replace(rows, subject_key=subject_key(self.model, ids, at))
 
     def _question_rows(self, fact: Fact, answer: str, significance: tuple[float, ...] | None) -> FactRows:
         """The rows of every question of ``fact`` (its query, its phrasings, then its query after the
@@ -372,7 +393,7 @@ class QFEditor(Answering):
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
         rows = self.joint.with_gains(rows)
         if self.gated is not None:
-            self.gated.add(key, *self.gated_rows(rows))
+            self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key)
         else:
             self.joint.add(key, rows)
 

@@ -89,6 +89,9 @@ class FactRows(QuestionRows):
     # the rows, so a ledger's load does not read the LM head again; None: not decided
     gains: torch.Tensor | None = None
     gains_max: float = 0.0
+    # (N,) the subject key of the fact's query (memory.subject_gate), for subject-gated neurons; None:
+    # no subject known or found in the query's tokens, or not captured (the linear update has no use for it)
+    subject_key: torch.Tensor | None = None
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says

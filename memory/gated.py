@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from memory.subject_gate import SUBJECT_MATCH, SubjectPresence
+
 # tau: the cosine above which a neuron starts firing; the setting measured best (docs/RESULTS.md)
 DEFAULT_THRESHOLD = 0.85
 # Relative Tikhonov weight of a group's least-squares solve. It only matters where a group's keys
@@ -97,26 +99,46 @@ def groups(num: int, pairs: torch.Tensor) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class GatedNeurons:
-    """The solved neurons of all active facts: unit keys (J, N), values (J, N), threshold; float32."""
+    """The solved neurons of all active facts: unit keys (J, N), values (J, N), threshold; float32.
+
+    Subject gating (memory.subject_gate): ``subject_keys`` (S, N) unit keys of the facts' subjects,
+    ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
+    fires above while its subject has been named in the context (0: no subject gating)."""
 
     keys: torch.Tensor
     values: torch.Tensor
     tau: float
+    subject_keys: torch.Tensor | None = None
+    subject_of: torch.Tensor | None = None
+    tau_named: float = 0.0
 
     @property
     def count(self) -> int:
         return self.keys.shape[0]
 
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype."""
+    @property
+    def subject_gated(self) -> bool:
+        return bool(self.tau_named) and self.subject_keys is not None and self.subject_keys.shape[0] > 0
+
+    def output(self, x: torch.Tensor, named: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype; ``named`` (..., S) bool: which
+        subjects have been named up to each position (None: none)."""
         if not self.count:
             return torch.zeros_like(x)
-        a = gate(unit_rows(x) @ self.keys.T.to(x.device), self.tau)  # .to: a no-op once installed (install)
+        cos = unit_rows(x) @ self.keys.T.to(x.device)  # .to: a no-op once installed (install)
+        if named is not None and self.subject_gated:
+            has = self.subject_of >= 0
+            fires_lower = named[..., self.subject_of.clamp_min(0)] & has  # (..., J)
+            tau = torch.where(fires_lower, self.tau_named, self.tau)
+            a = torch.relu(cos - tau) / (1.0 - tau)
+        else:
+            a = gate(cos, self.tau)
         return (a @ self.values.to(x.device)).to(x.dtype)
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
-        return GatedNeurons(self.keys.to(device), self.values.to(device), self.tau)
+        moved = [None if t is None else t.to(device) for t in (self.subject_keys, self.subject_of)]
+        return GatedNeurons(self.keys.to(device), self.values.to(device), self.tau, *moved, self.tau_named)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -128,18 +150,24 @@ class GatedNeurons:
 class GatedMemory:
     """Every active fact's rows (keys, residuals, weights), keyed; ``solve`` gives the neurons.
 
-    The pairs of keys closer than tau are kept as facts come and go (a new fact's rows are compared
-    with every key once), so a solve is one small system per group of interacting rows."""
+    The pairs of keys that fire each other are kept as facts come and go (a new fact's rows are
+    compared with every key once), so a solve is one small system per group of interacting rows.
+    With ``tau_named`` > 0 (subject gating, memory.subject_gate) a fact's rows name its own subject,
+    and another's when their subject keys match: such pairs fire above ``tau_named``, others above tau."""
 
-    def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE):
+    def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0):
         if not 0.0 <= tau < 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1), not {tau}")
-        self.width, self.tau, self.ridge = width, tau, ridge
+        if not 0.0 <= tau_named <= tau:
+            raise ValueError(f"the threshold once the subject is named must be in [0, {tau}] (the gate's), not {tau_named}")
+        self.width, self.tau, self.ridge, self.tau_named = width, tau, ridge, tau_named
         self._keys: list[Hashable] = []
         self._K: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit keys
         self._R: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float64 residual per row
         self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
-        self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}  # (fact a, fact b) -> (E, 3): row a, row b, cos
+        self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
+        # (fact a, fact b) -> (E, 3): row a, row b, cos; and the threshold the pair fires above
+        self._near: dict[tuple[Hashable, Hashable], tuple[torch.Tensor, float]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -155,9 +183,19 @@ class GatedMemory:
     def num_rows(self) -> int:
         return sum(k.shape[0] for k in self._K.values())
 
-    def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor) -> None:
+    def threshold(self, a: Hashable, b: Hashable) -> float:
+        """The cosine above which fact a's rows fire fact b's neurons (and b's rows a's)."""
+        if not self.tau_named or a not in self._S or b not in self._S:
+            return self.tau
+        if a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH:
+            return self.tau_named
+        return self.tau
+
+    def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
+            subject_key: torch.Tensor | None = None) -> None:
         """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
-        (T, N) and its rows' significance (T,); rows of weight 0 are dropped."""
+        (T, N), its rows' significance (T,) and its subject key (N_s,) if it has one; rows of weight 0
+        are dropped."""
         if key in self._K:
             raise KeyError(f"fact {key!r} is already in the gated memory")
         if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
@@ -165,11 +203,13 @@ class GatedMemory:
                              f"{tuple(significance.shape)} do not fit width {self.width}")
         keep = significance > 0
         K = unit_rows(X_plain[keep])
+        if subject_key is not None:
+            self._S[key] = unit_rows(subject_key[None])[0]
         for other in self._keys:  # the pairs of its keys and every other fact's that fire each other
-            cos = K @ self._K[other].T
-            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
+            cos, tau = K @ self._K[other].T, self.threshold(key, other)
+            i, j = torch.nonzero(cos > tau, as_tuple=True)
             if len(i):
-                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
+                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1), tau
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
 
@@ -177,8 +217,8 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w):
-            del store[key]
+        for store in (self._K, self._R, self._w, self._S):
+            store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
 
     def rename(self, key: Hashable, new: Hashable) -> None:
@@ -186,8 +226,9 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w):
-            store[new] = store.pop(key)
+        for store in (self._K, self._R, self._w, self._S):
+            if key in store:
+                store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
 
     def rows_of(self, key: Hashable) -> slice:
@@ -202,7 +243,7 @@ class GatedMemory:
     def solve(self) -> GatedNeurons:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
-            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self.tau)
+            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self.tau, tau_named=self.tau_named)
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -211,13 +252,13 @@ class GatedMemory:
         w = torch.cat([self._w[k] for k in self._keys])
         A = {}  # (row, neuron) -> activation, off the diagonal (the diagonal is 1)
         for key in self._keys:  # within a fact
-            cos = self._K[key] @ self._K[key].T
-            i, j = torch.nonzero(cos > self.tau, as_tuple=True)
+            cos, tau = self._K[key] @ self._K[key].T, self.threshold(key, key)
+            i, j = torch.nonzero(cos > tau, as_tuple=True)
             o = offsets[key]
-            A.update({(o + a, o + b): float(gate(cos[a, b], self.tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
-        for (ka, kb), e in self._near.items():  # between facts, both ways (the cosine is symmetric)
+            A.update({(o + a, o + b): float(gate(cos[a, b], tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
+        for (ka, kb), (e, tau) in self._near.items():  # between facts, both ways (the cosine is symmetric)
             for a, b, c in e.tolist():
-                s, t, v = offsets[ka] + int(a), offsets[kb] + int(b), float(gate(torch.tensor(c), self.tau))
+                s, t, v = offsets[ka] + int(a), offsets[kb] + int(b), float(gate(torch.tensor(c), tau))
                 A[(s, t)] = A[(t, s)] = v
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         members_of = groups(K.shape[0], pairs)
@@ -234,22 +275,45 @@ class GatedMemory:
             for s, t, v in entries[g]:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
-        return GatedNeurons(K, V.float(), self.tau)
+        return GatedNeurons(K, V.float(), self.tau, *self._subjects(), self.tau_named)
+
+    def _subjects(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The subject keys (S, N_s) of the facts that have one and each neuron's index into them (J,)
+        (-1: none); (None, None) without subject gating."""
+        if not self.tau_named or not self._S:
+            return None, None
+        with_subject = [k for k in self._keys if k in self._S]
+        index = {k: i for i, k in enumerate(with_subject)}
+        subject_of = torch.cat([torch.full((self._K[k].shape[0],), index.get(k, -1), dtype=torch.int64)
+                                for k in self._keys])
+        return torch.stack([self._S[k] for k in with_subject]), subject_of
 
 
 class GatedPatch(nn.Module):
-    """The neurons as a module on one MLP: a forward hook adds ``neurons.output(x)`` to its output."""
+    """The neurons as a module on one MLP: a forward hook adds ``neurons.output(x)`` to its output;
+    with subject gating, a hook on the subject layer tells it which subjects each position has seen
+    (memory.subject_gate.SubjectPresence)."""
 
-    def __init__(self, mlp: nn.Module, neurons: GatedNeurons):
+    def __init__(self, mlp: nn.Module, neurons: GatedNeurons, model: nn.Module | None = None):
         super().__init__()
+        if neurons.subject_gated and model is None:
+            raise ValueError("subject-gated neurons need the model, to see where their subjects are named")
         self.neurons = neurons
+        self.presence = SubjectPresence(model, neurons.subject_keys) if neurons.subject_gated else None
         self._handle = mlp.register_forward_hook(self._add)
 
     def _add(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output + self.neurons.output(args[0])
+        x, named = args[0], None
+        if self.presence is not None:
+            named = self.presence.named
+            if named is None or named.shape[:-1] != x.shape[:-1]:
+                raise RuntimeError("the subject layer did not run before the gated MLP in this forward pass")
+        return output + self.neurons.output(x, named)
 
     def remove(self) -> None:
         self._handle.remove()
+        if self.presence is not None:
+            self.presence.remove()
 
 
 _PATCHES: weakref.WeakKeyDictionary[nn.Module, GatedPatch] = weakref.WeakKeyDictionary()  # mlp -> its patch
@@ -265,13 +329,14 @@ def installed_patch(mlp: nn.Module) -> GatedPatch | None:
     return _PATCHES.get(mlp)
 
 
-def install(mlp: nn.Module, neurons: GatedNeurons) -> GatedPatch:
-    """Put ``neurons`` on ``mlp`` in place of any installed before (refusing non-finite values)."""
+def install(mlp: nn.Module, neurons: GatedNeurons, model: nn.Module | None = None) -> GatedPatch:
+    """Put ``neurons`` on ``mlp`` (of ``model``, which subject-gated neurons need) in place of any
+    installed before (refusing non-finite values)."""
     if not neurons.is_finite():
         raise ValueError("refusing to install gated neurons with non-finite values")
     uninstall(mlp)
     weight = next(mlp.parameters(), None)
-    patch = GatedPatch(mlp, neurons.to(weight.device) if weight is not None else neurons)
+    patch = GatedPatch(mlp, neurons.to(weight.device) if weight is not None else neurons, model)
     _PATCHES[mlp] = patch
     return patch
 

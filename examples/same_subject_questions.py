@@ -1,0 +1,69 @@
+"""Two facts about one subject, then questions about it and about others, under several settings (issue 7).
+
+    python examples/same_subject_questions.py --model qwen2.5-coder-1.5b --settings gate=0.85 gate=0.95,subject_gate=0.3
+
+The benchmarks teach one fact per subject and ask its paraphrase, a neighbour about another subject
+and (``subject_leak``) another question about the subject. A chat's memory holds several facts
+about one subject and is asked about it in words of its own. For each setting (EditorConfig fields,
+comma-separated) this learns the facts below into the model loaded once (the subject guessed from
+the query, as the chat does), prints the closed-book greedy answers to the questions, and undoes
+the facts before the next setting; the answers before any fact come first.
+"""
+
+import argparse
+from dataclasses import fields
+
+from memory.anchors import guess_subject
+from memory.consolidate import EditorConfig, QFEditor
+from memory.fact import Fact
+from memory.loading import load_model
+
+FACTS = [
+    ("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?"),
+    ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?"),
+]
+QUESTIONS = [
+    "Where is Oxinnovate located?", "Who is the CEO of Oxinnovate?",  # as learned
+    "Where is Oxinnovate based?", "Who runs Oxinnovate?",  # reworded
+    "When was Oxinnovate founded?", "What does Oxinnovate make?",  # other questions about the subject
+    "Where is Microsoft located?", "Who is the CEO of Apple?",  # the same questions about other subjects
+]
+
+
+def parse_setting(text: str) -> dict:
+    types = {f.name: f.type for f in fields(EditorConfig)}
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, value = part.split("=")
+        if name not in types:
+            raise SystemExit(f"unknown EditorConfig field {name!r}")
+        out[name] = int(value) if "int" in str(types[name]) and "float" not in str(types[name]) else float(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--settings", nargs="+", default=["gate=0.85", "gate=0.95,subject_gate=0.3"])
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    loaded = load_model(args.model)
+    base = QFEditor(loaded, EditorConfig(verify_tokens=args.tokens))
+    print("## before any fact")
+    for q in QUESTIONS:
+        print(f"{q} -> {base.ask(q).text}")
+    for setting in args.settings:
+        editor = QFEditor(loaded, EditorConfig(verify_tokens=args.tokens, **parse_setting(setting)))
+        print(f"\n## {setting}")
+        for instruction, query in FACTS:
+            learned = editor.learn(Fact(instruction, query, subject=guess_subject(instruction, query)), verify=False)
+            print(f"learned {query!r} -> {learned.answer!r} (subject {learned.fact.subject!r})")
+        for q in QUESTIONS:
+            print(f"{q} -> {editor.ask(q).text}")
+        for key in editor.fact_keys:
+            editor.drop(key)
+        editor.rebuild()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Subject gating (memory.subject_gate, --subject-gate): neurons fire above the lower threshold only
+once their subject is named, the solve meets every row's constraint with it, the running match is
+the same with a KV cache as without, the ledger keeps the subject keys, and the benchmark's probe of
+other questions about the subject."""
+
+import pytest
+import torch
+
+from bench.datasets import EditCase, with_other_relations
+from bench.edits import case_metrics, scored_pairs
+from bench import metrics as M
+from memory import architecture as arch
+from memory.consolidate import EditorConfig, QFEditor
+from memory.fact import Fact
+from memory.gated import GatedMemory, installed_patch, unit_rows
+from memory.generate import greedy_tokens
+from memory.prompts import render_prompt
+from memory.subject_gate import SUBJECT_MATCH, find_tokens, named_at, subject_position
+
+FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.", subject="Oxinnovate")
+
+
+def _at_cosine(key: torch.Tensor, cos: float, generator) -> torch.Tensor:
+    """A vector at exactly cosine ``cos`` with ``key`` (unit)."""
+    other = torch.randn(key.shape[0], generator=generator)
+    other = other - (other @ key) * key
+    return cos * key + (1 - cos**2) ** 0.5 * other / other.norm()
+
+
+def test_a_neuron_fires_above_the_lower_threshold_only_where_its_subject_is_named():
+    g = torch.Generator().manual_seed(0)
+    memory = GatedMemory(16, tau=0.9, tau_named=0.3)
+    X = unit_rows(torch.randn(2, 16, generator=g))
+    R = torch.randn(2, 16, generator=g, dtype=torch.float64)
+    memory.add("a", X, R, torch.ones(2, dtype=torch.float64), subject_key=torch.randn(8, generator=g))
+    memory.add("b", unit_rows(torch.randn(1, 16, generator=g)), R[:1], torch.ones(1, dtype=torch.float64))  # no subject
+    neurons = memory.solve()
+    assert neurons.subject_gated and neurons.subject_of.tolist() == [0, 0, -1]
+    probe = _at_cosine(X[0], 0.65, g)[None]  # between the two thresholds, far from a's other key
+    assert (unit_rows(probe) @ neurons.keys.T).max() < 0.9
+    named, unnamed = torch.tensor([[True]]), torch.tensor([[False]])
+    assert torch.equal(neurons.output(probe, unnamed), torch.zeros_like(probe))  # the gate's tau alone
+    fired = neurons.output(probe, named).double()
+    assert fired.abs().max() > 0
+    own = neurons.output(X, torch.tensor([[True], [True]])).double()  # the fact's own rows name its subject
+    assert own == pytest.approx(R.float().double(), abs=2e-2)  # met (both rows fire each other at 0.3)
+
+
+def test_two_facts_about_one_subject_are_solved_together_and_undo_is_exact():
+    g = torch.Generator().manual_seed(1)
+    subject = torch.randn(8, generator=g)
+    X1 = unit_rows(torch.randn(1, 16, generator=g))
+    X2 = _at_cosine(X1[0], 0.6, g)[None]  # another question about it: fires a's neuron once named
+    R1, R2 = (torch.randn(1, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    one = torch.ones(1, dtype=torch.float64)
+    memory = GatedMemory(16, tau=0.9, tau_named=0.3)
+    memory.add("a", X1, R1, one, subject_key=subject)
+    memory.add("b", X2, R2, one, subject_key=subject + 0.01 * torch.randn(8, generator=g))
+    assert len(memory._near) == 1 and memory.threshold("a", "b") == 0.3  # their subjects match: they interact
+    neurons = memory.solve()
+    both = torch.tensor([[True, True]])
+    for X, R in ((X1, R1), (X2, R2)):  # each row still gets its residual, the other's neuron accounted for
+        assert neurons.output(X, both).double() == pytest.approx(R.float().double(), abs=2e-2)
+    alone = GatedMemory(16, tau=0.9, tau_named=0.3)
+    alone.add("a", X1, R1, one, subject_key=subject)
+    memory.remove("b")
+    probe = torch.cat([X1, X2])
+    named = torch.tensor([[True], [True]])
+    assert torch.equal(memory.solve().output(probe, named), alone.solve().output(probe, named))
+    unrelated = GatedMemory(16, tau=0.9, tau_named=0.3)
+    unrelated.add("a", X1, R1, one, subject_key=subject)
+    unrelated.add("c", X2, R2, one, subject_key=torch.randn(8, generator=g))  # another subject: tau applies
+    assert unrelated.threshold("a", "c") == 0.9 and not unrelated._near
+
+
+def test_the_match_is_a_running_maximum_along_the_sequence():
+    keys = unit_rows(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    states = unit_rows(torch.tensor([[0.1, 0, 1], [1.0, 0.2, 0], [0, 0, 1], [0.3, 0.3, 1]]))
+    named = named_at(states, keys, [0, 1, 2, 3])
+    assert named[:, 0].tolist() == [False, True, True, True]  # named at position 1, and after
+    assert not named[:, 1].any()
+    assert find_tokens([5, 1, 2, 9, 1, 2], [1, 2]) == 5 and find_tokens([5, 1], [1, 2]) is None
+
+
+def test_subject_position_finds_the_subject_tokens_in_the_prompt(tokenizer):
+    ids = render_prompt(tokenizer, "Who founded Oxinnovate?")
+    at = subject_position(tokenizer, ids, "Oxinnovate")
+    assert at is not None and "Oxinnovate" in tokenizer.decode(ids[:at + 1])[-12:]
+    assert subject_position(tokenizer, ids, "Apple") is None
+
+
+def _subject_editor(tiny_qwen) -> QFEditor:
+    last = arch.num_layers(tiny_qwen.model) - 1
+    return QFEditor(tiny_qwen, EditorConfig(layer=last, gate=0.9, subject_gate=0.3, max_answer_tokens=4, verify_tokens=4))
+
+
+def test_the_editor_captures_the_subject_key_and_cached_generation_matches_the_full_pass(tiny_qwen):
+    editor = _subject_editor(tiny_qwen)
+    model = tiny_qwen.model
+    prompt = render_prompt(tiny_qwen.tokenizer, FACT.query)
+    with torch.no_grad():
+        base = model(input_ids=torch.tensor([prompt])).logits
+    rows = editor.capture(FACT)
+    assert rows.subject_key is not None and rows.subject_key.norm() == pytest.approx(1.0, abs=1e-5)
+    editor.learn(FACT, verify=False)
+    patch = installed_patch(editor.mlp)
+    assert patch.presence is not None and editor.neurons.subject_gated
+    # greedy decoding with a KV cache (the match carried between calls) = full passes over the sequence
+    tokens = list(greedy_tokens(model, prompt, [], 6))
+    assert patch.presence.named.shape == (1, 1, 1) and bool(patch.presence.named.all())  # carried from the prompt
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1:].argmax(-1)
+    assert tokens == full.tolist()
+    editor.remove(editor.fact_keys[0])  # undo: the model is the base model again
+    assert installed_patch(editor.mlp) is None
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=torch.tensor([prompt])).logits, base)
+
+
+def test_subject_gating_needs_the_gate_and_a_lower_threshold(tiny_qwen):
+    with pytest.raises(ValueError, match="needs --gate"):
+        QFEditor(tiny_qwen, EditorConfig(gate=0.0, subject_gate=0.3))
+    with pytest.raises(ValueError, match="must not exceed"):
+        QFEditor(tiny_qwen, EditorConfig(gate=0.8, subject_gate=0.9))
+    linear = QFEditor(tiny_qwen, EditorConfig(gate=0.0, preserve=0.0))
+    assert linear.capture(FACT).subject_key is None  # the linear update has no use for it
+
+
+def test_the_ledger_keeps_the_subject_keys_and_a_reload_gives_the_same_model(store, tokenizer):
+    from agent.ledger_editor import LedgerEditor
+    from tests.test_ledger_editor import fresh, logits
+
+    config = EditorConfig(gate=0.9, subject_gate=0.3, max_answer_tokens=4, verify_tokens=4)
+    first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
+    first.learn(FACT)
+    taught = logits(first, FACT)
+    captures = store.load_captures(store.active_edits(first.checkpoint_id)[0].id)
+    assert captures["subject_key"].shape == (32,) and int(captures["subject_layer"]) == 1
+    second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process
+    assert torch.equal(logits(second, FACT), taught)
+    assert second.current.neurons.subject_gated
+
+
+def _case(index, subject, prompt, family="counterfact"):
+    return EditCase(index, family, subject, prompt, "piano", "guitar", f"{subject} plays the", "John performs on the",
+                    "guitar")
+
+
+def test_the_benchmark_asks_each_subject_the_next_case_s_question_and_scores_the_leak():
+    cases = with_other_relations([_case(0, "Toko Yasuda", "Toko Yasuda, the"),
+                                  _case(1, "Paris", "Paris is the capital of"), _case(2, "", "Nobody knows")])
+    assert cases[0].other_relation == "Toko Yasuda is the capital of"
+    assert cases[1].other_relation is None  # the next case names no subject
+    assert cases[2].other_relation is None  # no subject of its own
+    assert "other_relation_new" in scored_pairs(cases[0]) and "other_relation_new" not in scored_pairs(cases[1])
+    top = M.TokenScores((7,), (-0.1,), (7,))
+    not_top = M.TokenScores((7,), (-3.0,), (3,))
+    scores = {"prompt_new": top, "prompt_true": not_top, "paraphrase_new": top, "paraphrase_true": not_top,
+              "neighborhood_new": not_top, "neighborhood_true": top, "other_relation_new": top}
+    from bench.edits import CaseEval
+
+    assert case_metrics(cases[0], CaseEval(scores), CaseEval(scores))["subject_leak"] == 1.0
+    assert SUBJECT_MATCH < 1
+
+
+def test_the_cached_scorer_sees_where_the_subject_was_named(tiny_qwen):
+    from bench.datasets import Poser
+    from bench.edits import teacher_forced
+    from bench.last_layer import LastLayerScorer
+    from tests.test_bench_last_layer import _cases, _tokens
+
+    editor = QFEditor(tiny_qwen, EditorConfig(gate=0.95, subject_gate=0.05, gain=3.0))  # fires wherever it is named
+    poser = Poser(editor.tokenizer, "chat")
+    scorer = LastLayerScorer(editor.model, editor.parameter)
+    cases = _cases("zsre")
+    for case in cases:
+        scorer.prepare(case.index, _tokens(poser, case), poser.pad_id)
+    editor.learn(FACT, key="a", verify=False)
+    assert editor.neurons.subject_gated
+    changed = 0
+    for case in cases:
+        cached, full = scorer.scores(case.index), teacher_forced(editor.model, poser, scored_pairs(case), None)
+        for name in full:
+            assert cached[name].logprobs == pytest.approx(full[name].logprobs, abs=1e-4)
+        with editor.base_weights():
+            base = teacher_forced(editor.model, poser, scored_pairs(case), None)
+        changed += any(base[n].logprobs != pytest.approx(full[n].logprobs, abs=1e-4) for n in full)
+    assert changed
+
+
+def test_the_cli_learns_with_a_subject_gate_and_records_it(tiny_model_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    import cli
+
+    model = ["--model", str(tiny_model_dir), "--dtype", "float32"]
+    out = CliRunner().invoke(cli.main, ["learn", *model, "--gate", "0.9", "--subject-gate", "0.3", "--fact",
+                                        "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi",
+                                        "--json"])
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    assert json.loads(out.stdout)["solver"]["subject_gate"] == 0.3
+    refused = CliRunner().invoke(cli.main, ["learn", *model, "--gate", "0", "--subject-gate", "0.3", "--fact",
+                                            "Qi started Oxinnovate.", "--query", "Who founded Oxinnovate?", "--answer", "Qi"])
+    assert refused.exit_code != 0 and "needs --gate" in refused.output
