@@ -468,6 +468,8 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
     for i, case in enumerate(cases):
         row = {"index": case.index, "subject": case.subject, "prompt": case.prompt, "target_new": case.target_new,
                "ground_truth": case.ground_truth, "pre": case_record(pre[i], pre_metrics[i])}
+        if case.other_relation:  # the question subject_leak is scored on
+            row["other_relation"] = case.other_relation
         row.update({name: records[name][i] for name in methods})
         out_cases.append(row)
     return {"pre": {**M.aggregate(pre_metrics), "relative_weight_change": 0.0}, "methods": results, "cases": out_cases}

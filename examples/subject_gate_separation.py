@@ -11,6 +11,9 @@ paraphrase names the subject, a neighbour names another one. For each layer and 
 prints how often a paraphrase's s passes (own fact) and a neighbour's passes for *any* fact, and
 how often a swap (another case's prompt with this fact's subject put in: same subject, other
 relation) passes both this gate and the answering key's (the MLP input's cosine above tau_r).
+Then whether anything at the answering position tells the paraphrase from the swap: the last MLP
+input's cosine with the fact's, raw and centered (minus the mean over the facts' and neighbours'
+keys), and each layer's state there. The numbers are in docs/RESULTS.md ("Subject-gated neurons").
 """
 
 import argparse
@@ -20,24 +23,14 @@ import torch
 from bench.datasets import Poser, read_cases
 from memory import architecture as arch
 from memory.loading import load_model
+from memory.subject_gate import subject_position
 
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def find(seq: list[int], sub: list[int]) -> int | None:
-    """The index of the last token of the last occurrence of ``sub`` in ``seq``."""
-    for start in range(len(seq) - len(sub), -1, -1):
-        if seq[start:start + len(sub)] == sub:
-            return start + len(sub) - 1
-    return None
-
-
-def subject_end(tokenizer, ids: list[int], subject: str) -> int | None:
-    for text in (" " + subject, subject):
-        pos = find(ids, tokenizer(text, add_special_tokens=False).input_ids)
-        if pos is not None:
-            return pos
-    return None
+def centered(v: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Rows minus ``mean``, scaled to unit length (a neuron with a bias could read that)."""
+    return (v - mean) / (v - mean).norm(dim=-1, keepdim=True)
 
 
 @torch.no_grad()
@@ -79,7 +72,7 @@ def main() -> None:
     keys, facts_x, para, nbhd, swap, kept, last_states = [], [], [], [], [], [], []
     for i, case in enumerate(cases):
         ids, per_layer, x = states(case.prompt)
-        end = subject_end(tok, ids, case.subject)
+        end = subject_position(tok, ids, case.subject)
         other = cases[(i + 1) % len(cases)]
         if end is None or other.subject not in other.prompt:
             continue
@@ -103,8 +96,7 @@ def main() -> None:
           % (rel_para.mean(), rel_nbhd_any.diagonal().mean(), rel_swap.mean()))
     raw_x = lambda probes: torch.stack([p[1] for p in probes])  # noqa: E731
     mean = torch.cat([X, raw_x(nbhd)]).mean(0)
-    cu = lambda v: (v - mean) / (v - mean).norm(dim=-1, keepdim=True)  # noqa: E731
-    Xc, Pc, Sc = cu(X), cu(raw_x(para)), cu(raw_x(swap))
+    Xc, Pc, Sc = (centered(v, mean) for v in (X, raw_x(para), raw_x(swap)))
     cp, cs = (Pc * Xc).sum(-1), (Sc * Xc).sum(-1)
     print("centered: paraphrase/own mean %.3f, swap/own mean %.3f; paraphrase above swap in %.2f of cases"
           % (cp.mean(), cs.mean(), (cp > cs).float().mean()))
@@ -117,8 +109,7 @@ def main() -> None:
         S = torch.stack([w[0][li][-1] for w in swap])
         cp, cs = (P * own).sum(-1), (S * own).sum(-1)
         m = torch.cat([own, torch.stack([n[0][li][-1] for n in nbhd])]).mean(0)
-        cu = lambda v: (v - m) / (v - m).norm(dim=-1, keepdim=True)  # noqa: E731
-        ccp, ccs = (cu(P) * cu(own)).sum(-1), (cu(S) * cu(own)).sum(-1)
+        ccp, ccs = ((centered(v, m) * centered(own, m)).sum(-1) for v in (P, S))
         print(f"layer {l}: raw {cp.mean():.3f} / {cs.mean():.3f}, paraphrase above swap {(cp > cs).float().mean():.2f}; "
               f"centered {ccp.mean():.3f} / {ccs.mean():.3f}, above {(ccp > ccs).float().mean():.2f}; "
               + ", ".join(f"tau {t}: {(ccp > t).float().mean():.2f}/{(ccs > t).float().mean():.2f}" for t in (0.2, 0.3, 0.4, 0.5)))

@@ -150,6 +150,10 @@ def test_protocol_end_to_end_all_methods(tiny_qwen, template, family):
     assert qf["relative_weight_change"] == 0.0 and qf["neuron_value_norm"] > 0 and qf["neurons"] > 0
     assert result["methods"]["ft"]["metrics"]["relative_weight_change"] > 0
     assert len(result["cases"]) == 3 and {"pre", "qf", "ft", "icl"} <= set(result["cases"][0])
+    # a case is asked the next one's question too where that names its own subject (subject_leak)
+    asked = [row.get("other_relation") for row in result["cases"]]
+    assert asked[0] is not None and asked[2] is not None and "subject_leak" in result["pre"]
+    assert all(0.0 <= r["metrics"]["subject_leak"] <= 1.0 for r in result["methods"].values())
     assert tensor_sha256(weight.detach().float()) == base and len(editor.joint) == 0
 
 

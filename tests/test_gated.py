@@ -1,6 +1,8 @@
 """Key-gated neurons (memory.gated, --gate): exact on the fact's rows, silent far from its keys,
 order-independent, exact undo; the editor and the cached scorer with them on tiny models."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -115,14 +117,20 @@ def test_gated_neurons_are_refused_with_spread_or_soft_anchors(tiny_qwen):
             QFEditor(tiny_qwen, EditorConfig(gate=0.9, **settings))
 
 
-def test_the_cached_scorer_sees_the_gated_neurons(tiny_qwen):
-    editor = QFEditor(tiny_qwen, EditorConfig(gate=0.5, gain=3.0))
+@pytest.mark.parametrize("config, fact", [
+    (EditorConfig(gate=0.5, gain=3.0), FACT),
+    # subject-gated (memory.subject_gate): fires wherever the subject was named before, as the scorer must see
+    (EditorConfig(gate=0.95, subject_gate=0.05, gain=3.0), replace(FACT, subject="Oxinnovate")),
+], ids=["gated", "subject-gated"])
+def test_the_cached_scorer_sees_the_gated_neurons(tiny_qwen, config, fact):
+    editor = QFEditor(tiny_qwen, config)
     poser = Poser(editor.tokenizer, "chat")
     scorer = LastLayerScorer(editor.model, editor.parameter)
     cases = _cases("zsre")
     for case in cases:
         scorer.prepare(case.index, _tokens(poser, case), poser.pad_id)
-    editor.learn(FACT, key="a", verify=False)
+    editor.learn(fact, key="a", verify=False)
+    assert editor.neurons.subject_gated == bool(config.subject_gate)
     changed = 0
     for case in cases:
         cached, full = scorer.scores(case.index), teacher_forced(editor.model, poser, scored_pairs(case), None)
