@@ -60,8 +60,8 @@ def unit_rows(X: torch.Tensor) -> torch.Tensor:
     return X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def gate(cosines: torch.Tensor, tau: float) -> torch.Tensor:
-    """a = relu(cos - tau) / (1 - tau), elementwise."""
+def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    """a = relu(cos - tau) / (1 - tau), elementwise (tau a number, or one per element)."""
     return torch.relu(cosines - tau) / (1.0 - tau)
 
 
@@ -126,14 +126,11 @@ class GatedNeurons:
         if not self.count:
             return torch.zeros_like(x)
         cos = unit_rows(x) @ self.keys.T.to(x.device)  # .to: a no-op once installed (install)
-        if named is not None and self.subject_gated:
-            has = self.subject_of >= 0
-            fires_lower = named[..., self.subject_of.clamp_min(0)] & has  # (..., J)
-            tau = torch.where(fires_lower, self.tau_named, self.tau)
-            a = torch.relu(cos - tau) / (1.0 - tau)
-        else:
-            a = gate(cos, self.tau)
-        return (a @ self.values.to(x.device)).to(x.dtype)
+        tau: float | torch.Tensor = self.tau
+        if named is not None and self.subject_gated:  # the lower threshold where a neuron's subject was named
+            named_here = named[..., self.subject_of.clamp_min(0)] & (self.subject_of >= 0)  # (..., J)
+            tau = torch.where(named_here, self.tau_named, self.tau)
+        return (gate(cos, tau) @ self.values.to(x.device)).to(x.dtype)
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
