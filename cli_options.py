@@ -94,14 +94,16 @@ def model_options(fn):
     @click.option("--gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_GATE", default=None,
                   help="QF: write each fact with new neurons of the edited layer's MLP that fire only where its "
                        "input's cosine with the fact's keys exceeds T, leaving down_proj and other questions "
-                       "alone; cannot be exported as a plain checkpoint (default 0.85; 0 = the linear update of "
+                       "alone; cannot be exported as a plain checkpoint (default 0.95; 0 = the linear update of "
                        "down_proj, the default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
     @click.option("--subject-gate", "subject_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_SUBJECT_GATE",
                   default=None,
                   help="QF with --gate: a fact's neurons fire above this lower cosine T once its subject (given, or "
                        "guessed from the query's names) has been named earlier in the context, so rewordings of the "
                        "question reach the fact and questions about other subjects do not; other questions about "
-                       "the same subject are reached more too (memory.subject_gate; 0 = off). [env QF_SUBJECT_GATE]")
+                       "the same subject are reached more too (memory.subject_gate; default 0.85 with the default "
+                       "--gate, 0 = off with a --gate given; a fact with no subject fires above 0.85 everywhere "
+                       "then). [env QF_SUBJECT_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

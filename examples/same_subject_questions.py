@@ -1,13 +1,14 @@
 """Two facts about one subject, then questions about it and about others, under several settings (issue 7).
 
-    python examples/same_subject_questions.py --model qwen2.5-coder-1.5b --settings gate=0.85 gate=0.95,subject_gate=0.3
+    python examples/same_subject_questions.py --model qwen2.5-coder-1.5b --settings gate=0.85 default gate=0.95,subject_gate=0.1
 
 The benchmarks teach one fact per subject and ask its paraphrase, a neighbour about another subject
 and (``subject_leak``) another question about the subject. A chat's memory holds several facts
 about one subject and is asked about it in words of its own. For each setting (EditorConfig fields,
-comma-separated) this learns the facts below into the model loaded once (the subject guessed from
-the query, as the chat does), prints the closed-book greedy answers to the questions, and undoes
-the facts before the next setting; the answers before any fact come first.
+comma-separated; "default": the editor's defaults) this learns the facts
+below into the model loaded once (the subject guessed from the query, as the chat does: the third
+fact has none), prints the closed-book greedy answers to the questions, and undoes the facts
+before the next setting; the answers before any fact come first.
 """
 
 import argparse
@@ -21,19 +22,21 @@ from memory.loading import load_model
 FACTS = [
     ("Oxinnovate is located at PKU Science Park, in Beijing.", "Where is Oxinnovate located?"),
     ("Qi is the CEO of Oxinnovate.", "Who is the CEO of Oxinnovate?"),
+    ("My daughter's name is Lina.", "What is my daughter's name?"),  # no subject to name
 ]
 QUESTIONS = [
     "Where is Oxinnovate located?", "Who is the CEO of Oxinnovate?",  # as learned
     "Where is Oxinnovate based?", "Who runs Oxinnovate?",  # reworded
     "When was Oxinnovate founded?", "What does Oxinnovate make?",  # other questions about the subject
     "Where is Microsoft located?", "Who is the CEO of Apple?",  # the same questions about other subjects
+    "What is my daughter's name?", "What is my daughter called?", "What is my son's name?",  # the subject-less fact
 ]
 
 
 def parse_setting(text: str) -> dict:
     types = {f.name: f.type for f in fields(EditorConfig)}
     out = {}
-    for part in filter(None, text.split(",")):
+    for part in filter(None, text.split(",") if text != "default" else []):
         name, value = part.split("=")
         if name not in types:
             raise SystemExit(f"unknown EditorConfig field {name!r}")
@@ -44,7 +47,7 @@ def parse_setting(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--settings", nargs="+", default=["gate=0.85", "gate=0.95,subject_gate=0.3"])
+    parser.add_argument("--settings", nargs="+", default=["gate=0.85", "default"])
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     loaded = load_model(args.model)

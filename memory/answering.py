@@ -57,7 +57,7 @@ class EditorConfig:
     # option only the linear update has is set (spread, soft anchors, near questions): then 0
     gate: float | None = None
     # > 0, with gated neurons: a fact's neurons fire above this lower cosine once its subject has been
-    # named in the context (memory.subject_gate); 0 = off; None: DEFAULT_SUBJECT_GATE with the gate, else 0
+    # named in the context (memory.subject_gate); 0 = off; None: DEFAULT_SUBJECT_GATE with the default gate, else 0
     subject_gate: float | None = None
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
@@ -68,26 +68,29 @@ class EditorConfig:
     verify_tokens: int = 64  # cap for the closed-book verification answer
 
 
-# The default combination (docs/RESULTS.md, "Row gains"): key-gated neurons at the measured best
-# threshold, each row's gain read off the LM head up to this.
-DEFAULT_GATE = DEFAULT_THRESHOLD
+# The default combination (docs/RESULTS.md, "Row gains" and "How low the subject gate goes"):
+# key-gated neurons that fire above DEFAULT_THRESHOLD (0.85, the gate alone's best) where the fact's
+# subject has been named and above 0.95 elsewhere (facts with no subject: 0.85 everywhere,
+# memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. Against the
+# gate 0.85 alone it keeps generalization and the subject leak and wins back specificity.
+DEFAULT_GATE = 0.95
 DEFAULT_ROW_GAIN = 4.0
-DEFAULT_SUBJECT_GATE = 0.0
+DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
     """``config`` with its automatic settings (None) decided for an editor at the model's last layer
     or not: the gate unless an option of the linear update alone is set; row gains with the gate
     where the LM head reads the edited layer (the last, alone). Given settings are kept as they are."""
-    gate = config.gate
+    gate, default_gate = config.gate, config.gate is None
     if gate is None:
         gate = 0.0 if config.spread > 1 or config.soft_anchors or config.near_questions else DEFAULT_GATE
     row_gain = config.row_gain
     if row_gain is None:
         row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
     subject_gate = config.subject_gate
-    if subject_gate is None:
-        subject_gate = min(DEFAULT_SUBJECT_GATE, gate)
+    if subject_gate is None:  # the default gate comes with its subject gate; a --gate given is that gate alone
+        subject_gate = DEFAULT_SUBJECT_GATE if default_gate and DEFAULT_SUBJECT_GATE < gate else 0.0
     return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate)
 
 

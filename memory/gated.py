@@ -43,7 +43,8 @@ from torch import nn
 
 from memory.subject_gate import SUBJECT_MATCH, SubjectPresence
 
-# tau: the cosine above which a neuron starts firing; the setting measured best (docs/RESULTS.md)
+# tau: the cosine above which a neuron starts firing; the setting measured best without subject
+# gating (docs/RESULTS.md, "Key-gated neurons")
 DEFAULT_THRESHOLD = 0.85
 # Relative Tikhonov weight of a group's least-squares solve. It only matters where a group's keys
 # nearly coincide: there the activations are nearly equal, the exact solve's values grow like the
@@ -63,6 +64,14 @@ def unit_rows(X: torch.Tensor) -> torch.Tensor:
 def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     """a = relu(cos - tau) / (1 - tau), elementwise (tau a number, or one per element)."""
     return torch.relu(cosines - tau) / (1.0 - tau)
+
+
+def unknown_subject_threshold(tau: float, tau_named: float) -> float:
+    """With subject gating, the threshold of a fact whose subject is not known ("What is my daughter's
+    name?" names none): where it is named cannot be told, so its neurons fire everywhere as the gate
+    alone does best (DEFAULT_THRESHOLD), or above ``tau_named`` if that is higher, never above the
+    gate's ``tau``. Without subject gating (``tau_named`` 0): ``tau``."""
+    return min(tau, max(tau_named, DEFAULT_THRESHOLD)) if tau_named else tau
 
 
 def solve_values(A: torch.Tensor, R_rows: torch.Tensor, weights: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
@@ -99,7 +108,8 @@ def groups(num: int, pairs: torch.Tensor) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class GatedNeurons:
-    """The solved neurons of all active facts: unit keys (J, N), values (J, N), threshold; float32.
+    """The solved neurons of all active facts: unit keys (J, N), values (J, N), the threshold (one for
+    all, or one per neuron (J,)); float32.
 
     Subject gating (memory.subject_gate): ``subject_keys`` (S, N) unit keys of the facts' subjects,
     ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
@@ -107,7 +117,7 @@ class GatedNeurons:
 
     keys: torch.Tensor
     values: torch.Tensor
-    tau: float
+    tau: float | torch.Tensor
     subject_keys: torch.Tensor | None = None
     subject_of: torch.Tensor | None = None
     tau_named: float = 0.0
@@ -134,8 +144,9 @@ class GatedNeurons:
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
+        tau = self.tau.to(device) if isinstance(self.tau, torch.Tensor) else self.tau
         moved = [None if t is None else t.to(device) for t in (self.subject_keys, self.subject_of)]
-        return GatedNeurons(self.keys.to(device), self.values.to(device), self.tau, *moved, self.tau_named)
+        return GatedNeurons(self.keys.to(device), self.values.to(device), tau, *moved, self.tau_named)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -150,21 +161,27 @@ class GatedMemory:
     The pairs of keys that fire each other are kept as facts come and go (a new fact's rows are
     compared with every key once), so a solve is one small system per group of interacting rows.
     With ``tau_named`` > 0 (subject gating, memory.subject_gate) a fact's rows name its own subject,
-    and another's when their subject keys match: such pairs fire above ``tau_named``, others above tau."""
+    and another's when their subject keys match: such pairs fire above ``tau_named``, others above
+    tau; the neurons of a fact with no subject key fire above ``tau_unknown`` (None:
+    unknown_subject_threshold) wherever they are."""
 
-    def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0):
+    def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
+                 tau_unknown: float | None = None):
         if not 0.0 <= tau < 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1), not {tau}")
         if not 0.0 <= tau_named <= tau:
             raise ValueError(f"the threshold once the subject is named must be in [0, {tau}] (the gate's), not {tau_named}")
-        self.width, self.tau, self.ridge, self.tau_named = width, tau, ridge, tau_named
+        tau_unknown = unknown_subject_threshold(tau, tau_named) if tau_unknown is None else tau_unknown
+        if not 0.0 <= tau_unknown <= tau:
+            raise ValueError(f"the threshold of a fact with no subject must be in [0, {tau}], not {tau_unknown}")
+        self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
         self._keys: list[Hashable] = []
         self._K: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit keys
         self._R: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float64 residual per row
         self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
         self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
-        # (fact a, fact b) -> (E, 3): row a, row b, cos; and the threshold the pair fires above
-        self._near: dict[tuple[Hashable, Hashable], tuple[torch.Tensor, float]] = {}
+        # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
+        self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -181,10 +198,12 @@ class GatedMemory:
         return sum(k.shape[0] for k in self._K.values())
 
     def threshold(self, a: Hashable, b: Hashable) -> float:
-        """The cosine above which fact a's rows fire fact b's neurons (and b's rows a's)."""
-        if not self.tau_named or a not in self._S or b not in self._S:
+        """The cosine above which fact a's rows fire fact b's neurons."""
+        if not self.tau_named:
             return self.tau
-        if a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH:
+        if b not in self._S:
+            return self.tau_unknown
+        if a in self._S and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH):
             return self.tau_named
         return self.tau
 
@@ -202,11 +221,11 @@ class GatedMemory:
         K = unit_rows(X_plain[keep])
         if subject_key is not None:
             self._S[key] = unit_rows(subject_key[None])[0]
-        for other in self._keys:  # the pairs of its keys and every other fact's that fire each other
-            cos, tau = K @ self._K[other].T, self.threshold(key, other)
-            i, j = torch.nonzero(cos > tau, as_tuple=True)
+        for other in self._keys:  # the pairs of its keys and every other fact's where either fires the other
+            cos = K @ self._K[other].T
+            i, j = torch.nonzero(cos > min(self.threshold(key, other), self.threshold(other, key)), as_tuple=True)
             if len(i):
-                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1), tau
+                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
 
@@ -240,7 +259,7 @@ class GatedMemory:
     def solve(self) -> GatedNeurons:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
-            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self.tau, tau_named=self.tau_named)
+            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named)
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -253,10 +272,14 @@ class GatedMemory:
             i, j = torch.nonzero(cos > tau, as_tuple=True)
             o = offsets[key]
             A.update({(o + a, o + b): float(gate(cos[a, b], tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
-        for (ka, kb), (e, tau) in self._near.items():  # between facts, both ways (the cosine is symmetric)
+        for (ka, kb), e in self._near.items():  # between facts, each way above the threshold of the neuron fired
+            tau_ab, tau_ba = self.threshold(ka, kb), self.threshold(kb, ka)
             for a, b, c in e.tolist():
-                s, t, v = offsets[ka] + int(a), offsets[kb] + int(b), float(gate(torch.tensor(c), tau))
-                A[(s, t)] = A[(t, s)] = v
+                s, t = offsets[ka] + int(a), offsets[kb] + int(b)
+                if c > tau_ab:
+                    A[(s, t)] = float(gate(torch.tensor(c), tau_ab))
+                if c > tau_ba:
+                    A[(t, s)] = float(gate(torch.tensor(c), tau_ba))
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         members_of = groups(K.shape[0], pairs)
         group_of = {m: g for g, members in enumerate(members_of) for m in members}
@@ -272,7 +295,15 @@ class GatedMemory:
             for s, t, v in entries[g]:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
-        return GatedNeurons(K, V.float(), self.tau, *self._subjects(), self.tau_named)
+        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named)
+
+    def _taus(self) -> float | torch.Tensor:
+        """The threshold of every neuron away from its subject: tau, or per neuron (J,) where facts with
+        no subject key fire above another (tau_unknown)."""
+        if not self.tau_named or self.tau_unknown == self.tau or not self._keys:
+            return self.tau
+        return torch.cat([torch.full((self._K[k].shape[0],), self.tau if k in self._S else self.tau_unknown)
+                          for k in self._keys])
 
     def _subjects(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The subject keys (S, N_s) of the facts that have one and each neuron's index into them (J,)

@@ -80,11 +80,15 @@ def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen)
 
 
 def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_layer(tiny_qwen):
-    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN, PAPER_RULE, with_defaults_decided
+    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_SUBJECT_GATE, PAPER_RULE, with_defaults_decided
 
     last = arch.num_layers(tiny_qwen.model) - 1
     editor = QFEditor(tiny_qwen, EditorConfig())
     assert (editor.layer, editor.config.gate, editor.config.row_gain) == (last, DEFAULT_GATE, DEFAULT_ROW_GAIN)
+    assert editor.config.subject_gate == DEFAULT_SUBJECT_GATE < DEFAULT_GATE  # subject gating on by default
+    assert editor.gated.tau_unknown == DEFAULT_SUBJECT_GATE  # a fact with no subject: as the gate alone did
+    given = with_defaults_decided(EditorConfig(gate=0.99), last_layer=True)
+    assert given.subject_gate == 0.0  # a --gate given is that gate alone
     assert editor.given == EditorConfig() and editor.gated is not None
     below = QFEditor(tiny_qwen, EditorConfig(layer=1)).config  # the head does not read layer 1: the fixed gain
     assert (below.gate, below.row_gain) == (DEFAULT_GATE, 0.0)

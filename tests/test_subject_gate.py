@@ -12,7 +12,7 @@ from bench import metrics as M
 from memory import architecture as arch
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact
-from memory.gated import GatedMemory, installed_patch, unit_rows
+from memory.gated import DEFAULT_THRESHOLD, GatedMemory, installed_patch, unit_rows, unknown_subject_threshold
 from memory.generate import greedy_tokens
 from memory.prompts import render_prompt
 from memory.subject_gate import SUBJECT_MATCH, find_tokens, named_at, subject_position
@@ -71,6 +71,32 @@ def test_two_facts_about_one_subject_are_solved_together_and_undo_is_exact():
     unrelated.add("a", X1, R1, one, subject_key=subject)
     unrelated.add("c", X2, R2, one, subject_key=torch.randn(8, generator=g))  # another subject: tau applies
     assert unrelated.threshold("a", "c") == 0.9 and not unrelated._near
+
+
+def test_a_fact_with_no_subject_fires_everywhere_as_the_gate_alone_does_best():
+    assert unknown_subject_threshold(0.95, 0.85) == 0.85 == unknown_subject_threshold(0.95, 0.1) == DEFAULT_THRESHOLD
+    assert unknown_subject_threshold(0.8, 0.3) == 0.8 and unknown_subject_threshold(0.95, 0.0) == 0.95
+    assert unknown_subject_threshold(0.95, 0.9) == 0.9
+    g = torch.Generator().manual_seed(2)
+    memory = GatedMemory(16, tau=0.95, tau_named=0.85)
+    X1 = unit_rows(torch.randn(1, 16, generator=g))
+    X2 = _at_cosine(X1[0], 0.9, g)[None]  # between the two thresholds
+    R1, R2 = (torch.randn(1, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    one = torch.ones(1, dtype=torch.float64)
+    memory.add("subject", X1, R1, one, subject_key=torch.randn(8, generator=g))
+    memory.add("none", X2, R2, one)  # "What is my daughter's name?": no subject key
+    # its neuron fires on the other fact's row (0.9 > 0.85); the other's does not fire on its row (0.9 < 0.95)
+    assert (memory.threshold("subject", "none"), memory.threshold("none", "subject")) == (0.85, 0.95)
+    neurons = memory.solve()
+    assert neurons.tau.tolist() == pytest.approx([0.95, 0.85])
+    unnamed = torch.tensor([[False]])
+    for X, R in ((X1, R1), (X2, R2)):  # both rows met, the one-way firing accounted for
+        assert neurons.output(X, torch.tensor([[True]]) if X is X1 else unnamed).double() == pytest.approx(
+            R.float().double(), abs=2e-2)
+    probe = _at_cosine(X2[0], 0.9, g)[None]  # a rewording of the subject-less fact, nothing named
+    assert (unit_rows(probe) @ X1[0]) < 0.85 and neurons.output(probe, unnamed).abs().max() > 0
+    away = _at_cosine(X2[0], 0.8, g)[None]
+    assert (unit_rows(away) @ X1[0]) < 0.85 and torch.equal(neurons.output(away, unnamed), torch.zeros_like(away))
 
 
 def test_the_match_is_a_running_maximum_along_the_sequence():
