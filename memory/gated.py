@@ -155,6 +155,48 @@ class GatedNeurons:
         return float(self.values.double().norm())
 
 
+class _KeyBank:
+    """Every held fact's unit keys in one matrix, in the facts' order, so a new fact meets all of them
+    in one product: ``keys`` (J, N), and per row its fact's position and its row within that fact.
+    Grown by doubling; rebuilt when a fact leaves."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.rebuild([])
+
+    def rebuild(self, keys: list[torch.Tensor]) -> None:
+        """From each fact's keys (T_f, N), in order."""
+        self._keys = torch.cat(keys) if keys else torch.zeros(0, self.width)
+        self._fact = torch.cat([torch.full((K.shape[0],), p, dtype=torch.int64) for p, K in enumerate(keys)]) \
+            if keys else torch.zeros(0, dtype=torch.int64)
+        self._row = torch.cat([torch.arange(K.shape[0]) for K in keys]) if keys else torch.zeros(0, dtype=torch.int64)
+        self.rows = self._keys.shape[0]
+
+    def append(self, K: torch.Tensor, position: int) -> None:
+        """The keys (T, N) of the fact at ``position`` (after every fact held)."""
+        end = self.rows + K.shape[0]
+        if end > self._keys.shape[0]:
+            capacity = max(end, 2 * self._keys.shape[0], 64)
+            self._keys, self._fact, self._row = (
+                torch.cat([t[:self.rows], t.new_zeros((capacity - self.rows, *t.shape[1:]))])
+                for t in (self._keys, self._fact, self._row))
+        self._keys[self.rows:end], self._fact[self.rows:end] = K, position
+        self._row[self.rows:end] = torch.arange(K.shape[0])
+        self.rows = end
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:self.rows]
+
+    @property
+    def fact(self) -> torch.Tensor:
+        return self._fact[:self.rows]
+
+    @property
+    def row(self) -> torch.Tensor:
+        return self._row[:self.rows]
+
+
 class GatedMemory:
     """Every active fact's rows (keys, residuals, weights), keyed; ``solve`` gives the neurons.
 
@@ -182,6 +224,7 @@ class GatedMemory:
         self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
+        self._bank = _KeyBank(width)  # the keys of _K again, in _keys' order, for add
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -221,11 +264,15 @@ class GatedMemory:
         K = unit_rows(X_plain[keep])
         if subject_key is not None:
             self._S[key] = unit_rows(subject_key[None])[0]
-        for other in self._keys:  # the pairs of its keys and every other fact's where either fires the other
-            cos = K @ self._K[other].T
-            i, j = torch.nonzero(cos > min(self.threshold(key, other), self.threshold(other, key)), as_tuple=True)
-            if len(i):
-                self._near[(key, other)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
+        if self._bank.rows:  # the pairs of its keys and every other fact's where either fires the other
+            cos = K @ self._bank.keys.T  # (T, J): one product with every key held
+            fact = self._bank.fact
+            i, j = torch.nonzero(cos > self._pair_thresholds(key)[fact], as_tuple=True)
+            for position in fact[j].unique().tolist():
+                at = fact[j] == position
+                self._near[(key, self._keys[position])] = torch.stack(
+                    [i[at].double(), self._bank.row[j[at]].double(), cos[i[at], j[at]].double()], 1)
+        self._bank.append(K, len(self._keys))
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
 
@@ -236,6 +283,23 @@ class GatedMemory:
         for store in (self._K, self._R, self._w, self._S):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
+        self._bank.rebuild([self._K[k] for k in self._keys])
+
+    def _pair_thresholds(self, key: Hashable) -> torch.Tensor:
+        """For every fact held, in order, the lower of the cosines above which it fires fact ``key``'s
+        neurons and ``key`` fires its (``threshold`` both ways, for all of them at once) -> (F,)."""
+        F = len(self._keys)
+        if not self.tau_named:
+            return torch.full((F,), self.tau)
+        tau, named, unknown = (torch.tensor(t) for t in (self.tau, self.tau_named, self.tau_unknown))
+        has = torch.tensor([k in self._S for k in self._keys], dtype=torch.bool)
+        if key not in self._S:  # its neurons fire above tau_unknown; its rows fire others' as no subject's do
+            return torch.minimum(torch.where(has, tau, unknown), unknown.expand(F))
+        match = torch.zeros(F, dtype=torch.bool)
+        if has.any():
+            match[has] = torch.stack([self._S[k] for k in self._keys if k in self._S]) @ self._S[key] >= SUBJECT_MATCH
+        fires_them = torch.where(has, torch.where(match, named, tau), unknown)
+        return torch.minimum(fires_them, torch.where(match, named, tau))
 
     def rename(self, key: Hashable, new: Hashable) -> None:
         """Give a fact its durable key (e.g. the ledger's edit id), keeping its place."""

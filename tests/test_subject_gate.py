@@ -99,6 +99,33 @@ def test_a_fact_with_no_subject_fires_everywhere_as_the_gate_alone_does_best():
     assert (unit_rows(away) @ X1[0]) < 0.85 and torch.equal(neurons.output(away, unnamed), torch.zeros_like(away))
 
 
+def test_a_new_fact_meets_every_key_held_at_once_and_finds_the_pairs_the_pairwise_rule_does():
+    g = torch.Generator().manual_seed(3)
+    memory = GatedMemory(16, tau=0.95, tau_named=0.3)
+    base = unit_rows(torch.randn(1, 16, generator=g))[0]
+    subjects = [torch.randn(8, generator=g) for _ in range(3)]
+    for f in range(40):  # three subjects, every fourth fact without one; keys near each other
+        rows = int(torch.randint(1, 4, (1,), generator=g))
+        X = unit_rows(base + 0.9 * torch.randn(rows, 16, generator=g))
+        subject = subjects[f % 3] + 0.01 * torch.randn(8, generator=g) if f % 4 else None
+        memory.add(f, X, torch.randn(rows, 16, generator=g, dtype=torch.float64), torch.ones(rows, dtype=torch.float64),
+                   subject_key=subject)
+        if f == 20:  # a fact leaves and one is renamed: the key bank follows
+            memory.remove(5)
+            memory.rename(7, "seven")
+    expected = {}
+    for n, a in enumerate(memory.keys):
+        for b in memory.keys[:n]:
+            cos = memory._K[a] @ memory._K[b].T
+            i, j = torch.nonzero(cos > min(memory.threshold(a, b), memory.threshold(b, a)), as_tuple=True)
+            if len(i):
+                expected[(a, b)] = torch.stack([i.double(), j.double(), cos[i, j].double()], 1)
+    assert len(expected) > 10 and set(memory._near) == set(expected)
+    for pair, edges in expected.items():
+        assert torch.equal(memory._near[pair][:, :2], edges[:, :2])
+        assert memory._near[pair][:, 2] == pytest.approx(edges[:, 2], abs=1e-6)
+
+
 def test_the_match_is_a_running_maximum_along_the_sequence():
     keys = unit_rows(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
     states = unit_rows(torch.tensor([[0.1, 0, 1], [1.0, 0.2, 0], [0, 0, 1], [0.3, 0.3, 1]]))
