@@ -291,10 +291,10 @@ class GatedMemory:
         F = len(self._keys)
         if not self.tau_named:
             return torch.full((F,), self.tau)
+        if key not in self._S:  # its neurons fire above tau_unknown; its rows fire others' above that or tau
+            return torch.full((F,), self.tau_unknown)
         tau, named, unknown = (torch.tensor(t) for t in (self.tau, self.tau_named, self.tau_unknown))
         has = torch.tensor([k in self._S for k in self._keys], dtype=torch.bool)
-        if key not in self._S:  # its neurons fire above tau_unknown; its rows fire others' as no subject's do
-            return torch.minimum(torch.where(has, tau, unknown), unknown.expand(F))
         match = torch.zeros(F, dtype=torch.bool)
         if has.any():
             match[has] = torch.stack([self._S[k] for k in self._keys if k in self._S]) @ self._S[key] >= SUBJECT_MATCH
