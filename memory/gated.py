@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memory.subject_gate import SUBJECT_MATCH, SubjectPresence
+from memory.subject_gate import SUBJECT_MATCH, SubjectPresence, unit_rows
 
 # tau: the cosine above which a neuron starts firing; the setting measured best without subject
 # gating (docs/RESULTS.md, "Key-gated neurons")
@@ -53,12 +53,6 @@ DEFAULT_THRESHOLD = 0.85
 # number of A^T A near 1e3, so such rows get a least-squares compromise of bounded size; a lone
 # neuron (a = 1 at its own row and nowhere else) is exact whatever the ridge.
 RIDGE = 1e-3
-
-
-def unit_rows(X: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length (float32); a zero row stays zero."""
-    X = X.float()
-    return X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
@@ -155,46 +149,54 @@ class GatedNeurons:
         return float(self.values.double().norm())
 
 
+class _Growing:
+    """Rows appended to one tensor, grown by doubling; ``rows`` is a view of those held."""
+
+    def __init__(self, held: torch.Tensor):
+        self._data, self.count = held, held.shape[0]
+
+    def append(self, rows: torch.Tensor) -> None:
+        end = self.count + rows.shape[0]
+        if end > self._data.shape[0]:
+            grown = self._data.new_zeros((max(end, 2 * self._data.shape[0], 64), *self._data.shape[1:]))
+            grown[:self.count] = self._data[:self.count]
+            self._data = grown
+        self._data[self.count:end] = rows
+        self.count = end
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self._data[:self.count]
+
+
 class _KeyBank:
-    """Every held fact's unit keys in one matrix, in the facts' order, so a new fact meets all of them
-    in one product: ``keys`` (J, N), and per row its fact's position and its row within that fact.
-    Grown by doubling; rebuilt when a fact leaves."""
+    """What a new fact is compared with, for every fact held, in the facts' order, so that it meets all
+    of them in one product: their unit keys (J, N) with each row's fact position and row within that
+    fact, and per fact whether it has a subject key and the key (a zero row where it has none; made at
+    the first). Rebuilt when a fact leaves."""
 
     def __init__(self, width: int):
         self.width = width
-        self.rebuild([])
+        self.clear()
 
-    def rebuild(self, keys: list[torch.Tensor]) -> None:
-        """From each fact's keys (T_f, N), in order."""
-        self._keys = torch.cat(keys) if keys else torch.zeros(0, self.width)
-        self._fact = torch.cat([torch.full((K.shape[0],), p, dtype=torch.int64) for p, K in enumerate(keys)]) \
-            if keys else torch.zeros(0, dtype=torch.int64)
-        self._row = torch.cat([torch.arange(K.shape[0]) for K in keys]) if keys else torch.zeros(0, dtype=torch.int64)
-        self.rows = self._keys.shape[0]
+    def clear(self) -> None:
+        self.keys = _Growing(torch.zeros(0, self.width))
+        self.fact, self.row = (_Growing(torch.zeros(0, dtype=torch.int64)) for _ in range(2))
+        self.has_subject = _Growing(torch.zeros(0, dtype=torch.bool))
+        self.subjects: _Growing | None = None
+        self.facts = 0
 
-    def append(self, K: torch.Tensor, position: int) -> None:
-        """The keys (T, N) of the fact at ``position`` (after every fact held)."""
-        end = self.rows + K.shape[0]
-        if end > self._keys.shape[0]:
-            capacity = max(end, 2 * self._keys.shape[0], 64)
-            self._keys, self._fact, self._row = (
-                torch.cat([t[:self.rows], t.new_zeros((capacity - self.rows, *t.shape[1:]))])
-                for t in (self._keys, self._fact, self._row))
-        self._keys[self.rows:end], self._fact[self.rows:end] = K, position
-        self._row[self.rows:end] = torch.arange(K.shape[0])
-        self.rows = end
-
-    @property
-    def keys(self) -> torch.Tensor:
-        return self._keys[:self.rows]
-
-    @property
-    def fact(self) -> torch.Tensor:
-        return self._fact[:self.rows]
-
-    @property
-    def row(self) -> torch.Tensor:
-        return self._row[:self.rows]
+    def append(self, K: torch.Tensor, subject_key: torch.Tensor | None) -> None:
+        """The next fact's unit keys (T, N) and unit subject key (N_s,) or None."""
+        self.keys.append(K)
+        self.fact.append(torch.full((K.shape[0],), self.facts, dtype=torch.int64))
+        self.row.append(torch.arange(K.shape[0]))
+        self.has_subject.append(torch.tensor([subject_key is not None]))
+        if subject_key is not None and self.subjects is None:
+            self.subjects = _Growing(torch.zeros(self.facts, subject_key.shape[0]))
+        if self.subjects is not None:
+            self.subjects.append(subject_key[None] if subject_key is not None else torch.zeros(1, self.subjects.rows.shape[1]))
+        self.facts += 1
 
 
 class GatedMemory:
@@ -224,7 +226,7 @@ class GatedMemory:
         self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
-        self._bank = _KeyBank(width)  # the keys of _K again, in _keys' order, for add
+        self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -244,11 +246,16 @@ class GatedMemory:
         """The cosine above which fact a's rows fire fact b's neurons."""
         if not self.tau_named:
             return self.tau
-        if b not in self._S:
-            return self.tau_unknown
-        if a in self._S and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH):
-            return self.tau_named
-        return self.tau
+        has_a, has_b = a in self._S, b in self._S
+        same = has_a and has_b and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH)
+        return float(self._rule(*(torch.tensor(v) for v in (has_a, has_b, same))))
+
+    def _rule(self, row_has: torch.Tensor, neuron_has: torch.Tensor, same_subject: torch.Tensor) -> torch.Tensor:
+        """With subject gating, the cosine above which a row fires a neuron, elementwise over bool
+        tensors (float64): tau_unknown for the neuron of a fact with no subject key, tau_named where
+        the row names the neuron's subject (both facts' subject keys match), else tau."""
+        tau, named, unknown = (torch.tensor(t, dtype=torch.float64) for t in (self.tau, self.tau_named, self.tau_unknown))
+        return torch.where(neuron_has, torch.where(row_has & same_subject, named, tau), unknown)
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
             subject_key: torch.Tensor | None = None) -> None:
@@ -264,15 +271,16 @@ class GatedMemory:
         K = unit_rows(X_plain[keep])
         if subject_key is not None:
             self._S[key] = unit_rows(subject_key[None])[0]
-        if self._bank.rows:  # the pairs of its keys and every other fact's where either fires the other
-            cos = K @ self._bank.keys.T  # (T, J): one product with every key held
-            fact = self._bank.fact
+        if self._bank.keys.count:  # the pairs of its keys and every other fact's where either fires the other
+            cos = K @ self._bank.keys.rows.T  # (T, J): one product with every key held
+            fact = self._bank.fact.rows
             i, j = torch.nonzero(cos > self._pair_thresholds(key)[fact], as_tuple=True)
-            for position in fact[j].unique().tolist():
-                at = fact[j] == position
+            fact_of = fact[j]
+            for position in fact_of.unique().tolist():
+                at = fact_of == position
                 self._near[(key, self._keys[position])] = torch.stack(
-                    [i[at].double(), self._bank.row[j[at]].double(), cos[i[at], j[at]].double()], 1)
-        self._bank.append(K, len(self._keys))
+                    [i[at].double(), self._bank.row.rows[j[at]].double(), cos[i[at], j[at]].double()], 1)
+        self._bank.append(K, self._S.get(key))
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()
 
@@ -283,7 +291,9 @@ class GatedMemory:
         for store in (self._K, self._R, self._w, self._S):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
-        self._bank.rebuild([self._K[k] for k in self._keys])
+        self._bank.clear()
+        for k in self._keys:
+            self._bank.append(self._K[k], self._S.get(k))
 
     def _pair_thresholds(self, key: Hashable) -> torch.Tensor:
         """For every fact held, in order, the lower of the cosines above which it fires fact ``key``'s
@@ -291,15 +301,13 @@ class GatedMemory:
         F = len(self._keys)
         if not self.tau_named:
             return torch.full((F,), self.tau)
-        if key not in self._S:  # its neurons fire above tau_unknown; its rows fire others' above that or tau
-            return torch.full((F,), self.tau_unknown)
-        tau, named, unknown = (torch.tensor(t) for t in (self.tau, self.tau_named, self.tau_unknown))
-        has = torch.tensor([k in self._S for k in self._keys], dtype=torch.bool)
+        has = self._bank.has_subject.rows
+        new_has = torch.tensor(key in self._S).expand(F)
         match = torch.zeros(F, dtype=torch.bool)
-        if has.any():
-            match[has] = torch.stack([self._S[k] for k in self._keys if k in self._S]) @ self._S[key] >= SUBJECT_MATCH
-        fires_them = torch.where(has, torch.where(match, named, tau), unknown)
-        return torch.minimum(fires_them, torch.where(match, named, tau))
+        if key in self._S and self._bank.subjects is not None:  # a zero row (no subject key) matches nothing
+            match = self._bank.subjects.rows @ self._S[key] >= SUBJECT_MATCH
+        # float32, as the python numbers ``threshold`` gives are when compared with float32 cosines
+        return torch.minimum(self._rule(new_has, has, match), self._rule(has, new_has, match)).float()
 
     def rename(self, key: Hashable, new: Hashable) -> None:
         """Give a fact its durable key (e.g. the ledger's edit id), keeping its place."""

@@ -73,14 +73,16 @@ def subject_key(model: nn.Module, ids: list[int], position: int) -> torch.Tensor
     return subject_states(model, cap.inputs[name][0, position]).cpu()
 
 
-def unit(h: torch.Tensor) -> torch.Tensor:
-    h = h.float()
-    return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+def unit_rows(X: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (float32); a zero row stays zero. (Here, below memory.gated, which
+    uses it too.)"""
+    X = X.float()
+    return X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def subject_states(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """The subject layer's normalized inputs, unit rows (..., N) float32, from its residual inputs h."""
-    return unit(subject_norm(model)(h))
+    return unit_rows(subject_norm(model)(h))
 
 
 def named_at(states: torch.Tensor, keys: torch.Tensor, positions: list[int]) -> torch.Tensor:
@@ -104,7 +106,7 @@ class SubjectPresence:
 
     def _see(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         h = args[0] if args else kwargs["hidden_states"]
-        cos = unit(self.norm(h)) @ self.keys.T.to(h.device)  # (B, P, S)
+        cos = unit_rows(self.norm(h)) @ self.keys.T.to(h.device)  # (B, P, S)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length(SUBJECT_LAYER) if cache is not None else 0
         running = self._running
