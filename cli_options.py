@@ -19,7 +19,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
-                   "subject_gate")
+                   "subject_gate", "steer")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -45,6 +45,11 @@ def model_options(fn):
                        "at which the plain pass's next token is the answer's, written whole and at half strength, "
                        "read off the LM head (memory.row_gain; default 4 with --gate at the last layer, else 0 = "
                        "--gain for every row). [env QF_ROW_GAIN]")
+    @click.option("--steer", type=click.FloatRange(min=0), envvar="QF_STEER", default=None,
+                  help="QF with row gains: where a row's gained change leaves its answer less than M nats ahead "
+                       "of every other token (e.g. the instruction in context did not make the model say it), also "
+                       "write the least change that puts it M ahead, read off the LM head (memory.steer; default "
+                       "0 = off). [env QF_STEER]")
     @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
                   help="QF at the last layer: write only the change of the answer token's and the plain pass's "
                        "top K tokens' logits (default 0 = all of it, the paper's rule). [env QF_FOCUS]")
@@ -91,19 +96,20 @@ def model_options(fn):
                   help="QF with --preserve: weight W of the keys of questions of fact (shipped prompts about many "
                        "subjects) in the preserving metric, against the generic chats' 1 (default 1; 0 = the "
                        "chats alone). [env QF_QUESTION_KEYS]")
-    @click.option("--gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_GATE", default=None,
+    @click.option("--gate", type=click.FloatRange(0, 1), envvar="QF_GATE", default=None,
                   help="QF: write each fact with new neurons of the edited layer's MLP that fire only where its "
                        "input's cosine with the fact's keys exceeds T, leaving down_proj and other questions "
-                       "alone; cannot be exported as a plain checkpoint (default 0.95; 0 = the linear update of "
-                       "down_proj, the default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
+                       "alone; cannot be exported as a plain checkpoint (default 1 = nowhere but where the "
+                       "fact's subject has been named, above --subject-gate; 0 = the linear update of down_proj, "
+                       "the default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
     @click.option("--subject-gate", "subject_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_SUBJECT_GATE",
                   default=None,
                   help="QF with --gate: a fact's neurons fire above this lower cosine T once its subject (given, or "
                        "guessed from the query's names) has been named earlier in the context, so rewordings of the "
                        "question reach the fact and questions about other subjects do not; other questions about "
                        "the same subject are reached more too (memory.subject_gate; default 0.85 with the default "
-                       "--gate, 0 = off with a --gate given; a fact with no subject fires above 0.85 everywhere "
-                       "then). [env QF_SUBJECT_GATE]")
+                       "--gate, 0 = off with a --gate given below 1; a fact with no subject fires above 0.85 "
+                       "everywhere then). [env QF_SUBJECT_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}
@@ -149,8 +155,8 @@ def qf2_options(fn):
 def solver_settings() -> dict:
     """The QF solver settings given on this command line (--preserve, --gain, --focus, --auto-significance,
     --condition, --phrasings, --contexts, --anchors, --near-questions, --soft-anchors, --spread,
-    --answer-forms, --keys-data, --question-keys, --gate, --row-gain, --subject-gate), as EditorConfig fields; the library's defaults for
-    those not given."""
+    --answer-forms, --keys-data, --question-keys, --gate, --row-gain, --subject-gate, --steer), as EditorConfig
+    fields; the library's defaults for those not given."""
     return dict(click.get_current_context().meta.get("qf.solver", {}))
 
 

@@ -40,6 +40,8 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     } | ({"focus": rows.focus} if rows.focus is not None else {}) | ({
         "gains": rows.gains, "gains_max": torch.tensor([rows.gains_max], dtype=torch.float64),
     } if rows.gains is not None else {}) | ({
+        "steer": rows.steer, "steer_margin": torch.tensor([rows.steer_margin], dtype=torch.float64),
+    } if rows.steer is not None else {}) | ({
         "subject_key": rows.subject_key, "subject_layer": torch.tensor([SUBJECT_LAYER], dtype=torch.int64),
     } if rows.subject_key is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
@@ -55,6 +57,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         tensors.get("lower_keys"), tuple(tensors["lower_layers"].tolist()) if "lower_layers" in tensors else (),
         int(tensors["form_rows"]) if "form_rows" in tensors else 0,  # captures recorded before answer forms: 0
         gains=tensors.get("gains"), gains_max=float(tensors["gains_max"]) if "gains_max" in tensors else 0.0,
+        steer=tensors.get("steer"), steer_margin=float(tensors["steer_margin"]) if "steer_margin" in tensors else 0.0,
         # a key of another subject layer (if SUBJECT_LAYER ever changes) would match nothing: not used
         subject_key=tensors.get("subject_key") if int(tensors.get("subject_layer", -1)) == SUBJECT_LAYER else None,
     )
@@ -165,7 +168,7 @@ class LedgerEditor:
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
         names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain",
-                 "subject_gate")
+                 "subject_gate", "steer")
         now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},
@@ -268,13 +271,16 @@ class LedgerEditor:
 
 def _acting(settings: dict, hyperparams: dict) -> dict:
     """The solve ``settings`` that act on an edit recorded with ``hyperparams``: the preserving
-    metric's keys only with preserve > 0 and no gate, the fixed gain only without row gains, the
+    metric's keys only with preserve > 0 and no gate, the fixed gain only without row gains (steering only
+    with them), the
     anchors' softness only for an edit with anchors (swapped subjects or near questions)."""
     acting = dict(settings)
     if not acting["preserve"] or acting.get("gate"):  # gated neurons leave down_proj alone: no metric acts
         acting["keys_data"], acting["question_keys"] = None, 0.0
     if acting.get("row_gain"):  # each row's own gain: the fixed one does not act
         acting["gain"] = None
+    else:  # steering completes the row gains: nothing without them
+        acting["steer"] = 0.0
     if not (hyperparams.get("anchors", 0) or hyperparams.get("near_questions", 0)):
         acting["soft_anchors"] = 0.0
     return acting

@@ -127,12 +127,15 @@ class QFMethod(EditMethod):
         rows, capture_seconds = 0, 0.0
         for case in cases:
             fact_rows, seconds, _ = self.rows(case)
-            self.editor.add_rows(("bench", case.index), fact_rows)
+            t0 = time.perf_counter()
+            self.editor.add_rows(("bench", case.index), fact_rows)  # deciding row gains and steering reads the head
+            seconds += time.perf_counter() - t0
             self.keys.append(("bench", case.index))
             rows += fact_rows.num_rows
             capture_seconds += seconds
         solve_seconds = self.editor.rebuild()
-        # A consolidation's cost: the capture as measured when it ran (once per run), then the solve.
+        # A consolidation's cost: the capture as measured when it ran (once per run), adding the rows (each
+        # method's own: its gains and steering), then the solve.
         return {"rows": rows, "seconds": capture_seconds + solve_seconds, "solve_seconds": solve_seconds}
 
     def restore(self) -> None:
@@ -150,7 +153,7 @@ def _setting(part: str) -> tuple[str, object]:
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
-                  "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate"}.get(part[:1])
+                  "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate", "m": "steer"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
     whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")

@@ -35,6 +35,9 @@ class EditorConfig:
     # > 0 (>= 1), at the last layer: each row's own gain, up to this, read off the LM head (instead of gain),
     # memory.row_gain; None: DEFAULT_ROW_GAIN with gated neurons at the last layer, else 0 (``with_defaults_decided``)
     row_gain: float | None = None
+    # > 0, with row gains: where a row's gained change leaves its answer less than this many nats ahead of
+    # every other token, add the least change that puts it so far ahead, read off the LM head (memory.steer); 0 = off
+    steer: float = 0.0
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
@@ -68,12 +71,13 @@ class EditorConfig:
     verify_tokens: int = 64  # cap for the closed-book verification answer
 
 
-# The default combination (docs/RESULTS.md, "Row gains" and "How low the subject gate goes"):
+# The default combination (docs/RESULTS.md, "Row gains", "How low the subject gate goes" and "Gate 1"):
 # key-gated neurons that fire above DEFAULT_THRESHOLD (0.85, the gate alone's best) where the fact's
-# subject has been named and above 0.95 elsewhere (facts with no subject: 0.85 everywhere,
+# subject has been named and nowhere else (gate 1; facts with no subject: above 0.85 everywhere,
 # memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. Against the
-# gate 0.85 alone it keeps generalization and the subject leak and wins back specificity.
-DEFAULT_GATE = 0.95
+# gate 0.85 alone it keeps efficacy, generalization and the subject leak and leaves the questions
+# about other subjects as they were.
+DEFAULT_GATE = 1.0
 DEFAULT_ROW_GAIN = 4.0
 DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
 
@@ -97,7 +101,7 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
-              "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
+              "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0, "steer": 0.0,
               "subject_gate": 0.0}
 
 

@@ -93,6 +93,9 @@ class QFEditor(Answering):
         check_contexts(config.contexts)  # refused now, not at the first fact
         if config.subject_gate and not config.gate:
             raise ValueError("--subject-gate lowers the threshold of gated neurons: it needs --gate")
+        if config.gate == 1 and not config.subject_gate:
+            raise ValueError("--gate 1 fires a fact's neurons only where its subject has been named: it needs "
+                             "--subject-gate")
         if config.subject_gate and config.subject_gate > config.gate:
             raise ValueError(f"--subject-gate {config.subject_gate} must not exceed --gate {config.gate} (it is the "
                              "lower threshold the neurons fire above once their subject is named)")
@@ -120,7 +123,7 @@ class QFEditor(Answering):
         self.joint = JointQF(W0, self.parameter, model=loaded.name, layer=self.layer, ridge=config.ridge, metric=metric,
                             gain=config.gain, max_condition=config.condition, lower=tuple(lower),
                             anchor_weight=config.soft_anchors, head=self._head() if config.row_gain else None,
-                            max_row_gain=config.row_gain)
+                            max_row_gain=config.row_gain, steer_margin=config.steer)
         self.delta: LowRankDelta = self.joint.solve()
         # With a gate, facts are written as key-gated neurons on the layer's MLP instead (memory.gated).
         self.mlp_name = arch.module_path(model, self.layer, "mlp")

@@ -89,6 +89,10 @@ class FactRows(QuestionRows):
     # the rows, so a ledger's load does not read the LM head again; None: not decided
     gains: torch.Tensor | None = None
     gains_max: float = 0.0
+    # (T, N) the change added to each row's gained residual so that its answer leads by steer_margin
+    # nats (memory.steer), decided and recorded with the gains; None: not decided
+    steer: torch.Tensor | None = None
+    steer_margin: float = 0.0
     # (N,) the subject key of the fact's query (memory.subject_gate), for subject-gated neurons; None:
     # no subject known or found in the query's tokens, or not captured (the linear update has no use for it)
     subject_key: torch.Tensor | None = None

@@ -56,8 +56,12 @@ RIDGE = 1e-3
 
 
 def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
-    """a = relu(cos - tau) / (1 - tau), elementwise (tau a number, or one per element)."""
-    return torch.relu(cosines - tau) / (1.0 - tau)
+    """a = relu(cos - tau) / (1 - tau), elementwise (tau a number, or one per element); 0 where tau is
+    1: such a neuron never fires (a fact's neurons away from its subject under ``--gate 1``)."""
+    if not isinstance(tau, torch.Tensor):
+        return torch.relu(cosines - tau) / (1.0 - tau) if tau < 1.0 else torch.zeros_like(cosines)
+    span = 1.0 - tau
+    return torch.where(span > 0, torch.relu(cosines - tau) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
 
 
 def unknown_subject_threshold(tau: float, tau_named: float) -> float:
@@ -211,8 +215,10 @@ class GatedMemory:
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None):
-        if not 0.0 <= tau < 1.0:
-            raise ValueError(f"the gate's threshold must be in [0, 1), not {tau}")
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
+        if tau == 1.0 and not tau_named:
+            raise ValueError("gate 1 fires a fact's neurons only where its subject is named: it needs a subject gate")
         if not 0.0 <= tau_named <= tau:
             raise ValueError(f"the threshold once the subject is named must be in [0, {tau}] (the gate's), not {tau_named}")
         tau_unknown = unknown_subject_threshold(tau, tau_named) if tau_unknown is None else tau_unknown

@@ -37,6 +37,7 @@ from memory.gated import GatedMemory, GatedNeurons
 from memory.preserve import LazyMetric, PreservingMetric
 from memory.qf import DEFAULT_RIDGE, qf_residual, qf_solve
 from memory.row_gain import Head, gain_grid, row_gains
+from memory.steer import steering
 from memory.soft_anchors import scaled_anchors, woodbury_solve_parts
 from memory.spread import LowerLayer
 
@@ -48,7 +49,7 @@ class JointQF:
                  ridge: float = DEFAULT_RIDGE, metric: Metric = None, gain: float = 1.0,
                  max_condition: float = 0.0, method: str = "qf",
                  lower: tuple[tuple[LowerLayer, Metric], ...] = (), anchor_weight: float = 0.0,
-                 head: Head | None = None, max_row_gain: float = 0.0):
+                 head: Head | None = None, max_row_gain: float = 0.0, steer_margin: float = 0.0):
         self.W0 = W0.detach().to("cpu", torch.float32).clone()  # (N, D)
         self._W0_64: torch.Tensor | None = None  # float64 copy, made on first add
         self.base_sha256 = tensor_sha256(self.W0)
@@ -61,6 +62,11 @@ class JointQF:
         if max_row_gain:
             gain_grid(max_row_gain)  # refused now, not at the first fact
         self.head, self.max_row_gain = head, max_row_gain
+        # > 0, with row gains: rows no gain answers also get the least change that puts their answer this
+        # many nats ahead (memory.steer)
+        if steer_margin and not max_row_gain:
+            raise ValueError("steering completes the row gains: it needs them (--row-gain)")
+        self.steer_margin = steer_margin
         self.max_condition = max_condition  # the row system's condition cap (memory.qf, "Ridge"); 0: none
         self.method = method  # recorded in the deltas' metadata: "qf", or "qf2" for QF2's solved rule
         if anchor_weight < 0:
@@ -116,6 +122,8 @@ class JointQF:
         R = self._instructed_change(rows)
         if self.max_row_gain:
             R.mul_(self.gains(rows, R))
+            if self.steer_margin:
+                R.add_(self.steering_of(rows, R))
         elif self.gain != 1.0:
             R.mul_(self.gain)
         return R
@@ -127,14 +135,30 @@ class JointQF:
         if rows.gains is not None and rows.gains_max == self.max_row_gain:
             return rows.gains.double()
         R = self._instructed_change(rows) if R is None else R
-        h = rows.V_plain.double() + rows.U_plain.double() @ self._W0_double().T  # the plain pass after the layer
-        return row_gains(h, R, rows.targets, self.head, self.max_row_gain)
+        return row_gains(self._after_layer(rows), R, rows.targets, self.head, self.max_row_gain)
+
+    def steering_of(self, rows: FactRows, R: torch.Tensor) -> torch.Tensor:
+        """The change (N, T) float64 added to the gained residual R (N, T) (memory.steer): as the rows record
+        it if decided with these gains and margin, else read off the head."""
+        if rows.steer is not None and rows.steer_margin == self.steer_margin and rows.gains_max == self.max_row_gain:
+            return rows.steer.double().T
+        return steering(self._after_layer(rows), R, rows.targets, self.head, self.steer_margin)
+
+    def _after_layer(self, rows: FactRows) -> torch.Tensor:
+        """The plain pass's residual stream after the layer (T, N) float64."""
+        return rows.V_plain.double() + rows.U_plain.double() @ self._W0_double().T
 
     def with_gains(self, rows: FactRows) -> FactRows:
-        """``rows`` with their gains decided for this solve's maximum (to record them); as they are without row gains."""
-        if not self.max_row_gain or (rows.gains is not None and rows.gains_max == self.max_row_gain):
+        """``rows`` with their gains (and steering) decided for this solve's maximum (and margin), to record
+        them; as they are without row gains."""
+        if not self.max_row_gain:
             return rows
-        return replace(rows, gains=self.gains(rows), gains_max=self.max_row_gain)
+        if rows.gains is None or rows.gains_max != self.max_row_gain:
+            rows = replace(rows, gains=self.gains(rows), gains_max=self.max_row_gain, steer=None, steer_margin=0.0)
+        if self.steer_margin and (rows.steer is None or rows.steer_margin != self.steer_margin):
+            R = self._instructed_change(rows) * rows.gains.double()
+            rows = replace(rows, steer=self.steering_of(rows, R).T.float(), steer_margin=self.steer_margin)
+        return rows
 
     def add(self, key: Hashable, rows: FactRows) -> None:
         """Add a QF fact: its residual from its captures (``residual``)."""

@@ -76,8 +76,12 @@ def test_a_row_of_weight_zero_gets_no_neuron_and_the_gate_is_a_thresholded_cosin
     assert gate(torch.tensor([0.4, 0.5, 0.75, 1.0]), 0.5).tolist() == [0.0, 0.0, 0.5, 1.0]
     with pytest.raises(KeyError):
         memory.add("a", X, R, w)
+    assert gate(torch.tensor([0.5, 1.0, 1.0 + 1e-6]), 1.0).tolist() == [0.0, 0.0, 0.0]  # tau 1: never fires
+    assert gate(torch.tensor([0.75, 1.0]), torch.tensor([0.5, 1.0])).tolist() == [0.5, 0.0]
     with pytest.raises(ValueError, match="threshold"):
-        GatedMemory(16, 1.0)
+        GatedMemory(16, 1.5)
+    with pytest.raises(ValueError, match="subject gate"):
+        GatedMemory(16, 1.0)  # gate 1 fires only where the subject is named: nothing without subject gating
 
 
 def _row_logits(model, p):

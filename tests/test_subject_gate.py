@@ -12,7 +12,7 @@ from bench import metrics as M
 from memory import architecture as arch
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact
-from memory.gated import DEFAULT_THRESHOLD, GatedMemory, installed_patch, unit_rows, unknown_subject_threshold
+from memory.gated import DEFAULT_THRESHOLD, GatedMemory, gate, installed_patch, unit_rows, unknown_subject_threshold
 from memory.generate import greedy_tokens
 from memory.prompts import render_prompt
 from memory.subject_gate import SUBJECT_MATCH, find_tokens, named_at, subject_position
@@ -97,6 +97,31 @@ def test_a_fact_with_no_subject_fires_everywhere_as_the_gate_alone_does_best():
     assert (unit_rows(probe) @ X1[0]) < 0.85 and neurons.output(probe, unnamed).abs().max() > 0
     away = _at_cosine(X2[0], 0.8, g)[None]
     assert (unit_rows(away) @ X1[0]) < 0.85 and torch.equal(neurons.output(away, unnamed), torch.zeros_like(away))
+
+
+def test_gate_one_fires_a_fact_only_where_its_subject_is_named():
+    g = torch.Generator().manual_seed(4)
+    memory = GatedMemory(16, tau=1.0, tau_named=0.85)
+    X1 = unit_rows(torch.randn(1, 16, generator=g))
+    X2 = _at_cosine(X1[0], 0.99, g)[None]  # the same question about another subject: nearly the same key
+    X3 = _at_cosine(X1[0], 0.9, g)[None]  # a fact with no subject ("my daughter"), near both
+    R1, R2, R3 = (torch.randn(1, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    one = torch.ones(1, dtype=torch.float64)
+    memory.add("a", X1, R1, one, subject_key=torch.randn(8, generator=g))
+    memory.add("b", X2, R2, one, subject_key=torch.randn(8, generator=g))
+    memory.add("none", X3, R3, one)
+    assert memory.threshold("a", "b") == memory.threshold("b", "a") == 1.0  # other subjects never fire each other
+    assert memory.threshold("a", "none") == 0.85 and memory.threshold("none", "a") == 1.0
+    neurons = memory.solve()
+    assert neurons.tau.tolist() == pytest.approx([1.0, 1.0, 0.85])
+    assert ("b", "a") not in memory._near  # however close their keys: a and b are solved apart
+    neither = [[False, False]]
+    # every row, naming its own subject, gets its residual (the subject-less neuron accounted for)
+    for X, R, named in ((X1, R1, [[True, False]]), (X2, R2, [[False, True]]), (X3, R3, neither)):
+        assert neurons.output(X, torch.tensor(named)).double() == pytest.approx(R.float().double(), abs=2e-2)
+    # the exact question with its subject not named: a's neuron is silent, only the subject-less one fires
+    alone = (gate(unit_rows(X1) @ neurons.keys[2:].T, 0.85) @ neurons.values[2:]).to(X1.dtype)
+    assert alone.abs().max() > 0 and torch.allclose(neurons.output(X1, torch.tensor(neither)), alone, atol=1e-6)
 
 
 def test_a_new_fact_meets_every_key_held_at_once_and_finds_the_pairs_the_pairwise_rule_does():
