@@ -108,7 +108,7 @@ def model_options(fn):
                        "guessed from the query's names) has been named earlier in the context, so rewordings of the "
                        "question reach the fact and questions about other subjects do not; other questions about "
                        "the same subject are reached more too (memory.subject_gate; default 0.85 with the default "
-                       "--gate, 0 = off with a --gate given below 1; a fact with no subject fires above 0.85 "
+                       "--gate or --gate 1, 0 = off with another --gate given; a fact with no subject fires above 0.85 "
                        "everywhere then). [env QF_SUBJECT_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -271,9 +271,9 @@ class LedgerEditor:
 
 def _acting(settings: dict, hyperparams: dict) -> dict:
     """The solve ``settings`` that act on an edit recorded with ``hyperparams``: the preserving
-    metric's keys only with preserve > 0 and no gate, the fixed gain only without row gains (steering only
-    with them), the
-    anchors' softness only for an edit with anchors (swapped subjects or near questions)."""
+    metric's keys only with preserve > 0 and no gate, the fixed gain only without row gains (steering
+    only with them), the anchors' softness only for an edit with anchors (swapped subjects or near
+    questions)."""
     acting = dict(settings)
     if not acting["preserve"] or acting.get("gate"):  # gated neurons leave down_proj alone: no metric acts
         acting["keys_data"], acting["question_keys"] = None, 0.0

@@ -93,8 +93,9 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     if row_gain is None:
         row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
     subject_gate = config.subject_gate
-    if subject_gate is None:  # the default gate comes with its subject gate; a --gate given is that gate alone
-        subject_gate = DEFAULT_SUBJECT_GATE if default_gate and DEFAULT_SUBJECT_GATE < gate else 0.0
+    if subject_gate is None:  # the default gate (or gate 1, which needs one) comes with its subject gate; a
+        # --gate below 1 given is that gate alone
+        subject_gate = DEFAULT_SUBJECT_GATE if (default_gate or gate == 1) and DEFAULT_SUBJECT_GATE < gate else 0.0
     return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate)
 
 

@@ -211,7 +211,9 @@ class GatedMemory:
     With ``tau_named`` > 0 (subject gating, memory.subject_gate) a fact's rows name its own subject,
     and another's when their subject keys match: such pairs fire above ``tau_named``, others above
     tau; the neurons of a fact with no subject key fire above ``tau_unknown`` (None:
-    unknown_subject_threshold) wherever they are."""
+    unknown_subject_threshold) wherever they are. With tau 1 (the default since 2026-12-06) a fact
+    with a subject fires nowhere but where its subject is named, so facts about different subjects
+    never fire each other and are solved apart."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None):

@@ -62,8 +62,8 @@ class JointQF:
         if max_row_gain:
             gain_grid(max_row_gain)  # refused now, not at the first fact
         self.head, self.max_row_gain = head, max_row_gain
-        # > 0, with row gains: rows no gain answers also get the least change that puts their answer this
-        # many nats ahead (memory.steer)
+        # > 0, with row gains: a row whose gained change leaves its answer less than this many nats ahead also
+        # gets the least change that puts it so far ahead (memory.steer)
         if steer_margin and not max_row_gain:
             raise ValueError("steering completes the row gains: it needs them (--row-gain)")
         self.steer_margin = steer_margin

@@ -89,6 +89,9 @@ def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_la
     assert editor.gated.tau_unknown == DEFAULT_SUBJECT_GATE  # a fact with no subject: as the gate alone did
     given = with_defaults_decided(EditorConfig(gate=0.99), last_layer=True)
     assert given.subject_gate == 0.0  # a --gate given is that gate alone
+    assert with_defaults_decided(EditorConfig(gate=1.0), last_layer=True).subject_gate == DEFAULT_SUBJECT_GATE
+    with pytest.raises(ValueError, match="needs --subject-gate"):  # gate 1 fires nowhere without a subject gate
+        QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.0))
     assert editor.given == EditorConfig() and editor.gated is not None
     below = QFEditor(tiny_qwen, EditorConfig(layer=1)).config  # the head does not read layer 1: the fixed gain
     assert (below.gate, below.row_gain) == (DEFAULT_GATE, 0.0)
