@@ -153,11 +153,16 @@ class JointQF:
         them; as they are without row gains."""
         if not self.max_row_gain:
             return rows
-        if rows.gains is None or rows.gains_max != self.max_row_gain:
-            rows = replace(rows, gains=self.gains(rows), gains_max=self.max_row_gain, steer=None, steer_margin=0.0)
-        if self.steer_margin and (rows.steer is None or rows.steer_margin != self.steer_margin):
-            R = self._instructed_change(rows) * rows.gains.double()
-            rows = replace(rows, steer=self.steering_of(rows, R).T.float(), steer_margin=self.steer_margin)
+        new_gains = rows.gains is None or rows.gains_max != self.max_row_gain
+        new_steer = self.steer_margin and (new_gains or rows.steer is None or rows.steer_margin != self.steer_margin)
+        if not (new_gains or new_steer):
+            return rows
+        R = self._instructed_change(rows)  # once, for both decisions
+        if new_gains:
+            rows = replace(rows, gains=self.gains(rows, R), gains_max=self.max_row_gain, steer=None, steer_margin=0.0)
+        if new_steer:
+            steer = self.steering_of(rows, R * rows.gains.double())
+            rows = replace(rows, steer=steer.T.float(), steer_margin=self.steer_margin)
         return rows
 
     def add(self, key: Hashable, rows: FactRows) -> None:

@@ -105,23 +105,33 @@ def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_la
 
 
 def test_the_ledger_records_the_row_gains_and_a_reload_does_not_read_the_head_again(store, tokenizer, monkeypatch):
+    config = EditorConfig(max_answer_tokens=4, verify_tokens=4)  # the default: gated, row gains up to 4
+    recorded = reloaded_without_the_head(store, tokenizer, monkeypatch, config, "row_gains",
+                                         other=EditorConfig(row_gain=3.0))  # other settings: decided anew
+    assert all(c["gains"].shape == c["targets"].shape and float(c["gains_max"]) == 4.0 for c in recorded)
+
+
+def reloaded_without_the_head(store, tokenizer, monkeypatch, config: EditorConfig, reads_head: str,
+                              other: EditorConfig) -> list[dict]:
+    """Learn the ledger tests' facts under ``config``; then a new process's load under it must give the
+    same logits with ``memory.joint.<reads_head>`` made to fail, and one under ``other`` must call it.
+    Returns the captures recorded with each edit."""
     from agent.ledger_editor import LedgerEditor
     from memory import joint
     from tests.test_ledger_editor import FACTS, fresh, logits
 
-    config = EditorConfig(max_answer_tokens=4, verify_tokens=4)  # the default: gated, row gains up to 4
     first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
     for fact in FACTS:
         first.learn(fact)
     taught = [logits(first, f) for f in FACTS]
     recorded = [store.load_captures(e.id) for e in store.active_edits(first.checkpoint_id)]
-    assert all(c["gains"].shape == c["targets"].shape and float(c["gains_max"]) == 4.0 for c in recorded)
 
     def no_head(*args, **kwargs):
         raise AssertionError("the head was read again")
 
-    monkeypatch.setattr(joint, "row_gains", no_head)
+    monkeypatch.setattr(joint, reads_head, no_head)
     second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process
     assert all(torch.equal(logits(second, f), t) for f, t in zip(FACTS, taught))
-    with pytest.raises(AssertionError, match="read again"):  # other settings: decided anew
-        LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(row_gain=3.0))
+    with pytest.raises(AssertionError, match="read again"):
+        LedgerEditor(store, fresh("qwen2", tokenizer), other)
+    return recorded

@@ -77,23 +77,9 @@ def test_the_editor_adds_the_steering_to_the_gained_change_and_the_rows_record_i
 
 
 def test_the_ledger_records_the_steering_and_a_reload_does_not_read_the_head_again(store, tokenizer, monkeypatch):
-    from agent.ledger_editor import LedgerEditor
-    from memory import joint
-    from tests.test_ledger_editor import FACTS, fresh, logits
+    from tests.test_row_gain import reloaded_without_the_head
 
     config = EditorConfig(max_answer_tokens=4, verify_tokens=4, steer=1.0)
-    first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
-    for fact in FACTS:
-        first.learn(fact)
-    taught = [logits(first, f) for f in FACTS]
-    recorded = [store.load_captures(e.id) for e in store.active_edits(first.checkpoint_id)]
+    other = EditorConfig(max_answer_tokens=4, verify_tokens=4, steer=2.0)  # another margin: decided anew
+    recorded = reloaded_without_the_head(store, tokenizer, monkeypatch, config, "steering", other)
     assert all(c["steer"].shape == c["V"].shape and float(c["steer_margin"]) == 1.0 for c in recorded)
-
-    def no_head(*args, **kwargs):
-        raise AssertionError("the head was read again")
-
-    monkeypatch.setattr(joint, "steering", no_head)
-    second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process
-    assert all(torch.equal(logits(second, f), t) for f, t in zip(FACTS, taught))
-    with pytest.raises(AssertionError, match="read again"):  # another margin: decided anew
-        LedgerEditor(store, fresh("qwen2", tokenizer), EditorConfig(max_answer_tokens=4, verify_tokens=4, steer=2.0))
