@@ -49,7 +49,7 @@ def model_options(fn):
                   help="QF with row gains: where a row's gained change leaves its answer less than M nats ahead "
                        "of every other token (e.g. the instruction in context did not make the model say it), also "
                        "write the least change that puts it M ahead, read off the LM head (memory.steer; default "
-                       "0 = off). [env QF_STEER]")
+                       "1 with row gains, else 0 = off). [env QF_STEER]")
     @click.option("--focus", type=click.IntRange(min=0), envvar="QF_FOCUS", default=None,
                   help="QF at the last layer: write only the change of the answer token's and the plain pass's "
                        "top K tokens' logits (default 0 = all of it, the paper's rule). [env QF_FOCUS]")

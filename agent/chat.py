@@ -211,7 +211,7 @@ class Chat:
             self.say(f"  instruction: {fact.instruction}\n  query:       {fact.query}\n  answer:      {fact.answer}")
             for phrasing in fact.phrasings:
                 self.say(f"  also asked:  {phrasing}")
-            if self.ledger.config.anchors:  # the subject only matters to anchors (memory.anchors)
+            if self._subject_acts():
                 self.say(f"  subject:     {fact.subject or '-'}")
             if not carries_information(fact.instruction, fact.query, fact.answer):
                 self.say("  (the answer does not contain what the fact says: edit it?)")
@@ -230,6 +230,12 @@ class Chat:
             self.say("not learned")
             return
 
+    def _subject_acts(self) -> bool:
+        """Whether a fact's subject acts on how it is learned: QF's anchors swap it (memory.anchors), its
+        subject gate fires the fact where it is named (memory.subject_gate; on by default)."""
+        config = self.ledger.current.config  # as the editor decided it
+        return self.method == "qf" and bool(config.anchors or config.subject_gate)
+
     def _ask(self, prompt: str) -> str:
         try:
             return self.io.read(prompt).strip()
@@ -238,7 +244,7 @@ class Chat:
 
     def _edit(self, fact: Fact) -> Fact:
         """Each field, Enter keeping it; the phrasings as one line separated by " | " ("-": none); the
-        subject (with anchors on) as written in the query ("-": none)."""
+        subject (where it acts) as written in the query ("-": none)."""
         fields = {}
         for name in ("instruction", "query", "answer"):
             value = self._ask(f"  {name} [{getattr(fact, name)}]: ")
@@ -246,7 +252,7 @@ class Chat:
         value = self._ask(f"  also asked (separate with |, - for none) [{' | '.join(fact.phrasings)}]: ")
         phrasings = fact.phrasings if not value else () if value == "-" else [p for p in value.split("|") if p.strip()]
         subject = fact.subject if fields["query"] == fact.query else guess_subject(fields["instruction"], fields["query"])
-        if self.ledger.config.anchors:
+        if self._subject_acts():
             value = self._ask(f"  subject (as written in the query, - for none) [{subject or '-'}]: ")
             subject = subject if not value else None if value == "-" else value
         try:

@@ -84,15 +84,16 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
 def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
     """Load (residuals from stored rows), re-solve and write ``facts`` facts from the base model, as a
     ledger's load does: into gated neurons (the default) or down_proj's joint delta (--gate 0). The
-    rows carry their recorded gains (1), as a ledger's do, so no head is read, and with a subject gate
-    a subject key each (random: every fact about a subject of its own)."""
+    rows carry their recorded gains (1) and steering (none), as a ledger's do, so no head is read, and
+    with a subject gate a subject key each (random: every fact about a subject of its own)."""
     W0 = editor.joint.W0
     N, D = W0.shape
     g = torch.Generator().manual_seed(0)
     stored = [
         FactRows("", (), *(torch.randn(rows_per_fact, d, generator=g) for d in (D, N, D, N)),
                  torch.ones(rows_per_fact, dtype=torch.float64), gains=torch.ones(rows_per_fact, dtype=torch.float64),
-                 gains_max=editor.joint.max_row_gain,
+                 gains_max=editor.joint.max_row_gain, steer_margin=editor.joint.steer_margin,
+                 steer=torch.zeros(rows_per_fact, N) if editor.joint.steer_margin else None,
                  subject_key=torch.randn(N, generator=g) if editor.config.subject_gate else None)
         for _ in range(facts)
     ]

@@ -1,20 +1,21 @@
 """Two facts about one subject, then questions about it and about others, under several settings (issue 7).
 
-    python examples/same_subject_questions.py --model qwen2.5-coder-1.5b --settings gate=0.85 default gate=0.95,subject_gate=0.1
+    python examples/same_subject_questions.py --model qwen2.5-coder-1.5b --settings default steer=0 subjects=names
 
 The benchmarks teach one fact per subject and ask its paraphrase, a neighbour about another subject
 and (``subject_leak``) another question about the subject. A chat's memory holds several facts
 about one subject and is asked about it in words of its own. For each setting (EditorConfig fields,
-comma-separated; "default": the editor's defaults) this learns the facts
-below into the model loaded once (the subject guessed from the query, as the chat does: the third
-fact has none), prints the closed-book greedy answers to the questions, and undoes the facts
+comma-separated; "default": the editor's defaults; "subjects=names": the subject guessed from
+names alone, as before 2026-12-06, so the third fact has none) this learns the facts below into the
+model loaded once (the subject guessed from the query, as the chat does: the third fact's is "my
+daughter"), prints the closed-book greedy answers to the questions, and undoes the facts
 before the next setting; the answers before any fact come first.
 """
 
 import argparse
 from dataclasses import fields
 
-from memory.anchors import guess_subject
+from memory.anchors import guess_subject, named_subject
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact
 from memory.loading import load_model
@@ -38,6 +39,8 @@ def parse_setting(text: str) -> dict:
     out = {}
     for part in filter(None, text.split(",") if text != "default" else []):
         name, value = part.split("=")
+        if name == "subjects":  # not an editor setting: how the example guesses subjects
+            continue
         if name not in types:
             raise SystemExit(f"unknown EditorConfig field {name!r}")
         out[name] = int(value) if "int" in str(types[name]) and "float" not in str(types[name]) else float(value)
@@ -57,9 +60,10 @@ def main() -> None:
         print(f"{q} -> {base.ask(q).text}")
     for setting in args.settings:
         editor = QFEditor(loaded, EditorConfig(verify_tokens=args.tokens, **parse_setting(setting)))
+        guess = named_subject if "subjects=names" in setting else guess_subject
         print(f"\n## {setting}")
         for instruction, query in FACTS:
-            learned = editor.learn(Fact(instruction, query, subject=guess_subject(instruction, query)), verify=False)
+            learned = editor.learn(Fact(instruction, query, subject=guess(instruction, query)), verify=False)
             print(f"learned {query!r} -> {learned.answer!r} (subject {learned.fact.subject!r})")
         for q in QUESTIONS:
             print(f"{q} -> {editor.ask(q).text}")

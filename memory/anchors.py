@@ -66,11 +66,37 @@ _TITLE = re.compile(r"^[A-Z]{2,5}\s+of\s+")  # "CEO of Oxinnovate" names Oxinnov
 
 
 def guess_subject(instruction: str, query: str) -> str | None:
-    """The subject of a fact when none is given: the longest run of words with capitals or digits
-    in the query (after its first word; "of", "the", ... may join them inside a name; a leading
-    title such as "CEO of" dropped) that the instruction names too. None when there is none
-    ("What is my daughter's name?"): such a fact gets no anchors."""
+    """The subject of a fact when none is given: the name it is about (``named_subject``), else what
+    the user owns (``owned_subject``); None when there is neither ("When is the stand-up?")."""
+    return named_subject(instruction, query) or owned_subject(instruction, query)
+
+
+def named_subject(instruction: str, query: str) -> str | None:
+    """The longest run of words with capitals or digits in the query (after its first word; "of",
+    "the", ... may join them inside a name; a leading title such as "CEO of" dropped) that the
+    instruction names too; None when there is none."""
     first = re.match(r"\s*\S+", query)
     runs = [_TITLE.sub("", m.group(0).rstrip(".'")) for m in _NAME_RUN.finditer(query, first.end() if first else 0)]
-    runs = [r for r in runs if r and r in instruction]
+    runs = [r for r in runs if r and r in instruction and r.lower() not in _POSSESSIVES]
     return max(runs, key=len) if runs else None
+
+
+# "my daughter", "our office", "my favourite colour": a possessive and up to three words after it
+_POSSESSIVES = ("my", "our")
+_OWNED = re.compile(rf"\b(?:{'|'.join(_POSSESSIVES)})((?:\s+[a-z][a-z-]*){{1,3}})", re.IGNORECASE)
+
+
+def owned_subject(instruction: str, query: str) -> str | None:
+    """What the user owns that the query asks about, as the query writes it: "my daughter" in "What
+    is my daughter's name?", the longest such phrase the instruction names too (in any case); None
+    when there is none. It is a subject like a name for the subject gate (memory.subject_gate): the
+    fact answers where "my daughter" has been named, not "What is my son's name?"."""
+    lowered = instruction.lower()
+    for m in _OWNED.finditer(query):
+        words = m.group(1).split()
+        possessive = m.group(0)[:m.start(1) - m.start(0)]
+        for n in range(len(words), 0, -1):
+            phrase = f"{possessive} {' '.join(words[:n])}"
+            if phrase.lower() in lowered:
+                return phrase
+    return None

@@ -36,8 +36,9 @@ class EditorConfig:
     # memory.row_gain; None: DEFAULT_ROW_GAIN with gated neurons at the last layer, else 0 (``with_defaults_decided``)
     row_gain: float | None = None
     # > 0, with row gains: where a row's gained change leaves its answer less than this many nats ahead of
-    # every other token, add the least change that puts it so far ahead, read off the LM head (memory.steer); 0 = off
-    steer: float = 0.0
+    # every other token, add the least change that puts it so far ahead, read off the LM head (memory.steer); 0 = off;
+    # None: DEFAULT_STEER with row gains, else 0
+    steer: float | None = None
     focus: int = 0  # at the last layer: keep only the change of the target's and top-k tokens' logits, memory.focus
     auto_significance: bool = False  # drop rows the plain pass already predicts, memory.fact.auto_significance
     condition: float = 0.0  # cap on the row system's condition number, raising the ridge (0 = none), memory.qf
@@ -79,13 +80,17 @@ class EditorConfig:
 # about other subjects as they were.
 DEFAULT_GATE = 1.0
 DEFAULT_ROW_GAIN = 4.0
+# With row gains, the least change that puts each answer 1 nat ahead where the gained change does not
+# (docs/RESULTS.md, "Steering at 1,000 edits").
+DEFAULT_STEER = 1.0
 DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
     """``config`` with its automatic settings (None) decided for an editor at the model's last layer
     or not: the gate unless an option of the linear update alone is set; row gains with the gate
-    where the LM head reads the edited layer (the last, alone). Given settings are kept as they are."""
+    where the LM head reads the edited layer (the last, alone), and steering with the row gains. Given
+    settings are kept as they are."""
     gate, default_gate = config.gate, config.gate is None
     if gate is None:
         gate = 0.0 if config.spread > 1 or config.soft_anchors or config.near_questions else DEFAULT_GATE
@@ -96,7 +101,10 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     if subject_gate is None:  # the default gate (or gate 1, which needs one) comes with its subject gate; a
         # --gate below 1 given is that gate alone
         subject_gate = DEFAULT_SUBJECT_GATE if (default_gate or gate == 1) and DEFAULT_SUBJECT_GATE < gate else 0.0
-    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate)
+    steer = config.steer
+    if steer is None:
+        steer = DEFAULT_STEER if row_gain else 0.0
+    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer)
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.

@@ -157,11 +157,15 @@ class JointQF:
         new_steer = self.steer_margin and (new_gains or rows.steer is None or rows.steer_margin != self.steer_margin)
         if not (new_gains or new_steer):
             return rows
-        R = self._instructed_change(rows)  # once, for both decisions
+        R, h = self._instructed_change(rows), self._after_layer(rows)
+        read = self.head.read(h, R)  # one pass over the head for both decisions
         if new_gains:
-            rows = replace(rows, gains=self.gains(rows, R), gains_max=self.max_row_gain, steer=None, steer_margin=0.0)
+            gains = row_gains(h, R, rows.targets, self.head, self.max_row_gain, read)
+            rows = replace(rows, gains=gains, gains_max=self.max_row_gain, steer=None, steer_margin=0.0)
         if new_steer:
-            steer = self.steering_of(rows, R * rows.gains.double())
+            gains = rows.gains.double()
+            steer = steering(h, R * gains, rows.targets, self.head, self.steer_margin,
+                             self.head.logits_at(h, R, gains, read))
             rows = replace(rows, steer=steer.T.float(), steer_margin=self.steer_margin)
         return rows
 

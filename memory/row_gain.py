@@ -46,6 +46,16 @@ class Head:
         a, b = (rows @ self.weight.detach().T).float().cpu().split(h.shape[0])
         return a, b
 
+    def logits_at(self, h: torch.Tensor, R: torch.Tensor, gains: torch.Tensor,
+                  read: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The logits (T, V) float64 of h_t + c_t r_t for each row's gain c_t, from ``read`` = the
+        head's ``read(h, R)`` (no further pass over the head)."""
+        a, b = read
+        c = gains.double()[:, None]
+        x = h.double() + c * R.T.double()
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return torch.addcmul(a.double(), c, b.double()).mul_(scale)
+
     def scale(self, h: torch.Tensor, r: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         """RMSNorm's factor for h + c r at each scale c, (C,) float32, from one row's h, r (N,)."""
         c = scales.double()
@@ -59,19 +69,22 @@ def gain_grid(max_gain: float) -> torch.Tensor:
     return torch.arange(1.0, max_gain + 1e-9, STEP, dtype=torch.float64)
 
 
-def row_gains(h: torch.Tensor, R: torch.Tensor, targets: tuple[int, ...], head: Head, max_gain: float) -> torch.Tensor:
+def row_gains(h: torch.Tensor, R: torch.Tensor, targets: tuple[int, ...], head: Head, max_gain: float,
+              read: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Each row's gain (T,) float64 for rows whose plain-pass residual stream after the edited (last)
     layer is h (T, N), whose residual to write is R (N, T), predicting ``targets`` (-1: an anchor,
-    which has no residual: gain 1). See the module docstring for the rule."""
+    which has no residual: gain 1). See the module docstring for the rule. ``read``: the head's
+    ``read(h, R)`` when already made."""
     grid = gain_grid(max_gain)
     G, scales = len(grid), torch.cat([grid, HOLD * grid])  # the whole change, then HOLD of it
-    a, b = head.read(h, R)
+    a, b = head.read(h, R) if read is None else read
     gains = torch.ones(len(targets), dtype=torch.float64)
+    unscaled = torch.empty(2 * G, a.shape[1])  # one buffer for every row (allocating it anew costs more than filling it)
     for t, target in enumerate(targets):
         if target < 0:
             continue
         # the logits up to RMSNorm's positive factor, which no argmax depends on
-        unscaled = torch.addcmul(a[t][None], scales.float()[:, None], b[t][None])  # (2G, V)
+        torch.addcmul(a[t][None], scales.float()[:, None], b[t][None], out=unscaled)  # (2G, V)
         first = (unscaled.argmax(-1) == target).view(2, G)
         held = first.all(0)
         if held.any():

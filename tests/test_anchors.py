@@ -32,7 +32,11 @@ def test_contrast_queries_swap_the_subject_for_others_deterministically():
     ("The University of Oxford was founded in 1096.", "When was the University of Oxford founded?", "University of Oxford"),
     ("Apple makes the iPhone 15.", "Which company makes the iPhone 15?", "iPhone 15"),
     ("Toko Yasuda plays the piano.", "What does Toko Yasuda play?", "Toko Yasuda"),
-    ("My daughter's name is Lena.", "What is my daughter's name?", None),  # nothing to swap: no anchors
+    ("My daughter's name is Lena.", "What is my daughter's name?", "my daughter"),  # what the user owns
+    ("My daughter is called Lena.", "What is My daughter called?", "My daughter"),  # as the query writes it
+    ("My favourite colour is green.", "What is my favourite colour?", "my favourite colour"),
+    ("Our office moved to Berlin.", "Where is our office?", "our office"),
+    ("My son is Tom.", "What is my daughter's name?", None),  # owned, but not what the fact is about
     ("The stand-up meeting was moved to 9:30.", "When is the stand-up?", None),
     ("Qi started Oxinnovate.", "Who founded Apple?", None),  # a name the fact does not name is not its subject
 ])

@@ -52,16 +52,20 @@ def test_rejection_writes_only_a_rejected_row(env, monkeypatch):
 
 
 def test_edit_changes_the_triple(env, monkeypatch):
-    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who runs Oxinnovate?", "Qi runs Oxinnovate.", "", "y", "/quit"]
-    run_chat(env, monkeypatch, lines, [CEO])
+    # the subject is asked too: the default subject gate fires the fact where it is named
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who runs Oxinnovate?", "Qi runs Oxinnovate.", "", "", "y", "/quit"]
+    out = run_chat(env, monkeypatch, lines, [CEO])
+    assert "subject:     Oxinnovate" in out and "subject (as written in the query, - for none) [Oxinnovate]" in out
     (fact,) = store().facts()
-    assert (fact.query, fact.answer, fact.status) == ("Who runs Oxinnovate?", "Qi runs Oxinnovate.", "consolidated")
+    assert (fact.query, fact.answer, fact.status, fact.subject) == ("Who runs Oxinnovate?", "Qi runs Oxinnovate.",
+                                                                    "consolidated", "Oxinnovate")
 
 
 def test_phrasings_are_shown_edited_stored_and_learned(env, monkeypatch):
     monkeypatch.setattr(QFEditor, "phrasings_for", lambda self, query: ("Who leads Oxinnovate?",))
     monkeypatch.setenv("QF_PHRASINGS", "1")
-    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "", "Who leads Oxinnovate? | Oxinnovate's boss?", "y", "/quit"]
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "", "Who leads Oxinnovate? | Oxinnovate's boss?", "", "y",
+             "/quit"]
     out = run_chat(env, monkeypatch, lines, [CEO])
     assert "also asked:  Who leads Oxinnovate?" in out  # the model's own, shown before the edit
     (fact,) = store().facts()
@@ -123,7 +127,7 @@ def test_non_utf8_input_does_not_crash(env, monkeypatch):
 
 def test_an_answer_without_the_information_is_flagged_and_can_be_edited(env, monkeypatch):
     monkeypatch.setattr(QFEditor, "instructed_answer", lambda self, fact: "I am not sure.")
-    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "Qi.", "", "y", "/quit"]
+    lines = ["Qi is the CEO of Oxinnovate.", "e", "", "", "Qi.", "", "", "y", "/quit"]
     out = run_chat(env, monkeypatch, lines, [CEO])
     assert "does not contain what the fact says" in out and "learned #1" in out
     assert store().fact(1).answer == "Qi."
@@ -192,7 +196,7 @@ def test_why_lists_the_learned_facts_nearest_to_the_last_question(env, monkeypat
     assert "#1 Qi is the CEO of Oxinnovate.  (Q: Who is the CEO of Oxinnovate?)" in out.split("/why", 1)[1]
 
 
-def test_with_anchors_the_guessed_subject_is_shown_edited_stored_and_anchored(env, monkeypatch):
+def test_with_anchors_the_guessed_subject_is_shown_edited_stored_and_anchored(env, monkeypatch, tmp_path):
     monkeypatch.setenv("QF_ANCHORS", "2")
     out = run_chat(env, monkeypatch, ["Qi is the CEO of Oxinnovate.", "y", "/quit"], [CEO])
     assert "subject:     Oxinnovate" in out  # guessed from the name the fact and its query share
@@ -200,7 +204,9 @@ def test_with_anchors_the_guessed_subject_is_shown_edited_stored_and_anchored(en
     assert fact.subject == "Oxinnovate"
     (edit,) = store().edits_of_fact(fact.id)
     assert edit.hyperparams["anchors"] == 2 and edit.hyperparams["rows"] == len(fact.significance) + 2
-    # [e]dit: the query changes, the subject is guessed again and can be cleared ("-"): no anchor rows
+    # [e]dit: the query changes, the subject is guessed again and can be cleared ("-"): no anchor rows. A
+    # fresh ledger: the model with the fact learned would say it knows it already.
+    monkeypatch.setenv("QF_HOME", str(tmp_path / "fresh"))
     lines = ["Qi is the CEO of Oxinnovate.", "e", "", "Who leads Oxinnovate now?", "", "", "-", "y", "/quit"]
     run_chat(env, monkeypatch, lines, [CEO], "--new")
     second = store().facts()[-1]

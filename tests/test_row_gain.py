@@ -55,7 +55,8 @@ def test_a_row_gets_the_smallest_gain_that_holds_its_token_whole_and_at_half():
 @pytest.mark.parametrize("gate", [0.0, 0.85])
 def test_the_editor_writes_each_row_its_own_gain_times_the_instructed_change(gate, tiny_qwen):
     last = arch.num_layers(tiny_qwen.model) - 1
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=last, preserve=0.0, row_gain=3.0, gate=gate, ridge=1e-9))
+    config = EditorConfig(layer=last, preserve=0.0, row_gain=3.0, steer=0.0, gate=gate, ridge=1e-9)  # the gains alone
+    editor = QFEditor(tiny_qwen, config)
     rows = editor.capture(FACT)
     joint = editor.joint
     R = qf_residual(joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
@@ -79,12 +80,14 @@ def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen)
         QFEditor(tiny_qwen, EditorConfig(layer=3, row_gain=0.5, preserve=0.0))
 
 
-def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_layer(tiny_qwen):
-    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_SUBJECT_GATE, PAPER_RULE, with_defaults_decided
+def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head_reads_the_layer(tiny_qwen):
+    from memory.answering import (DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE, PAPER_RULE,
+                                  with_defaults_decided)
 
     last = arch.num_layers(tiny_qwen.model) - 1
     editor = QFEditor(tiny_qwen, EditorConfig())
     assert (editor.layer, editor.config.gate, editor.config.row_gain) == (last, DEFAULT_GATE, DEFAULT_ROW_GAIN)
+    assert editor.config.steer == DEFAULT_STEER > 0 and editor.joint.steer_margin == DEFAULT_STEER
     assert editor.config.subject_gate == DEFAULT_SUBJECT_GATE < DEFAULT_GATE  # subject gating on by default
     assert editor.gated.tau_unknown == DEFAULT_SUBJECT_GATE  # a fact with no subject: as the gate alone did
     given = with_defaults_decided(EditorConfig(gate=0.99), last_layer=True)
@@ -94,14 +97,15 @@ def test_the_default_is_gated_neurons_with_row_gains_where_the_head_reads_the_la
         QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.0))
     assert editor.given == EditorConfig() and editor.gated is not None
     below = QFEditor(tiny_qwen, EditorConfig(layer=1)).config  # the head does not read layer 1: the fixed gain
-    assert (below.gate, below.row_gain) == (DEFAULT_GATE, 0.0)
+    assert (below.gate, below.row_gain, below.steer) == (DEFAULT_GATE, 0.0, 0.0)  # and no steering without row gains
     for linear_only in (dict(spread=2), dict(soft_anchors=1.0, anchors=1), dict(near_questions=2)):
         decided = with_defaults_decided(EditorConfig(**linear_only), last_layer=True)
-        assert (decided.gate, decided.row_gain) == (0.0, 0.0)
+        assert (decided.gate, decided.row_gain, decided.steer) == (0.0, 0.0, 0.0)
     linear = with_defaults_decided(EditorConfig(gate=0.0), last_layer=True)  # given settings are kept
-    assert (linear.gate, linear.row_gain) == (0.0, 0.0)
+    assert (linear.gate, linear.row_gain, linear.steer) == (0.0, 0.0, 0.0)
+    assert with_defaults_decided(EditorConfig(steer=0.0), last_layer=True).steer == 0.0  # steering off, given
     paper = with_defaults_decided(EditorConfig(**PAPER_RULE), last_layer=True)
-    assert (paper.gate, paper.row_gain, paper.gain) == (0.0, 0.0, 1.0)
+    assert (paper.gate, paper.row_gain, paper.gain, paper.steer) == (0.0, 0.0, 1.0, 0.0)
 
 
 def test_the_ledger_records_the_row_gains_and_a_reload_does_not_read_the_head_again(store, tokenizer, monkeypatch):

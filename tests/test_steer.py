@@ -46,6 +46,21 @@ def test_steering_puts_the_answer_first_by_the_margin_and_leaves_answered_rows_a
         steering(h, R, targets, head, margin=0.0)
 
 
+def test_the_row_gains_read_of_the_head_gives_the_logits_steering_starts_from():
+    head, norm, W = _head()
+    g = torch.Generator().manual_seed(2)
+    h = 3 * torch.randn(3, 24, generator=g, dtype=torch.float64)
+    R = 0.5 * torch.randn(24, 3, generator=g, dtype=torch.float64)
+    gains = torch.tensor([1.0, 2.5, 4.0], dtype=torch.float64)
+    start = head.logits_at(h, R, gains, head.read(h, R))  # no pass over the head of its own
+    with torch.no_grad():
+        direct = norm((h + gains[:, None] * R.T).float()) @ W.T
+    assert torch.allclose(start.float(), direct, atol=1e-4)
+    targets = (int(direct[0].argmin()), int(direct[1].argmin()), int(direct[2].argmax()))
+    assert torch.allclose(steering(h, R * gains, targets, head, 1.5, start), steering(h, R * gains, targets, head, 1.5),
+                          atol=1e-6)
+
+
 def _lead(logits: torch.Tensor, target: int) -> float:
     """How far the target's logit is above every other token's."""
     others = logits.clone()

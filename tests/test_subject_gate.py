@@ -195,6 +195,25 @@ def test_the_editor_captures_the_subject_key_and_cached_generation_matches_the_f
         assert torch.equal(model(input_ids=torch.tensor([prompt])).logits, base)
 
 
+def test_a_fact_about_what_the_user_owns_answers_where_that_is_named_and_not_for_another(tiny_qwen):
+    from memory.anchors import guess_subject
+
+    instruction, query = "My daughter's name is Lena.", "What is my daughter's name?"
+    fact = Fact(instruction, query, "Lena.", subject=guess_subject(instruction, query))
+    assert fact.subject == "my daughter"
+    editor = QFEditor(tiny_qwen, EditorConfig(max_answer_tokens=4, verify_tokens=4))  # the default: gate 1
+    editor.learn(fact, verify=False)
+    presence = installed_patch(editor.mlp).presence
+    named = {}
+    for asked in (query, "What is my daughter called?", "What is my son's name?", "Who founded Oxinnovate?"):
+        with torch.no_grad():
+            tiny_qwen.model(input_ids=torch.tensor([render_prompt(tiny_qwen.tokenizer, asked)]))
+        named[asked] = bool(presence.named[0, -1, 0])
+    assert named == {query: True, "What is my daughter called?": True, "What is my son's name?": False,
+                     "Who founded Oxinnovate?": False}
+    assert editor.neurons.tau.tolist() == [1.0] * len(editor.neurons.tau)  # silent where it is not named
+
+
 def test_subject_gating_needs_the_gate_and_a_lower_threshold(tiny_qwen):
     with pytest.raises(ValueError, match="needs --gate"):
         QFEditor(tiny_qwen, EditorConfig(gate=0.0, subject_gate=0.3))
