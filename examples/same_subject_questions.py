@@ -28,6 +28,7 @@ FACTS = [
 QUESTIONS = [
     "Where is Oxinnovate located?", "Who is the CEO of Oxinnovate?",  # as learned
     "Where is Oxinnovate based?", "Who runs Oxinnovate?",  # reworded
+    "who is the ceo of oxinnovate?", "Who is the CEO of OXINNOVATE?", "who is oxinnovate's ceo",  # other casing
     "When was Oxinnovate founded?", "What does Oxinnovate make?",  # other questions about the subject
     "Where is Microsoft located?", "Who is the CEO of Apple?",  # the same questions about other subjects
     "What is my daughter's name?", "What is my daughter called?", "What is my son's name?",  # the subject-less fact
