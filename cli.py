@@ -88,8 +88,9 @@ def _significance(text: str | None):
                    "the model for N.")
 @click.option("--subject", default=None,
               help='What the query is asked of, as written in it (e.g. "Oxinnovate"; default: its longest capitalized '
-                   'name that the fact names too; "" for none); with --anchors N the same query about N other '
-                   "subjects is held unchanged.")
+                   'name that the fact names too, else its "my ..." phrase that the fact names too, e.g. "my '
+                   'daughter"; "" for none). The default subject gate fires the fact where its subject has been '
+                   "named; with --anchors N the same query about N other subjects is held unchanged.")
 @click.option("--method", type=click.Choice(["qf", "qf2"]), default="qf", show_default=True,
               help="qf: closed-form solve on down_proj; qf2: update of up_proj on a QFt-converted model (qf convert), "
                    "by --qf2-rule.")
