@@ -1,0 +1,121 @@
+"""Can anything at the answering position tell a paraphrase from another question about its subject? (issue 7)
+
+    python examples/paraphrase_or_other_question.py --model qwen2.5-coder-1.5b --limit 300
+    python examples/paraphrase_or_other_question.py --model qwen2.5-coder-1.5b --limit 200 \\
+        --data ../shared/data/zsre/dev.json --template chat
+
+Under the default gate a fact's neurons fire where its subject has been named and the MLP input at
+the position being predicted is within cosine 0.85 of the fact's (memory.gated, memory.subject_gate).
+A lower threshold reaches more paraphrases and also more other questions about the subject (the
+benchmark's subject leak). A better gate would need a reading of the position that puts the
+paraphrase above the other question. This compares, for the first ``--limit`` records, the fact's
+prompt with its paraphrase and with a *swap* (the next record's prompt asked of this record's
+subject), by:
+
+- ``x``: the last MLP's input (what the gate reads), raw, and centered on the mean over the shipped
+  questions of fact (memory.factual_prompts, in the record's template; a mean the tool could ship);
+- ``final``: the pre-edit model's last hidden state (after the final norm), raw and centered the same
+  way: the answer the model was about to give;
+- ``next-token``: the overlap of the two next-token distributions (Bhattacharyya coefficient).
+
+For each it prints how often the paraphrase is nearer the fact than the swap, and how often the swap
+passes a threshold set so that 90%, 70% and 50% of paraphrases do (a gate on that reading, at the
+paraphrase reach it would have). On CounterFact it also does so for the paraphrases that ask the
+same question (docs/results/counterfact_rephrase_labels_300.json; see
+examples/counterfact_rephrase_kinds.py). Numbers: docs/RESULTS.md, "What CounterFact's
+generalization measures".
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from bench.datasets import Poser, read_cases
+from memory import architecture as arch
+from memory import factual_prompts
+from memory.loading import load_model
+
+LABELS = Path(__file__).resolve().parent.parent / "docs" / "results" / "counterfact_rephrase_labels_300.json"
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+class Reader:
+    """One forward pass per prompt; at its last position: the last MLP's input, the final hidden
+    state, the next-token log-distribution."""
+
+    def __init__(self, loaded, template: str):
+        self.model, self.poser = loaded.model, Poser(loaded.tokenizer, template)
+        self._x: list[torch.Tensor] = []
+        last = arch.decoder_layers(self.model)[arch.num_layers(self.model) - 1]
+        last.mlp.register_forward_pre_hook(lambda m, a: self._x.append(a[0][0, -1].float()))
+
+    @torch.no_grad()
+    def read(self, text: str) -> dict[str, torch.Tensor]:
+        self._x.clear()
+        out = self.model(input_ids=torch.tensor([self.poser.prompt_ids(text)]), output_hidden_states=True)
+        return {"x": self._x[-1], "final": out.hidden_states[-1][0, -1].float(),
+                "logp": out.logits[0, -1].float().log_softmax(-1)}
+
+
+def report(name: str, fact: dict, para: dict, swap: dict, means: dict[str, torch.Tensor]) -> None:
+    """One line per reading: paraphrase above swap, and the swap's pass rate at matched paraphrase reach."""
+    readings = {}
+    for key in ("x", "final"):
+        readings[f"{key} raw"] = tuple((unit(p) * unit(fact[key])).sum(-1) for p in (para[key], swap[key]))
+        mu = means[key]
+        readings[f"{key} centered"] = tuple((unit(p - mu) * unit(fact[key] - mu)).sum(-1) for p in (para[key], swap[key]))
+    overlap = lambda a, b: (0.5 * (a + b)).exp().sum(-1)  # noqa: E731  sum sqrt(p q)
+    readings["next-token overlap"] = (overlap(fact["logp"], para["logp"]), overlap(fact["logp"], swap["logp"]))
+    print(f"\n{name} ({fact['x'].shape[0]} records)")
+    print("| reading | paraphrase nearer than swap | swap passes where 90% / 70% / 50% of paraphrases do |")
+    print("|---|---|---|")
+    for reading, (cp, cs) in readings.items():
+        passes = [f"{(cs > torch.quantile(cp, 1 - reach)).float().mean():.2f}" for reach in (0.9, 0.7, 0.5)]
+        print(f"| {reading} | {(cp > cs).float().mean():.2f} | {' / '.join(passes)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--data", default="../shared/data/counterfact/dev.json")
+    parser.add_argument("--template", choices=("chat", "plain"), default="plain")
+    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--shipped-every", type=int, default=4, help="every k-th shipped question for the mean")
+    args = parser.parse_args()
+    loaded = load_model(args.model)
+    reader = Reader(loaded, args.template)
+    shipped = factual_prompts.questions() if args.template == "chat" else factual_prompts.completions()
+    shipped_reads = [reader.read(text) for text in shipped[::args.shipped_every]]
+    means = {key: torch.stack([r[key] for r in shipped_reads]).mean(0) for key in ("x", "final")}
+    cases, _, family = read_cases(args.data, limit=args.limit)
+    kept, reads = [], {"fact": [], "para": [], "swap": []}
+    for i, case in enumerate(cases):
+        other = cases[(i + 1) % len(cases)]
+        if not case.subject or not other.subject or other.subject not in other.prompt:
+            continue
+        kept.append(i)
+        reads["fact"].append(reader.read(case.prompt))
+        reads["para"].append(reader.read(case.paraphrase))
+        reads["swap"].append(reader.read(other.prompt.replace(other.subject, case.subject)))
+    print(f"{loaded.name}, {args.data} ({family}), {args.template} template; centered on the mean of "
+          f"{len(shipped_reads)} shipped questions")
+
+    def stacked(which: str, rows: list[int]) -> dict[str, torch.Tensor]:
+        return {key: torch.stack([reads[which][r][key] for r in rows]) for key in ("x", "final", "logp")}
+
+    everyone = list(range(len(kept)))
+    report("every record", *(stacked(w, everyone) for w in ("fact", "para", "swap")), means)
+    if family == "counterfact" and LABELS.exists():
+        labels = {row["index"]: row["label"] for row in json.loads(LABELS.read_text())["labels"]}
+        same = [r for r, i in enumerate(kept) if labels.get(i) == "same"]
+        if same:
+            report("paraphrases that ask the same question", *(stacked(w, same) for w in ("fact", "para", "swap")), means)
+
+
+if __name__ == "__main__":
+    main()
