@@ -16,7 +16,9 @@ subject), by:
   questions of fact (memory.factual_prompts, in the record's template; a mean the tool could ship);
 - ``final``: the pre-edit model's last hidden state (after the final norm), raw and centered the same
   way: the answer the model was about to give;
-- ``next-token``: the overlap of the two next-token distributions (Bhattacharyya coefficient).
+- ``next-token``: the overlap of the two next-token distributions (Bhattacharyya coefficient);
+- ``layer l``: with ``--layers``, the residual stream entering layer l there, centered the same way
+  (a middle layer might say which question is asked where the last one does not).
 
 For each it prints how often the paraphrase is nearer the fact than the swap, and how often the swap
 passes a threshold set so that 90%, 70% and 50% of paraphrases do (a gate on that reading, at the
@@ -48,8 +50,8 @@ class Reader:
     """One forward pass per prompt; at its last position: the last MLP's input, the final hidden
     state, the next-token log-distribution."""
 
-    def __init__(self, loaded, template: str):
-        self.model, self.poser = loaded.model, Poser(loaded.tokenizer, template)
+    def __init__(self, loaded, template: str, layers: tuple[int, ...] = ()):
+        self.model, self.poser, self.layers = loaded.model, Poser(loaded.tokenizer, template), layers
         self._x: list[torch.Tensor] = []
         last = arch.decoder_layers(self.model)[arch.num_layers(self.model) - 1]
         last.mlp.register_forward_pre_hook(lambda m, a: self._x.append(a[0][0, -1].float()))
@@ -59,15 +61,16 @@ class Reader:
         self._x.clear()
         out = self.model(input_ids=torch.tensor([self.poser.prompt_ids(text)]), output_hidden_states=True)
         return {"x": self._x[-1], "final": out.hidden_states[-1][0, -1].float(),
-                "logp": out.logits[0, -1].float().log_softmax(-1)}
+                "logp": out.logits[0, -1].float().log_softmax(-1),
+                **{f"layer {l}": out.hidden_states[l][0, -1].float() for l in self.layers}}
 
 
 def report(name: str, fact: dict, para: dict, swap: dict, means: dict[str, torch.Tensor]) -> None:
     """One line per reading: paraphrase above swap, and the swap's pass rate at matched paraphrase reach."""
     readings = {}
-    for key in ("x", "final"):
-        readings[f"{key} raw"] = tuple((unit(p) * unit(fact[key])).sum(-1) for p in (para[key], swap[key]))
-        mu = means[key]
+    for key, mu in means.items():
+        if not key.startswith("layer"):
+            readings[f"{key} raw"] = tuple((unit(p) * unit(fact[key])).sum(-1) for p in (para[key], swap[key]))
         readings[f"{key} centered"] = tuple((unit(p - mu) * unit(fact[key] - mu)).sum(-1) for p in (para[key], swap[key]))
     overlap = lambda a, b: (0.5 * (a + b)).exp().sum(-1)  # noqa: E731  sum sqrt(p q)
     readings["next-token overlap"] = (overlap(fact["logp"], para["logp"]), overlap(fact["logp"], swap["logp"]))
@@ -86,12 +89,15 @@ def main() -> None:
     parser.add_argument("--template", choices=("chat", "plain"), default="plain")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--shipped-every", type=int, default=4, help="every k-th shipped question for the mean")
+    parser.add_argument("--layers", default="", help="also these layers' residual states, e.g. 8,12,16,20")
     args = parser.parse_args()
     loaded = load_model(args.model)
-    reader = Reader(loaded, args.template)
+    layers = tuple(int(v) for v in args.layers.split(",") if v)
+    reader = Reader(loaded, args.template, layers)
     shipped = factual_prompts.questions() if args.template == "chat" else factual_prompts.completions()
     shipped_reads = [reader.read(text) for text in shipped[::args.shipped_every]]
-    means = {key: torch.stack([r[key] for r in shipped_reads]).mean(0) for key in ("x", "final")}
+    readable = ("x", "final", *(f"layer {l}" for l in layers))
+    means = {key: torch.stack([r[key] for r in shipped_reads]).mean(0) for key in readable}
     cases, _, family = read_cases(args.data, limit=args.limit)
     kept, reads = [], {"fact": [], "para": [], "swap": []}
     for i, case in enumerate(cases):
@@ -106,7 +112,7 @@ def main() -> None:
           f"{len(shipped_reads)} shipped questions")
 
     def stacked(which: str, rows: list[int]) -> dict[str, torch.Tensor]:
-        return {key: torch.stack([reads[which][r][key] for r in rows]) for key in ("x", "final", "logp")}
+        return {key: torch.stack([reads[which][r][key] for r in rows]) for key in (*readable, "logp")}
 
     everyone = list(range(len(kept)))
     report("every record", *(stacked(w, everyone) for w in ("fact", "para", "swap")), means)

@@ -64,6 +64,10 @@ _WORD = r"[\w'.&-]*[A-Z0-9][\w'.&-]*"  # a word with a capital or a digit: Oxinn
 _NAME_RUN = re.compile(rf"{_WORD}(?:\s+(?:(?:of|the|de|da|von|van)\s+)*{_WORD})*")
 _TITLE = re.compile(r"^[A-Z]{2,5}\s+of\s+")  # "CEO of Oxinnovate" names Oxinnovate
 
+# "my daughter", "our office", "my favourite colour": a possessive and up to three words after it
+_POSSESSIVES = ("my", "our")
+_OWNED = re.compile(rf"\b(?:{'|'.join(_POSSESSIVES)})((?:\s+[a-z][a-z-]*){{1,3}})", re.IGNORECASE)
+
 
 def guess_subject(instruction: str, query: str) -> str | None:
     """The subject of a fact when none is given: the name it is about (``named_subject``), else what
@@ -79,11 +83,6 @@ def named_subject(instruction: str, query: str) -> str | None:
     runs = [_TITLE.sub("", m.group(0).rstrip(".'")) for m in _NAME_RUN.finditer(query, first.end() if first else 0)]
     runs = [r for r in runs if r and r in instruction and r.lower() not in _POSSESSIVES]
     return max(runs, key=len) if runs else None
-
-
-# "my daughter", "our office", "my favourite colour": a possessive and up to three words after it
-_POSSESSIVES = ("my", "our")
-_OWNED = re.compile(rf"\b(?:{'|'.join(_POSSESSIVES)})((?:\s+[a-z][a-z-]*){{1,3}})", re.IGNORECASE)
 
 
 def owned_subject(instruction: str, query: str) -> str | None:
