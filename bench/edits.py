@@ -316,6 +316,7 @@ def case_metrics(case: EditCase, ev: CaseEval, pre: CaseEval) -> dict[str, float
         out = M.zsre_case(ev.scores, pre.scores)
     if "other_relation_new" in ev.scores:
         out["subject_leak"] = M.top1_accuracy(ev.scores["other_relation_new"])
+        out["subject_leak_first"] = M.first_token_top1(ev.scores["other_relation_new"])
     if ev.answers and pre.answers:
         out.update(M.generation_case(ev.answers, ev.texts, pre.answers, case.target_new))
     return out
@@ -482,7 +483,8 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
 COLUMNS = [("efficacy", "efficacy"), ("generalization", "generalization"), ("specificity", "specificity"),
            ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("paraphrase_success", "gen para"),
            ("neighborhood_unchanged", "gen nbhd same"), ("neighborhood_fluency", "nbhd fluency"),
-           ("subject_leak", "subject leak"), ("relative_weight_change", "||dW||/||W0||")]
+           ("subject_leak", "subject leak"), ("subject_leak_first", "leak 1st token"),
+           ("relative_weight_change", "||dW||/||W0||")]
 
 
 def format_table(result: dict) -> str:

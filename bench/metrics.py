@@ -60,6 +60,12 @@ def top1_accuracy(scores: TokenScores) -> float:
     return sum(a == t for a, t in zip(scores.argmax, scores.targets)) / len(scores.targets)
 
 
+def first_token_top1(scores: TokenScores) -> float:
+    """1.0 if the continuation's first token is the model's top-1 prediction, else 0.0: whether the
+    model would begin with it (the later tokens follow the first, which is given when they are scored)."""
+    return float(scores.argmax[0] == scores.targets[0])
+
+
 def agreement(post: Sequence[int], pre: Sequence[int]) -> float:
     """Fraction of positions whose top-1 token is unchanged (same length sequences)."""
     if len(post) != len(pre):

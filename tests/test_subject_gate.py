@@ -257,6 +257,11 @@ def test_the_benchmark_asks_each_subject_the_next_case_s_question_and_scores_the
     from bench.edits import CaseEval
 
     assert case_metrics(cases[0], CaseEval(scores), CaseEval(scores))["subject_leak"] == 1.0
+    # a two-token target whose second token follows once the first is given, but is not begun with:
+    # half its tokens leak, its first does not (subject_leak_first)
+    follows = dict(scores, other_relation_new=M.TokenScores((7, 8), (-3.0, -0.1), (3, 8)))
+    leak = case_metrics(cases[0], CaseEval(follows), CaseEval(follows))
+    assert leak["subject_leak"] == 0.5 and leak["subject_leak_first"] == 0.0
     assert SUBJECT_MATCH < 1
 
 
