@@ -117,32 +117,18 @@ class JointQF:
 
     def residual(self, rows: FactRows) -> torch.Tensor:
         """A QF fact's residual to write at its rows, (N, T_f) float64: R from its captures, focused and
-        scaled by the gain (or each row's, memory.row_gain) as configured. Gated neurons (memory.gated)
-        write the same."""
+        scaled by the gain (or each row's, memory.row_gain, plus its steering, memory.steer) as
+        configured: as the rows record them, else decided now (``with_gains``). Gated neurons
+        (memory.gated) write the same."""
         R = self._instructed_change(rows)
         if self.max_row_gain:
-            R.mul_(self.gains(rows, R))
+            rows = self._decided(rows, R)
+            R.mul_(rows.gains.double())
             if self.steer_margin:
-                R.add_(self.steering_of(rows, R))
+                R.add_(rows.steer.double().T)
         elif self.gain != 1.0:
             R.mul_(self.gain)
         return R
-
-    def gains(self, rows: FactRows, R: torch.Tensor | None = None) -> torch.Tensor:
-        """Each row's gain (T,) float64 (memory.row_gain): as the rows record them if decided for this
-        maximum, else read off the head from the plain pass after the layer and the residual R
-        (``residual``'s before any gain; computed when not given)."""
-        if rows.gains is not None and rows.gains_max == self.max_row_gain:
-            return rows.gains.double()
-        R = self._instructed_change(rows) if R is None else R
-        return row_gains(self._after_layer(rows), R, rows.targets, self.head, self.max_row_gain)
-
-    def steering_of(self, rows: FactRows, R: torch.Tensor) -> torch.Tensor:
-        """The change (N, T) float64 added to the gained residual R (N, T) (memory.steer): as the rows record
-        it if decided with these gains and margin, else read off the head."""
-        if rows.steer is not None and rows.steer_margin == self.steer_margin and rows.gains_max == self.max_row_gain:
-            return rows.steer.double().T
-        return steering(self._after_layer(rows), R, rows.targets, self.head, self.steer_margin)
 
     def _after_layer(self, rows: FactRows) -> torch.Tensor:
         """The plain pass's residual stream after the layer (T, N) float64."""
@@ -151,13 +137,17 @@ class JointQF:
     def with_gains(self, rows: FactRows) -> FactRows:
         """``rows`` with their gains (and steering) decided for this solve's maximum (and margin), to record
         them; as they are without row gains."""
-        if not self.max_row_gain:
-            return rows
+        return self._decided(rows) if self.max_row_gain else rows
+
+    def _decided(self, rows: FactRows, R: torch.Tensor | None = None) -> FactRows:
+        """``rows`` with gains and steering as they record them where decided for this maximum and
+        margin, else read off the head now, from the plain pass after the layer and R, ``residual``'s
+        before any gain (computed when not given; not changed)."""
         new_gains = rows.gains is None or rows.gains_max != self.max_row_gain
         new_steer = self.steer_margin and (new_gains or rows.steer is None or rows.steer_margin != self.steer_margin)
         if not (new_gains or new_steer):
             return rows
-        R, h = self._instructed_change(rows), self._after_layer(rows)
+        R, h = self._instructed_change(rows) if R is None else R, self._after_layer(rows)
         read = self.head.read(h, R)  # one pass over the head for both decisions
         if new_gains:
             gains = row_gains(h, R, rows.targets, self.head, self.max_row_gain, read)
