@@ -58,7 +58,7 @@ def main() -> None:
     for path in args.results:
         result = json.loads(Path(path).read_text())
         for method, v in rows_of(result, labels):
-            leak = v.get("subject_leak/same", []) + v.get("subject_leak/other", []) + v.get("subject_leak/unclear", [])
+            leak = [value for kind in KINDS for value in v.get(f"subject_leak/{kind}", [])]
             print(f"| {Path(path).stem} ({result['config']['edits']} edits) | {method} | "
                   f"{mean(v.get('generalization/same', []))} | {mean(v.get('generalization/other', []))} | "
                   f"{mean(v.get('paraphrase_success/same', []))} | {mean(v.get('paraphrase_success/other', []))} | "

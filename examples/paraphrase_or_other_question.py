@@ -38,12 +38,9 @@ from bench.datasets import Poser, read_cases
 from memory import architecture as arch
 from memory import factual_prompts
 from memory.loading import load_model
+from memory.subject_gate import unit_rows as unit
 
 LABELS = Path(__file__).resolve().parent.parent / "docs" / "results" / "counterfact_rephrase_labels_300.json"
-
-
-def unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=-1, keepdim=True)
 
 
 class Reader:
