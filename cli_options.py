@@ -19,7 +19,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
-                   "subject_gate", "steer")
+                   "subject_gate", "steer", "answer_gate")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -110,6 +110,13 @@ def model_options(fn):
                        "the same subject are reached more too (memory.subject_gate; default 0.85 with the default "
                        "--gate or --gate 1, 0 = off with another --gate given; a fact with no subject fires above 0.85 "
                        "everywhere then). [env QF_SUBJECT_GATE]")
+    @click.option("--answer-gate", "answer_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_ANSWER_GATE",
+                  default=None,
+                  help="QF with --gate at the last layer: a fact's neurons fire only where the model, before "
+                       "anything was learned, was about to give the same kind of answer as to the fact's question "
+                       "(the LM head's input, centered on shipped questions', within cosine T of the fact's), so "
+                       "other questions about the same subject keep their own answers; the mean of those questions "
+                       "is collected once per checkpoint (memory.answer_gate; default 0 = off). [env QF_ANSWER_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -153,7 +153,8 @@ def _setting(part: str) -> tuple[str, object]:
         return "answer_forms", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
-                  "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate", "m": "steer"}.get(part[:1])
+                  "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate", "m": "steer",
+                  "e": "answer_gate"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
     whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")

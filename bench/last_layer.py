@@ -98,7 +98,8 @@ class LastLayerScorer:
                 neurons, named = patch.neurons, None
                 if neurons.subject_gated:
                     named = torch.cat([named_at(r.states, neurons.subject_keys, list(r.positions)) for _, _, r in chunk])
-                mlp = mlp + neurons.output(self.mlp_norm(h), named)
+                answer = self.final_norm(h + mlp) if neurons.answer_gated else None  # the base model's answer state
+                mlp = mlp + neurons.output(self.mlp_norm(h), named, answer)
             logits = self.head(self.final_norm(h + mlp)).float().cpu()
             row = 0
             for key, name, r in chunk:

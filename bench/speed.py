@@ -85,7 +85,8 @@ def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
     """Load (residuals from stored rows), re-solve and write ``facts`` facts from the base model, as a
     ledger's load does: into gated neurons (the default) or down_proj's joint delta (--gate 0). The
     rows carry their recorded gains (1) and steering (none), as a ledger's do, so no head is read, and
-    with a subject gate a subject key each (random: every fact about a subject of its own)."""
+    with a subject gate a subject key each (random: every fact about a subject of its own); with an answer
+    gate their answer states are computed from the rows, as a load does."""
     W0 = editor.joint.W0
     N, D = W0.shape
     g = torch.Generator().manual_seed(0)
@@ -98,10 +99,12 @@ def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
         for _ in range(facts)
     ]
     if editor.gated is not None:
-        solver = GatedMemory(N, editor.gated.tau, tau_named=editor.gated.tau_named)
+        solver = GatedMemory(N, editor.gated.tau, tau_named=editor.gated.tau_named, answer_tau=editor.gated.answer_tau,
+                             answer_mean=editor.gated.answer_mean)
 
         def add(i, rows):
-            solver.add(i, rows.V_plain, editor.joint.residual(rows).T, rows.significance, subject_key=rows.subject_key)
+            solver.add(i, rows.V_plain, editor.joint.residual(rows).T, rows.significance, subject_key=rows.subject_key,
+                       answer_states=editor.answer_states(rows))
     else:
         solver = JointQF(W0, editor.parameter, ridge=editor.config.ridge)
         add = solver.add

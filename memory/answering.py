@@ -63,6 +63,9 @@ class EditorConfig:
     # > 0, with gated neurons: a fact's neurons fire above this lower cosine once its subject has been
     # named in the context (memory.subject_gate); 0 = off; None: DEFAULT_SUBJECT_GATE with the default gate, else 0
     subject_gate: float | None = None
+    # > 0, with gated neurons at the last layer: a neuron fires only where the base model's answer state (the
+    # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off
+    answer_gate: float = 0.0
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
     # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
@@ -111,7 +114,7 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
 PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": False, "condition": 0.0, "phrasings": 0,
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
               "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0, "steer": 0.0,
-              "subject_gate": 0.0}
+              "subject_gate": 0.0, "answer_gate": 0.0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -41,13 +41,15 @@ from memory.contexts import check_contexts, in_contexts
 from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory import gated
+from memory.answer_gate import answer_states
 from memory.joint import JointQF, Solved, commit
 from memory.answering import Answering, Consolidation, ConsolidationError, EditorConfig, with_defaults_decided
 from memory.focus import focus_bases
 from memory.loading import LoadedModel
 from memory.paths import data_dir
 from memory.near_questions import QuestionBank
-from memory.preserve import LazyMetric, PreservingMetric, Progress, key_covariance, key_data_pairs, question_bank
+from memory.preserve import (LazyMetric, PreservingMetric, Progress, answer_mean, key_covariance, key_data_pairs,
+                             question_bank)
 from memory.row_gain import Head
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 from memory.spread import LowerLayer, spread_layers
@@ -99,6 +101,11 @@ class QFEditor(Answering):
         if config.subject_gate and config.subject_gate > config.gate:
             raise ValueError(f"--subject-gate {config.subject_gate} must not exceed --gate {config.gate} (it is the "
                              "lower threshold the neurons fire above once their subject is named)")
+        if config.answer_gate and not config.gate:
+            raise ValueError("--answer-gate gates the neurons of --gate: it needs --gate")
+        if config.answer_gate and self.layer != last:
+            raise ValueError(f"--answer-gate reads the LM head's input after the edited layer: it works at the last "
+                             f"layer ({last}), not at layer {self.layer}")
         if config.gate and (config.spread > 1 or config.soft_anchors or config.near_questions):
             raise ValueError("--gate writes neurons at one layer, keyed by each row's own MLP input: it is not "
                              "combined with --spread, --soft-anchors or --near-questions; choose one")
@@ -128,10 +135,12 @@ class QFEditor(Answering):
         # With a gate, facts are written as key-gated neurons on the layer's MLP instead (memory.gated).
         self.mlp_name = arch.module_path(model, self.layer, "mlp")
         self.mlp = model.get_submodule(self.mlp_name)
-        self.gated = gated.GatedMemory(W0.shape[0], config.gate, tau_named=config.subject_gate) if config.gate else None
+        self._progress = progress
+        self.gated = gated.GatedMemory(
+            W0.shape[0], config.gate, tau_named=config.subject_gate, answer_tau=config.answer_gate,
+            answer_mean=self._answer_mean() if config.answer_gate else None) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
-        self._progress = progress
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
 
     @staticmethod
@@ -155,6 +164,13 @@ class QFEditor(Answering):
                 f"; near questions' keys for layer {self.layer} ready" if self.config.near_questions else "")
         self.joint.metric.built()
         return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"
+
+    def _answer_mean(self) -> torch.Tensor:
+        """The mean answer state the answer gate centers on (memory.answer_gate), from the cache or
+        collected now from the base model."""
+        with gated.uninstalled(self.mlp, self.model):
+            return answer_mean(self.loaded, arch.architecture_of(self.model).final_norm, self.config.system,
+                               self.joint.base_sha256, self._progress)
 
     def _lazy_metric(self, layer: int, down_name: str, W0: torch.Tensor, progress: Progress | None) -> LazyMetric | None:
         """The preserving metric of ``layer``'s down_proj, built at the first solve; None with preserve 0."""
@@ -396,7 +412,7 @@ class QFEditor(Answering):
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
         rows = self.joint.with_gains(rows)
         if self.gated is not None:
-            self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key)
+            self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key, answer_states=self.answer_states(rows))
         else:
             self.joint.add(key, rows)
 
@@ -410,6 +426,11 @@ class QFEditor(Answering):
             weight = next(norm.parameters())
             X = norm(rows.V_plain.to(weight.device, weight.dtype)).float().cpu()
         return X, self.joint.residual(rows).T, rows.significance
+
+    def answer_states(self, rows: FactRows) -> torch.Tensor | None:
+        """With an answer gate, the base model's answer state at each of a fact's rows (T, N) (memory.answer_gate),
+        from its plain pass's captures; None without."""
+        return answer_states(self.model, self.joint.after_layer(rows)) if self.config.answer_gate else None
 
     # --- the facts held, whichever way they are written ------------------------------------
     @property

@@ -28,6 +28,9 @@ a linear update instead moves the neighbour by a share of every fact's change. I
 what the key itself does not: CounterFact's neighbours (the same relation about another subject)
 are closer to the fact's key than its paraphrases (which open with an unrelated fragment).
 
+With an answer gate (memory.answer_gate) a neuron also needs the base model's answer state at the
+position to match its row's: the activations above are multiplied by that step, in the solve too.
+
 Significance: a row of weight 0 gets no neuron and no constraint; positive weights weight the rows'
 squared errors where rows of one group compete. Shapes: N the model width, J the neurons (rows).
 """
@@ -36,11 +39,13 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Hashable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from memory.answer_gate import AnswerReader, answer_keys
 from memory.subject_gate import SUBJECT_MATCH, SubjectPresence, unit_rows
 
 # tau: the cosine above which a neuron starts firing; the setting measured best without subject
@@ -111,7 +116,11 @@ class GatedNeurons:
 
     Subject gating (memory.subject_gate): ``subject_keys`` (S, N) unit keys of the facts' subjects,
     ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
-    fires above while its subject has been named in the context (0: no subject gating)."""
+    fires above while its subject has been named in the context (0: no subject gating).
+
+    Answer gating (memory.answer_gate): ``answer_keys`` (J, N) each row's unit centered answer state,
+    ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
+    must reach for the neuron to fire (0: no answer gating)."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -119,6 +128,9 @@ class GatedNeurons:
     subject_keys: torch.Tensor | None = None
     subject_of: torch.Tensor | None = None
     tau_named: float = 0.0
+    answer_keys: torch.Tensor | None = None
+    answer_mean: torch.Tensor | None = None
+    answer_tau: float = 0.0
 
     @property
     def count(self) -> int:
@@ -128,9 +140,15 @@ class GatedNeurons:
     def subject_gated(self) -> bool:
         return bool(self.tau_named) and self.subject_keys is not None and self.subject_keys.shape[0] > 0
 
-    def output(self, x: torch.Tensor, named: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def answer_gated(self) -> bool:
+        return bool(self.answer_tau) and self.answer_keys is not None
+
+    def output(self, x: torch.Tensor, named: torch.Tensor | None = None, answer: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype; ``named`` (..., S) bool: which
-        subjects have been named up to each position (None: none)."""
+        subjects have been named up to each position (None: none); ``answer`` (..., N): the answer state
+        at each position, which answer-gated neurons need (memory.answer_gate)."""
         if not self.count:
             return torch.zeros_like(x)
         cos = unit_rows(x) @ self.keys.T.to(x.device)  # .to: a no-op once installed (install)
@@ -138,13 +156,21 @@ class GatedNeurons:
         if named is not None and self.subject_gated:  # the lower threshold where a neuron's subject was named
             named_here = named[..., self.subject_of.clamp_min(0)] & (self.subject_of >= 0)  # (..., J)
             tau = torch.where(named_here, self.tau_named, self.tau)
-        return (gate(cos, tau) @ self.values.to(x.device)).to(x.dtype)
+        a = gate(cos, tau)
+        if self.answer_gated:
+            if answer is None or answer.shape != x.shape:
+                raise ValueError("answer-gated neurons need the answer state at every position of the MLP's input")
+            a = a * (answer_keys(answer, self.answer_mean) @ self.answer_keys.T.to(x.device) >= self.answer_tau)
+        return (a @ self.values.to(x.device)).to(x.dtype)
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
         tau = self.tau.to(device) if isinstance(self.tau, torch.Tensor) else self.tau
-        moved = [None if t is None else t.to(device) for t in (self.subject_keys, self.subject_of)]
-        return GatedNeurons(self.keys.to(device), self.values.to(device), tau, *moved, self.tau_named)
+        subject_keys, subject_of, answer_keys_, answer_mean = (
+            None if t is None else t.to(device)
+            for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean))
+        return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
+                            answer_keys_, answer_mean, self.answer_tau)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -213,10 +239,12 @@ class GatedMemory:
     tau; the neurons of a fact with no subject key fire above ``tau_unknown`` (None:
     unknown_subject_threshold) wherever they are. With tau 1 (the default since 2026-12-06) a fact
     with a subject fires nowhere but where its subject is named, so facts about different subjects
-    never fire each other and are solved apart."""
+    never fire each other and are solved apart. With ``answer_tau`` > 0 (memory.answer_gate) each fact
+    also brings its rows' answer states, centered on ``answer_mean``; a row fires another's neuron only
+    where their answer keys' cosine reaches ``answer_tau`` too."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
-                 tau_unknown: float | None = None):
+                 tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
         if tau == 1.0 and not tau_named:
@@ -226,12 +254,19 @@ class GatedMemory:
         tau_unknown = unknown_subject_threshold(tau, tau_named) if tau_unknown is None else tau_unknown
         if not 0.0 <= tau_unknown <= tau:
             raise ValueError(f"the threshold of a fact with no subject must be in [0, {tau}], not {tau_unknown}")
+        if not 0.0 <= answer_tau < 1.0:
+            raise ValueError(f"the answer gate must be in [0, 1), not {answer_tau}")
+        if answer_tau and (answer_mean is None or answer_mean.shape != (width,)):
+            raise ValueError(f"an answer gate needs the mean answer state ({width},) its keys are centered on")
         self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
+        self.answer_tau = answer_tau
+        self.answer_mean = answer_mean.float() if answer_tau else None
         self._keys: list[Hashable] = []
         self._K: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit keys
         self._R: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float64 residual per row
         self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
         self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
+        self._F: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit answer keys (answer gate only)
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
         self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
@@ -266,16 +301,20 @@ class GatedMemory:
         return torch.where(neuron_has, torch.where(row_has & same_subject, named, tau), unknown)
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
-            subject_key: torch.Tensor | None = None) -> None:
+            subject_key: torch.Tensor | None = None, answer_states: torch.Tensor | None = None) -> None:
         """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
-        (T, N), its rows' significance (T,) and its subject key (N_s,) if it has one; rows of weight 0
-        are dropped."""
+        (T, N), its rows' significance (T,), its subject key (N_s,) if it has one and, with an answer
+        gate, its rows' answer states (T, N) (memory.answer_gate); rows of weight 0 are dropped."""
         if key in self._K:
             raise KeyError(f"fact {key!r} is already in the gated memory")
         if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
             raise ValueError(f"keys {tuple(X_plain.shape)}, residuals {tuple(R_rows.shape)} and significance "
                              f"{tuple(significance.shape)} do not fit width {self.width}")
+        if self.answer_tau and (answer_states is None or answer_states.shape != X_plain.shape):
+            raise ValueError(f"an answer gate needs the answer state of each of the fact's rows, {tuple(X_plain.shape)}")
         keep = significance > 0
+        if self.answer_tau:
+            self._F[key] = answer_keys(answer_states[keep], self.answer_mean)
         K = unit_rows(X_plain[keep])
         if subject_key is not None:
             self._S[key] = unit_rows(subject_key[None])[0]
@@ -296,7 +335,7 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w, self._S):
+        for store in (self._K, self._R, self._w, self._S, self._F):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
         self._bank.clear()
@@ -322,7 +361,7 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w, self._S):
+        for store in (self._K, self._R, self._w, self._S, self._F):
             if key in store:
                 store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
@@ -339,7 +378,8 @@ class GatedMemory:
     def solve(self) -> GatedNeurons:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
-            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named)
+            return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
+                                **self._answers())
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -361,6 +401,11 @@ class GatedMemory:
                 if c > tau_ba:
                     A[(t, s)] = float(gate(torch.tensor(c), tau_ba))
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
+        if self.answer_tau and len(pairs):  # a row fires a neuron only where their answer keys match too
+            F = torch.cat([self._F[k] for k in self._keys])
+            matching = ((F[pairs[:, 0]] * F[pairs[:, 1]]).sum(1) >= self.answer_tau).tolist()
+            A = {pair: v for (pair, v), match in zip(A.items(), matching) if match}
+            pairs = pairs[torch.tensor(matching, dtype=torch.bool)]
         members_of = groups(K.shape[0], pairs)
         group_of = {m: g for g, members in enumerate(members_of) for m in members}
         entries: dict[int, list[tuple[int, int, float]]] = {}
@@ -375,7 +420,14 @@ class GatedMemory:
             for s, t, v in entries[g]:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
-        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named)
+        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers())
+
+    def _answers(self) -> dict:
+        """GatedNeurons' answer-gate fields: every row's answer key, their mean and the threshold; none without."""
+        if not self.answer_tau:
+            return {}
+        keys = torch.cat([self._F[k] for k in self._keys]) if self._keys else torch.zeros(0, self.width)
+        return {"answer_keys": keys, "answer_mean": self.answer_mean, "answer_tau": self.answer_tau}
 
     def _taus(self) -> float | torch.Tensor:
         """The threshold of every neuron away from its subject: tau, or per neuron (J,) where facts with
@@ -400,14 +452,17 @@ class GatedMemory:
 class GatedPatch(nn.Module):
     """The neurons as a module on one MLP: a forward hook adds ``neurons.output(x)`` to its output;
     with subject gating, a hook on the subject layer tells it which subjects each position has seen
-    (memory.subject_gate.SubjectPresence)."""
+    (memory.subject_gate.SubjectPresence); with answer gating, a hook on its MLP norm gives the
+    answer state (memory.answer_gate.AnswerReader)."""
 
     def __init__(self, mlp: nn.Module, neurons: GatedNeurons, model: nn.Module | None = None):
         super().__init__()
-        if neurons.subject_gated and model is None:
-            raise ValueError("subject-gated neurons need the model, to see where their subjects are named")
+        if (neurons.subject_gated or neurons.answer_gated) and model is None:
+            raise ValueError("subject- or answer-gated neurons need the model, to see where their subjects are named "
+                             "and what it is about to answer")
         self.neurons = neurons
         self.presence = SubjectPresence(model, neurons.subject_keys) if neurons.subject_gated else None
+        self.answers = AnswerReader(model, mlp) if neurons.answer_gated else None
         self._handle = mlp.register_forward_hook(self._add)
 
     def _add(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -416,12 +471,14 @@ class GatedPatch(nn.Module):
             named = self.presence.named
             if named is None or named.shape[:-1] != x.shape[:-1]:
                 raise RuntimeError("the subject layer did not run before the gated MLP in this forward pass")
-        return output + self.neurons.output(x, named)
+        answer = self.answers.state(output) if self.answers is not None else None
+        return output + self.neurons.output(x, named, answer)
 
     def remove(self) -> None:
         self._handle.remove()
-        if self.presence is not None:
-            self.presence.remove()
+        for reader in (self.presence, self.answers):
+            if reader is not None:
+                reader.remove()
 
 
 _PATCHES: weakref.WeakKeyDictionary[nn.Module, GatedPatch] = weakref.WeakKeyDictionary()  # mlp -> its patch
@@ -453,3 +510,16 @@ def uninstall(mlp: nn.Module) -> None:
     patch = _PATCHES.pop(mlp, None)
     if patch is not None:
         patch.remove()
+
+
+@contextmanager
+def uninstalled(mlp: nn.Module, model: nn.Module | None = None):
+    """A context in which ``mlp`` (of ``model``) runs without the neurons installed on it, if any (the
+    base model's MLP); they are put back after."""
+    patch = _PATCHES.get(mlp)
+    uninstall(mlp)
+    try:
+        yield
+    finally:
+        if patch is not None:
+            install(mlp, patch.neurons, model)

@@ -130,7 +130,7 @@ class JointQF:
             R.mul_(self.gain)
         return R
 
-    def _after_layer(self, rows: FactRows) -> torch.Tensor:
+    def after_layer(self, rows: FactRows) -> torch.Tensor:
         """The plain pass's residual stream after the layer (T, N) float64."""
         return rows.V_plain.double() + rows.U_plain.double() @ self._W0_double().T
 
@@ -147,7 +147,7 @@ class JointQF:
         new_steer = self.steer_margin and (new_gains or rows.steer is None or rows.steer_margin != self.steer_margin)
         if not (new_gains or new_steer):
             return rows
-        R, h = self._instructed_change(rows) if R is None else R, self._after_layer(rows)
+        R, h = self._instructed_change(rows) if R is None else R, self.after_layer(rows)
         read = self.head.read(h, R)  # one pass over the head for both decisions
         if new_gains:
             gains = row_gains(h, R, rows.targets, self.head, self.max_row_gain, read)

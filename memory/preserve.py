@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from memory import factual_prompts
+from memory import answer_gate, factual_prompts
 from memory.capture import Capture, right_padded_ids
 from memory.generic_chats import CHATS
 from memory.near_questions import QuestionBank
@@ -145,29 +145,30 @@ def factual_sequences(tokenizer, system: str | None = None) -> list[list[int]]:
 
 
 @torch.no_grad()
-def collect_last_keys(model, down_proj: str, sequences: list[list[int]], progress: Progress | None = None,
-                      batch: int = 16) -> torch.Tensor:
-    """The key at each sequence's last position (where a prompt is answered): (len(sequences), D)
-    float32, in the sequences' order; ``batch`` sequences run together, right-padded."""
+def collect_last_keys(model, module: str, sequences: list[list[int]], progress: Progress | None = None,
+                      batch: int = 16, what: str = "collecting question keys") -> torch.Tensor:
+    """The input of ``module`` (a down_proj: its key) at each sequence's last position (where a
+    prompt is answered): (len(sequences), D) float32, in the sequences' order; ``batch`` sequences
+    run together, right-padded."""
     keys: list[torch.Tensor | None] = [None] * len(sequences)
-    for chunk, inputs in _batches(model, down_proj, sequences, batch, progress, "collecting question keys"):
+    for chunk, inputs in _batches(model, module, sequences, batch, progress, what):
         for row, i in enumerate(chunk):
             keys[i] = inputs[row, len(sequences[i]) - 1].float().cpu()
     return torch.stack(keys)
 
 
-def _batches(model, down_proj: str, sequences: list[list[int]], batch: int, progress: Progress | None, what: str):
-    """Run ``sequences`` to ``down_proj`` ``batch`` at a time, right-padded, shortest first; yields
-    (the chunk's sequence indices, down_proj's inputs (B, length, D)), ticking ``what``'s progress."""
+def _batches(model, module: str, sequences: list[list[int]], batch: int, progress: Progress | None, what: str):
+    """Run ``sequences`` to ``module`` ``batch`` at a time, right-padded, shortest first; yields
+    (the chunk's sequence indices, the module's inputs (B, length, D)), ticking ``what``'s progress."""
     update = (progress or (lambda d, t: (lambda n=1: None)))(what, len(sequences))
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths pad little
     for start in range(0, len(order), batch):
         chunk = order[start:start + batch]
         ids, mask = right_padded_ids([sequences[i] for i in chunk], pad=0)
-        with Capture(model, [down_proj], stop=True) as cap:
+        with Capture(model, [module], stop=True) as cap:
             cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        yield chunk, cap.inputs[down_proj]
+        yield chunk, cap.inputs[module]
         update(len(chunk))
 
 
@@ -243,6 +244,26 @@ def question_bank(loaded, layer: int, down_proj: str, system: str | None, weight
         _atomic_write(path, lambda p: save_file({"keys": keys.contiguous()}, str(p)))
         log.info("collected %d question keys of %s -> %s", keys.shape[0], down_proj, path)
     return QuestionBank(load_file(str(path))["keys"], texts)
+
+
+def answer_mean(loaded, final_norm: str, system: str | None, weights_sha256: str,
+                progress: Progress | None = None) -> torch.Tensor:
+    """The mean answer state (N,) float32 of the shipped chat questions the answer gate is centered on
+    (memory.answer_gate.mean_questions): the last layer's output at each question's last position
+    (``final_norm``'s input), through the final norm. Cached under $QF_HOME/keys like the question
+    keys; collect it from the base model (no gated neurons installed on the last MLP)."""
+    questions = answer_gate.mean_questions()
+    checkpoint = {"model": loaded.name, "config": loaded.config_sha256(), "system": system,
+                  "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}
+    path = data_dir() / "keys" / f"answer-mean-{_digest(**checkpoint, questions=questions, weights=weights_sha256)}.safetensors"
+    if not path.exists():
+        sequences = [render_prompt(loaded.tokenizer, question, system) for question in questions]
+        # the final norm's inputs: the last layer's outputs
+        after_layer = collect_last_keys(loaded.model, final_norm, sequences, progress, what="collecting answer states")
+        mean = answer_gate.answer_states(loaded.model, after_layer).mean(0)
+        _atomic_write(path, lambda p: save_file({"mean": mean.contiguous()}, str(p)))
+        log.info("collected the mean answer state of %d questions -> %s", len(questions), path)
+    return load_file(str(path))["mean"]
 
 
 def mixed_covariance(C: torch.Tensor, Cq: torch.Tensor, weight: float) -> torch.Tensor:

@@ -125,7 +125,9 @@ def test_gated_neurons_are_refused_with_spread_or_soft_anchors(tiny_qwen):
     (EditorConfig(gate=0.5, gain=3.0), FACT),
     # subject-gated (memory.subject_gate): fires wherever the subject was named before, as the scorer must see
     (EditorConfig(gate=0.95, subject_gate=0.05, gain=3.0), replace(FACT, subject="Oxinnovate")),
-], ids=["gated", "subject-gated"])
+    # answer-gated (memory.answer_gate): the scorer gives the neurons the base model's answer state
+    (EditorConfig(gate=0.95, subject_gate=0.05, answer_gate=0.3, gain=3.0), replace(FACT, subject="Oxinnovate")),
+], ids=["gated", "subject-gated", "answer-gated"])
 def test_the_cached_scorer_sees_the_gated_neurons(tiny_qwen, config, fact):
     editor = QFEditor(tiny_qwen, config)
     poser = Poser(editor.tokenizer, "chat")

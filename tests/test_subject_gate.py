@@ -184,15 +184,26 @@ def test_the_editor_captures_the_subject_key_and_cached_generation_matches_the_f
     patch = installed_patch(editor.mlp)
     assert patch.presence is not None and editor.neurons.subject_gated
     # greedy decoding with a KV cache (the match carried between calls) = full passes over the sequence
-    tokens = list(greedy_tokens(model, prompt, [], 6))
+    assert cached_greedy_is_the_full_pass(model, prompt)
+    list(greedy_tokens(model, prompt, [], 2))  # the prompt, then one cached call of one position
     assert patch.presence.named.shape == (1, 1, 1) and bool(patch.presence.named.all())  # carried from the prompt
+    assert undone_to(editor, prompt, base)
+
+
+def cached_greedy_is_the_full_pass(model, prompt: list[int], tokens: int = 6) -> bool:
+    """Whether greedy decoding with a KV cache gives what full passes over the sequence give."""
+    cached = list(greedy_tokens(model, prompt, [], tokens))
     with torch.no_grad():
-        full = model(input_ids=torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1:].argmax(-1)
-    assert tokens == full.tolist()
-    editor.remove(editor.fact_keys[0])  # undo: the model is the base model again
-    assert installed_patch(editor.mlp) is None
+        full = model(input_ids=torch.tensor([prompt + cached[:-1]])).logits[0, len(prompt) - 1:].argmax(-1)
+    return cached == full.tolist()
+
+
+def undone_to(editor: QFEditor, prompt: list[int], base_logits: torch.Tensor) -> bool:
+    """Undo the editor's one fact: whether its neurons are gone and the logits of ``prompt`` are the base ones."""
+    editor.remove(editor.fact_keys[0])
     with torch.no_grad():
-        assert torch.equal(model(input_ids=torch.tensor([prompt])).logits, base)
+        logits = editor.model(input_ids=torch.tensor([prompt])).logits
+    return installed_patch(editor.mlp) is None and torch.equal(logits, base_logits)
 
 
 def test_a_fact_about_what_the_user_owns_answers_where_that_is_named_and_not_for_another(tiny_qwen):
