@@ -77,9 +77,13 @@ def test_the_editor_adds_the_steering_to_the_gained_change_and_the_rows_record_i
     joint = editor.joint
     rows = joint.with_gains(editor.capture(FACT))
     assert rows.steer is not None and rows.steer.shape == rows.V.shape and rows.steer_margin == 1.0
-    R = qf_residual(joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T) * rows.gains.double()
+    R0 = qf_residual(joint.W0, rows.U.T, rows.V.T, rows.U_plain.T, rows.V_plain.T)
+    R = R0 * rows.gains.double()
     h = rows.V_plain.double() + rows.U_plain.double() @ joint.W0.double().T
-    E = steering(h, R, rows.targets, editor._head(), 1.0)
+    # as the editor decides it: its first step from the logits of the gains' read of the head (float32 there,
+    # so a near tie among the tokens to hold may fall otherwise than in a float64 read of its own)
+    head = editor._head()
+    E = steering(h, R, rows.targets, head, 1.0, head.logits_at(h, R0, rows.gains, head.read(h, R0)))
     assert E.abs().max() > 0  # a random model's instructed pass does not name the answer: steered
     assert torch.allclose(joint.residual(rows), R + E, atol=1e-6 * float(E.abs().max()))
     editor.learn(FACT, verify=False)  # the fact's rows now predict its answer, each first (a lone neuron per row)
