@@ -116,7 +116,8 @@ def model_options(fn):
                        "anything was learned, was about to give the same kind of answer as to the fact's question "
                        "(the LM head's input, centered on shipped questions', within cosine T of the fact's), so "
                        "other questions about the same subject keep their own answers; the mean of those questions "
-                       "is collected once per checkpoint (memory.answer_gate; default 0 = off). [env QF_ANSWER_GATE]")
+                       "is collected once per checkpoint (memory.answer_gate; default 0.8 with --gate at the last "
+                       "layer, else 0 = off). [env QF_ANSWER_GATE]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -64,8 +64,9 @@ class EditorConfig:
     # named in the context (memory.subject_gate); 0 = off; None: DEFAULT_SUBJECT_GATE with the default gate, else 0
     subject_gate: float | None = None
     # > 0, with gated neurons at the last layer: a neuron fires only where the base model's answer state (the
-    # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off
-    answer_gate: float = 0.0
+    # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off;
+    # None: DEFAULT_ANSWER_GATE with gated neurons at the last layer, else 0
+    answer_gate: float | None = None
     lr: float = DEFAULT_QF2_LR  # the QF2 Hebbian learning rate (paper and delta rules), see memory.qf2
     # QF2: "solve" (joint minimum-norm solve; the best measured, docs/QF2.md), "paper" (lr (y* - 0.5) x^T)
     # or "delta" (lr (y* - the plain firing) x^T), memory.qf2
@@ -87,13 +88,16 @@ DEFAULT_ROW_GAIN = 4.0
 # (docs/RESULTS.md, "Steering at 1,000 edits").
 DEFAULT_STEER = 1.0
 DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
+# With gated neurons at the last layer, a neuron fires only where the base model's centered answer state is
+# within cosine 0.8 of its row's (docs/RESULTS.md, "The answer gate, built").
+DEFAULT_ANSWER_GATE = 0.8
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
     """``config`` with its automatic settings (None) decided for an editor at the model's last layer
     or not: the gate unless an option of the linear update alone is set; row gains with the gate
     where the LM head reads the edited layer (the last, alone), and steering with the row gains. Given
-    settings are kept as they are."""
+    settings are kept as they are. The answer gate comes with gated neurons at the last layer."""
     gate, default_gate = config.gate, config.gate is None
     if gate is None:
         gate = 0.0 if config.spread > 1 or config.soft_anchors or config.near_questions else DEFAULT_GATE
@@ -107,7 +111,10 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     steer = config.steer
     if steer is None:
         steer = DEFAULT_STEER if row_gain else 0.0
-    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer)
+    answer_gate = config.answer_gate
+    if answer_gate is None:
+        answer_gate = DEFAULT_ANSWER_GATE if gate and last_layer else 0.0
+    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer, answer_gate=answer_gate)
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.

@@ -155,13 +155,15 @@ class QFEditor(Answering):
         return Head(self.model.get_output_embeddings().weight, norm.weight, float(eps))
 
     def prepare_keys(self) -> str:
-        """Collect (or find) the key covariance now, not at the first solve; says what was done."""
+        """Collect (or find) the key covariance now, not at the first solve; says what was done. (The
+        answer gate's mean answer state is collected with the editor.)"""
         if self.config.near_questions:
             self.question_bank()
         if not isinstance(self.joint.metric, LazyMetric):
             what = "gated neurons (--gate) need" if self.gated is not None else "the paper's identity norm (preserve 0) needs"
             return f"{what} no keys" + (
-                f"; near questions' keys for layer {self.layer} ready" if self.config.near_questions else "")
+                f"; near questions' keys for layer {self.layer} ready" if self.config.near_questions else "") + (
+                f"; the answer gate's mean answer state ready under {data_dir() / 'keys'}" if self.config.answer_gate else "")
         self.joint.metric.built()
         return f"keys for layer {self.layer} ready under {data_dir() / 'keys'}"
 

@@ -55,7 +55,8 @@ def test_a_row_gets_the_smallest_gain_that_holds_its_token_whole_and_at_half():
 @pytest.mark.parametrize("gate", [0.0, 0.85])
 def test_the_editor_writes_each_row_its_own_gain_times_the_instructed_change(gate, tiny_qwen):
     last = arch.num_layers(tiny_qwen.model) - 1
-    config = EditorConfig(layer=last, preserve=0.0, row_gain=3.0, steer=0.0, gate=gate, ridge=1e-9)  # the gains alone
+    config = EditorConfig(layer=last, preserve=0.0, row_gain=3.0, steer=0.0, gate=gate, ridge=1e-9,
+                          answer_gate=0.0)  # the gains alone
     editor = QFEditor(tiny_qwen, config)
     rows = editor.capture(FACT)
     joint = editor.joint

@@ -346,13 +346,13 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
     assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
-    from memory.answering import DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE
+    from memory.answering import DEFAULT_ANSWER_GATE, DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE
 
     assert defaults.gate is None and f"(default {DEFAULT_GATE:g} = nowhere but where the fact's subject has been named" in text
     assert defaults.subject_gate is None and f"default {DEFAULT_SUBJECT_GATE:g} with the default --gate" in text
     assert defaults.row_gain is None and f"default {DEFAULT_ROW_GAIN:g} with --gate at the last layer" in text
     assert defaults.steer is None and f"default {DEFAULT_STEER:g} with row gains, else 0 = off" in text
-    assert f"(memory.answer_gate; default {defaults.answer_gate:g} = off)" in text
+    assert defaults.answer_gate is None and f"default {DEFAULT_ANSWER_GATE:g} with --gate at the last layer" in text
 
 
 # --- the ridge from the rows' conditioning -------------------------------------------------

@@ -73,7 +73,7 @@ FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of
 
 def test_the_editor_adds_the_steering_to_the_gained_change_and_the_rows_record_it(tiny_qwen):
     last = arch.num_layers(tiny_qwen.model) - 1
-    editor = QFEditor(tiny_qwen, EditorConfig(layer=last, preserve=0.0, row_gain=2.0, steer=1.0, gate=0.99))
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=last, preserve=0.0, row_gain=2.0, steer=1.0, gate=0.99, answer_gate=0.0))
     joint = editor.joint
     rows = joint.with_gains(editor.capture(FACT))
     assert rows.steer is not None and rows.steer.shape == rows.V.shape and rows.steer_margin == 1.0
