@@ -56,7 +56,7 @@ class LastLayerScorer:
         self.mlp = model.get_submodule(arch.module_path(model, layer, "mlp"))
         self.mlp_norm = model.get_submodule(self.norm_name)
         self.weight = model.get_parameter(parameter)
-        self.final_norm = model.get_submodule(arch.architecture_of(model).final_norm)
+        self.final_norm = arch.final_norm(model)
         self.head = model.get_output_embeddings()
         self.subject_name = subject_norm_name(model)
         self._rows: dict[Hashable, dict[str, _Rows]] = {}

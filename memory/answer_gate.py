@@ -42,10 +42,6 @@ def mean_questions() -> list[str]:
     return factual_prompts.questions()[::ANSWER_MEAN_STRIDE]
 
 
-def final_norm(model: nn.Module) -> nn.Module:
-    return model.get_submodule(arch.architecture_of(model).final_norm)
-
-
 def answer_keys(states: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """Answer states (..., N) centered on ``mean`` (N,), unit rows, float32."""
     return unit_rows(states.float() - mean.float().to(states.device))
@@ -55,7 +51,7 @@ def answer_keys(states: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 def answer_states(model: nn.Module, after_layer: torch.Tensor) -> torch.Tensor:
     """The answer states (..., N) float32 of residual streams after the last layer (..., N): the final
     norm's output, computed in the norm's dtype as the model computes it."""
-    norm = final_norm(model)
+    norm = arch.final_norm(model)
     weight = next(norm.parameters())
     return norm(after_layer.to(weight.device, weight.dtype)).float()
 
@@ -78,7 +74,7 @@ class AnswerReader:
         if layer != arch.num_layers(model) - 1:
             raise ValueError(f"the answer gate reads the LM head's input: it works at the last layer "
                              f"({arch.num_layers(model) - 1}), not at layer {layer}")
-        self.norm = final_norm(model)
+        self.norm = arch.final_norm(model)
         self._h: torch.Tensor | None = None
         self._handle = model.get_submodule(arch.module_path(model, layer, "mlp_norm")).register_forward_pre_hook(self._see)
 

@@ -79,6 +79,11 @@ def default_layer(model: nn.Module) -> int:
     return num_layers(model) - 1
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm before the LM head."""
+    return model.get_submodule(architecture_of(model).final_norm)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.get_submodule(architecture_of(model).layers)
 

@@ -150,7 +150,7 @@ class QFEditor(Answering):
 
     def _head(self) -> Head:
         """The final norm and LM head, which read the last layer's output (memory.row_gain)."""
-        norm = self.model.get_submodule(arch.architecture_of(self.model).final_norm)
+        norm = arch.final_norm(self.model)
         eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
         return Head(self.model.get_output_embeddings().weight, norm.weight, float(eps))
 
@@ -276,7 +276,7 @@ class QFEditor(Answering):
             significance = auto_significance(plain_rows.top[:, 0], plain.targets, significance)
         if config.focus:
             head = self.model.get_output_embeddings().weight
-            norm_gain = self.model.get_submodule(arch.architecture_of(self.model).final_norm).weight
+            norm_gain = arch.final_norm(self.model).weight
             focus = focus_bases(head, norm_gain, plain.targets, plain_rows.top)
         return FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
                         lower_keys=plain_rows.lower, lower_layers=self.layers[:-1])  # () and None with one layer

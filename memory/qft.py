@@ -212,7 +212,7 @@ def cache_prefix(model: nn.Module, p: Pass, first: int, output_of: int | None = 
     if output_of is not None:
         handles.append(layers[output_of].register_forward_hook(keep_output))
     if teacher:
-        handles.append(_final_norm(model).register_forward_hook(keep_final))
+        handles.append(arch.final_norm(model).register_forward_hook(keep_final))
     try:
         model(input_ids=p.input_ids.to(_device(model)), use_cache=False)
     except _PrefixDone:
@@ -242,12 +242,6 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def _final_norm(model: nn.Module) -> nn.Module:
-    """The norm between the last decoder layer and lm_head (``model.norm`` in every family of
-    memory.architecture; it belongs in that table once a family names it otherwise)."""
-    return model.get_decoder().norm
-
-
 def _tail_output(model: nn.Module, example: CachedExample, first: int) -> torch.Tensor:
     """The last layer's output (S, D), running layers first..last from the cached hidden state."""
     h = example.hidden
@@ -259,7 +253,7 @@ def _tail_output(model: nn.Module, example: CachedExample, first: int) -> torch.
 
 def _logits(model: nn.Module, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
     """lm_head's float32 logits for last-layer outputs h (or, ``normed``, final norm outputs)."""
-    norm, head = _final_norm(model), model.get_output_embeddings()
+    norm, head = arch.final_norm(model), model.get_output_embeddings()
     if not normed:
         h = norm(h.to(_dtype(norm)))
     return head(h.to(_dtype(head))).float()
