@@ -3,6 +3,7 @@
     python examples/paraphrase_or_other_question.py --model qwen2.5-coder-1.5b --limit 300
     python examples/paraphrase_or_other_question.py --model qwen2.5-coder-1.5b --limit 200 \\
         --data ../shared/data/zsre/dev.json --template chat
+    python examples/paraphrase_or_other_question.py --model qwen2.5-coder-0.5b --limit 300 --attention 8,12,16,20,23
 
 Under the default gate a fact's neurons fire where its subject has been named and the MLP input at
 the position being predicted is within cosine 0.85 of the fact's (memory.gated, memory.subject_gate).
@@ -18,7 +19,12 @@ subject), by:
   way: the answer the model was about to give;
 - ``next-token``: the overlap of the two next-token distributions (Bhattacharyya coefficient);
 - ``layer l``: with ``--layers``, the residual stream entering layer l there, centered the same way
-  (a middle layer might say which question is asked where the last one does not).
+  (a middle layer might say which question is asked where the last one does not);
+- ``query l`` / ``attention l``: with ``--attention``, layer l's attention queries at the position
+  (q_proj's output, before the rotary embedding, all heads) and its attention output (o_proj's),
+  centered the same way: the in-context model tells a paraphrase from another question by what its
+  attention looks up, so the queries might say which attribute is asked where the residual does not;
+  and the one head whose query does best on the even records, scored on the odd ones.
 
 For each it prints how often the paraphrase is nearer the fact than the swap, and how often the swap
 passes a threshold set so that 90%, 70% and 50% of paraphrases do (a gate on that reading, at the
@@ -45,13 +51,23 @@ LABELS = Path(__file__).resolve().parent.parent / "docs" / "results" / "counterf
 
 class Reader:
     """One forward pass per prompt; at its last position: the last MLP's input, the final hidden
-    state, the next-token log-distribution."""
+    state, the next-token log-distribution, and the asked layers' residual, attention queries and
+    attention outputs."""
 
-    def __init__(self, loaded, template: str, layers: tuple[int, ...] = ()):
+    def __init__(self, loaded, template: str, layers: tuple[int, ...] = (), attention: tuple[int, ...] = ()):
         self.model, self.poser, self.layers = loaded.model, Poser(loaded.tokenizer, template), layers
         self._x: list[torch.Tensor] = []
-        last = arch.decoder_layers(self.model)[arch.num_layers(self.model) - 1]
-        last.mlp.register_forward_pre_hook(lambda m, a: self._x.append(a[0][0, -1].float()))
+        self._attention: dict[str, torch.Tensor] = {}
+        decoder = arch.decoder_layers(self.model)
+        decoder[-1].mlp.register_forward_pre_hook(lambda m, a: self._x.append(a[0][0, -1].float()))
+        for l in attention:
+            decoder[l].self_attn.q_proj.register_forward_hook(self._keep(f"query {l}"))
+            decoder[l].self_attn.o_proj.register_forward_hook(self._keep(f"attention {l}"))
+
+    def _keep(self, name: str):
+        def hook(module, args, output):
+            self._attention[name] = output[0, -1].float()
+        return hook
 
     @torch.no_grad()
     def read(self, text: str) -> dict[str, torch.Tensor]:
@@ -59,16 +75,28 @@ class Reader:
         out = self.model(input_ids=torch.tensor([self.poser.prompt_ids(text)]), output_hidden_states=True)
         return {"x": self._x[-1], "final": out.hidden_states[-1][0, -1].float(),
                 "logp": out.logits[0, -1].float().log_softmax(-1),
-                **{f"layer {l}": out.hidden_states[l][0, -1].float() for l in self.layers}}
+                **{f"layer {l}": out.hidden_states[l][0, -1].float() for l in self.layers}, **self._attention}
 
 
-def report(name: str, fact: dict, para: dict, swap: dict, means: dict[str, torch.Tensor]) -> None:
+def best_head(fact: torch.Tensor, para: torch.Tensor, swap: torch.Tensor, heads: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The attention head whose centered query puts the paraphrase above the swap most often on the
+    even records, and its cosines (paraphrase, swap) on the odd ones (chosen on one half, scored on
+    the other, so the choice is not scored on what chose it)."""
+    cos = [(unit(p.unflatten(-1, (heads, -1))) * unit(fact.unflatten(-1, (heads, -1)))).sum(-1) for p in (para, swap)]
+    head = int((cos[0][0::2] > cos[1][0::2]).float().mean(0).argmax())
+    return head, cos[0][1::2, head], cos[1][1::2, head]
+
+
+def report(name: str, fact: dict, para: dict, swap: dict, means: dict[str, torch.Tensor], heads: int) -> None:
     """One line per reading: paraphrase above swap, and the swap's pass rate at matched paraphrase reach."""
     readings = {}
     for key, mu in means.items():
-        if not key.startswith("layer"):
+        if key in ("x", "final"):
             readings[f"{key} raw"] = tuple((unit(p) * unit(fact[key])).sum(-1) for p in (para[key], swap[key]))
         readings[f"{key} centered"] = tuple((unit(p - mu) * unit(fact[key] - mu)).sum(-1) for p in (para[key], swap[key]))
+        if key.startswith("query"):
+            head, cp, cs = best_head(fact[key] - mu, para[key] - mu, swap[key] - mu, heads)
+            readings[f"{key} centered, head {head} (chosen on even records; odd records)"] = (cp, cs)
     overlap = lambda a, b: (0.5 * (a + b)).exp().sum(-1)  # noqa: E731  sum sqrt(p q)
     readings["next-token overlap"] = (overlap(fact["logp"], para["logp"]), overlap(fact["logp"], swap["logp"]))
     print(f"\n{name} ({fact['x'].shape[0]} records)")
@@ -87,13 +115,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--shipped-every", type=int, default=4, help="every k-th shipped question for the mean")
     parser.add_argument("--layers", default="", help="also these layers' residual states, e.g. 8,12,16,20")
+    parser.add_argument("--attention", default="", help="also these layers' attention queries and outputs, e.g. 12,16,20")
     args = parser.parse_args()
     loaded = load_model(args.model)
     layers = tuple(int(v) for v in args.layers.split(",") if v)
-    reader = Reader(loaded, args.template, layers)
+    attention = tuple(int(v) for v in args.attention.split(",") if v)
+    reader = Reader(loaded, args.template, layers, attention)
     shipped = factual_prompts.questions() if args.template == "chat" else factual_prompts.completions()
     shipped_reads = [reader.read(text) for text in shipped[::args.shipped_every]]
-    readable = ("x", "final", *(f"layer {l}" for l in layers))
+    readable = ("x", "final", *(f"layer {l}" for l in layers), *(f"{what} {l}" for l in attention for what in ("query", "attention")))
     means = {key: torch.stack([r[key] for r in shipped_reads]).mean(0) for key in readable}
     cases, _, family = read_cases(args.data, limit=args.limit)
     kept, reads = [], {"fact": [], "para": [], "swap": []}
@@ -112,12 +142,13 @@ def main() -> None:
         return {key: torch.stack([reads[which][r][key] for r in rows]) for key in (*readable, "logp")}
 
     everyone = list(range(len(kept)))
-    report("every record", *(stacked(w, everyone) for w in ("fact", "para", "swap")), means)
+    heads = loaded.model.config.num_attention_heads
+    report("every record", *(stacked(w, everyone) for w in ("fact", "para", "swap")), means, heads)
     if family == "counterfact" and LABELS.exists():
         labels = {row["index"]: row["label"] for row in json.loads(LABELS.read_text())["labels"]}
         same = [r for r, i in enumerate(kept) if labels.get(i) == "same"]
         if same:
-            report("paraphrases that ask the same question", *(stacked(w, same) for w in ("fact", "para", "swap")), means)
+            report("paraphrases that ask the same question", *(stacked(w, same) for w in ("fact", "para", "swap")), means, heads)
 
 
 if __name__ == "__main__":
