@@ -56,26 +56,25 @@ class Reader:
 
     def __init__(self, loaded, template: str, layers: tuple[int, ...] = (), attention: tuple[int, ...] = ()):
         self.model, self.poser, self.layers = loaded.model, Poser(loaded.tokenizer, template), layers
-        self._x: list[torch.Tensor] = []
-        self._attention: dict[str, torch.Tensor] = {}
+        self._hooked: dict[str, torch.Tensor] = {}  # each forward pass's readings from hooks, at its last position
         decoder = arch.decoder_layers(self.model)
-        decoder[-1].mlp.register_forward_pre_hook(lambda m, a: self._x.append(a[0][0, -1].float()))
+        decoder[-1].mlp.register_forward_pre_hook(lambda m, a: self._hooked.__setitem__("x", a[0][0, -1].float()))
         for l in attention:
             decoder[l].self_attn.q_proj.register_forward_hook(self._keep(f"query {l}"))
             decoder[l].self_attn.o_proj.register_forward_hook(self._keep(f"attention {l}"))
 
     def _keep(self, name: str):
         def hook(module, args, output):
-            self._attention[name] = output[0, -1].float()
+            self._hooked[name] = output[0, -1].float()
         return hook
 
     @torch.no_grad()
     def read(self, text: str) -> dict[str, torch.Tensor]:
-        self._x.clear()
+        self._hooked.clear()
         out = self.model(input_ids=torch.tensor([self.poser.prompt_ids(text)]), output_hidden_states=True)
-        return {"x": self._x[-1], "final": out.hidden_states[-1][0, -1].float(),
+        return {**self._hooked, "final": out.hidden_states[-1][0, -1].float(),
                 "logp": out.logits[0, -1].float().log_softmax(-1),
-                **{f"layer {l}": out.hidden_states[l][0, -1].float() for l in self.layers}, **self._attention}
+                **{f"layer {l}": out.hidden_states[l][0, -1].float() for l in self.layers}}
 
 
 def best_head(fact: torch.Tensor, para: torch.Tensor, swap: torch.Tensor, heads: int) -> tuple[int, torch.Tensor, torch.Tensor]:
