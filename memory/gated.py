@@ -58,6 +58,10 @@ DEFAULT_THRESHOLD = 0.85
 # number of A^T A near 1e3, so such rows get a least-squares compromise of bounded size; a lone
 # neuron (a = 1 at its own row and nowhere else) is exact whatever the ridge.
 RIDGE = 1e-3
+# How far below a pair's threshold the one product of a new fact's keys with every key held may put a
+# pair that fires alone: float32 rounding of a cosine of unit vectors over a few thousand dims is far
+# below it (GatedMemory.add takes each candidate's cosine again, alone).
+PAIR_SLACK = 1e-4
 
 
 def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
@@ -319,14 +323,20 @@ class GatedMemory:
         if subject_key is not None:
             self._S[key] = unit_rows(subject_key[None])[0]
         if self._bank.keys.count:  # the pairs of its keys and every other fact's where either fires the other
-            cos = K @ self._bank.keys.rows.T  # (T, J): one product with every key held
-            fact = self._bank.fact.rows
-            i, j = torch.nonzero(cos > self._pair_thresholds(key)[fact], as_tuple=True)
+            held, fact = self._bank.keys.rows, self._bank.fact.rows
+            thresholds = self._pair_thresholds(key)[fact]
+            # Candidates from one product with every key held (T, J); its rounding depends on how many
+            # keys are held, so each candidate's cosine is then taken alone, as it would be were no
+            # other fact held: undoing a fact leaves what never having learned it leaves, bit for bit.
+            i, j = torch.nonzero(K @ held.T > thresholds - PAIR_SLACK, as_tuple=True)
+            cos = (K[i] * held[j]).sum(1)
+            fires = cos > thresholds[j]
+            i, j, cos = i[fires], j[fires], cos[fires]
             fact_of = fact[j]
             for position in fact_of.unique().tolist():
                 at = fact_of == position
                 self._near[(key, self._keys[position])] = torch.stack(
-                    [i[at].double(), self._bank.row.rows[j[at]].double(), cos[i[at], j[at]].double()], 1)
+                    [i[at].double(), self._bank.row.rows[j[at]].double(), cos[at].double()], 1)
         self._bank.append(K, self._S.get(key))
         self._keys.append(key)
         self._K[key], self._R[key], self._w[key] = K, R_rows[keep].double(), significance[keep].double()

@@ -67,6 +67,25 @@ def test_order_does_not_matter_and_removing_a_fact_is_exact():
     assert forward.solve().output(facts["b"][0]).abs().max() > 0  # b's keys are near a's: a's neurons reach them
 
 
+def test_undo_is_bit_exact_whatever_else_was_held_when_a_fact_came():
+    """At a real model's width the product of a new fact's keys with every key held rounds each cosine
+    by how many keys are held; the pairs that fire keep each cosine taken alone, so a memory that held
+    b when c came and then lost b solves exactly what one that never held b solves."""
+    g = torch.Generator().manual_seed(0)
+    width = 1536
+    a = _fact(g, rows=5, width=width)
+    b = _fact(g, rows=40, width=width)
+    c = _fact(g, rows=6, width=width, near=a[0][0])
+    held, never = GatedMemory(width, 0.85), GatedMemory(width, 0.85)
+    for key, fact in (("a", a), ("b", b), ("c", c)):
+        held.add(key, *fact)
+    held.remove("b")
+    for key, fact in (("a", a), ("c", c)):
+        never.add(key, *fact)
+    assert len(never._near) == 1  # c's keys fire a's: one group, solved together
+    assert torch.equal(held.solve().values, never.solve().values)
+
+
 def test_a_row_of_weight_zero_gets_no_neuron_and_the_gate_is_a_thresholded_cosine():
     g = torch.Generator().manual_seed(2)
     X, R, w = _fact(g)
