@@ -34,7 +34,7 @@ from memory.answering import PAPER_RULE
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.contexts import in_contexts
-from memory.fact import Fact, FactRows, stack_rows
+from memory.fact import Fact, FactRows
 from memory.generate import greedy_batch
 from memory.preserve import Progress
 from memory.prompts import Pass
@@ -66,12 +66,11 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
     the prompt after the editor's context prefixes, memory.contexts); with anchors, the bare prompt
     about other subjects too (memory.anchors)."""
     target = poser.answer_ids(case.target_new)
-    parts = []
-    for prompt in (case.prompt, *in_contexts(case.prompt, editor.config.contexts)):
-        instructed = _pass(poser, poser.prompt_ids(prompt, instruction_for(case, "plain")), target)
-        plain = _pass(poser, poser.prompt_ids(prompt), target)
-        parts.append(editor.capture_rows(instructed, plain, case.target_new, torch.ones(len(target), dtype=torch.float64)))
-    rows = editor.anchored(stack_rows(parts), case.prompt, case.subject, poser.prompt_ids)
+    weights = torch.ones(len(target), dtype=torch.float64)
+    questions = [(_pass(poser, poser.prompt_ids(prompt, instruction_for(case, "plain")), target),
+                  _pass(poser, poser.prompt_ids(prompt), target), weights)
+                 for prompt in (case.prompt, *in_contexts(case.prompt, editor.config.contexts))]
+    rows = editor.anchored(editor.capture_rows(questions, case.target_new), case.prompt, case.subject, poser.prompt_ids)
     return editor.with_subject_key(rows, case.prompt, case.subject, poser.prompt_ids)
 
 

@@ -1,7 +1,8 @@
 """Speed of one consolidation against one forward pass, and of the joint re-solve.
 
-Per fact: the two capture passes (and the row gains read off the head), the solve, the write, and
-one full forward pass over the instructed sequence (with logits, as inference runs it); medians over
+Per fact: the two capture passes (in one batched forward pass) with the subject key and the row gains
+read off the head, the fact's neurons or residual added (with its answer states), the solve, the
+write, and one full forward pass over the instructed sequence (with logits, as inference runs it); medians over
 facts. Then the joint re-solve of ``resolve_facts`` facts from the base model with no forward pass,
 as a ledger's load does: its cost depends on the shapes (rows x D), so those facts reuse the captured
 rows' shapes with random values (random keys are far apart: every gated neuron is alone).
@@ -28,12 +29,13 @@ FOUNDERS = ["Qi", "Ana Ruiz", "Tom Berg", "Lena Fox", "Omar Haddad", "Mei Lin", 
 
 
 def synthetic_facts(n: int) -> list[Fact]:
-    """n distinct facts with given answers, e.g. 'Qi started Oxinnovate.'."""
+    """n distinct facts with given answers and subjects, e.g. 'Qi started Oxinnovate.' about Oxinnovate."""
     facts = []
     for i in range(n):
         subject = SUBJECTS[i % len(SUBJECTS)] + ("" if i < len(SUBJECTS) else f" {i // len(SUBJECTS) + 1}")
         founder = FOUNDERS[i % len(FOUNDERS)]
-        facts.append(Fact(f"{founder} started {subject}.", f"Who founded {subject}?", f"{subject} was founded by {founder}."))
+        facts.append(Fact(f"{founder} started {subject}.", f"Who founded {subject}?", f"{subject} was founded by {founder}.",
+                          subject=subject))
     return facts
 
 
@@ -46,7 +48,7 @@ def _timed(fn):
 @torch.no_grad()
 def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=None) -> dict:
     """Medians over ``n`` real consolidations, then the joint re-solve of ``resolve_facts`` facts."""
-    capture, solve, apply, forward, rows = [], [], [], [], []
+    capture, add, solve, apply, forward, rows = [], [], [], [], [], []
     device = editor.loaded.device
     editor.ask("warm up", max_new_tokens=1)
     keys = []
@@ -55,10 +57,10 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
         _, t_forward = _timed(lambda: editor.model(input_ids=inst.input_ids.to(device), use_cache=False))
         fact_rows, t_capture = _timed(lambda: editor.joint.with_gains(editor.capture(fact)))  # + the row gains
         keys.append(("speed", i))
-        editor.add_rows(keys[-1], fact_rows)
+        _, t_add = _timed(lambda: editor.add_rows(keys[-1], fact_rows))
         solved, t_solve = _timed(editor.solve)  # the default's gated neurons, or down_proj's delta with --gate 0
         _, t_apply = _timed(lambda: editor.write_solved(solved))
-        for series, value in zip((capture, solve, apply, forward), (t_capture, t_solve, t_apply, t_forward)):
+        for series, value in zip((capture, add, solve, apply, forward), (t_capture, t_add, t_solve, t_apply, t_forward)):
             series.append(value)
         rows.append(fact_rows.num_rows)
         if progress:
@@ -67,11 +69,12 @@ def run_speed(editor: QFEditor, n: int = 8, resolve_facts: int = 100, progress=N
         editor.drop(key)
     editor.rebuild()
     med = statistics.median
-    consolidation = [c + s + a for c, s, a in zip(capture, solve, apply)]
+    consolidation = [sum(steps) for steps in zip(capture, add, solve, apply)]
     return {
         "facts": n,
         "rows_per_fact": med(rows),
         "capture_s": med(capture),
+        "add_s": med(add),
         "solve_s": med(solve),
         "apply_s": med(apply),
         "consolidation_s": med(consolidation),

@@ -32,9 +32,12 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import torch
+from transformers import DynamicCache
 
 from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
+from memory.generate import cache_argument
+from memory.packing import PrefixCache, pack, shared_prefix
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
 from memory.contexts import check_contexts, in_contexts
@@ -63,14 +66,12 @@ Recorder = Callable[[Hashable, FactRows, Solved], Hashable]
 
 
 class PassRows(NamedTuple):
-    """What one capture pass gives at the rows: U (T, D) and V (T, N) at the edited layer, the keys
-    at the lower layers of a spread solve ((k-1, T, D), None with one layer), and the top tokens
-    the pass predicts at each row ((T, top), None when not asked)."""
+    """What one capture pass gives at the rows: U (T, D) and V (T, N) at the edited layer, and the keys
+    at the lower layers of a spread solve ((k-1, T, D), None with one layer)."""
 
     U: torch.Tensor
     V: torch.Tensor
     lower: torch.Tensor | None
-    top: torch.Tensor | None
 
 
 class QFEditor(Answering):
@@ -142,6 +143,11 @@ class QFEditor(Answering):
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
+        # The chat template's turns before the question (the same in every plain pass), computed once for
+        # the packed captures (memory.packing); none for a tokenizer without a chat template.
+        prefix = (shared_prefix(*(render_prompt(self.tokenizer, q, config.system) for q in ("x", "7")))
+                  if self.tokenizer.chat_template else [])
+        self._prefix = PrefixCache(prefix, self._prefix_states)
 
     @staticmethod
     def layer_for(model, layer: int | None) -> int:
@@ -245,20 +251,53 @@ class QFEditor(Answering):
         return [self.delta, *self.joint.lower_deltas(self.delta)]
 
     # --- computing (never mutates the model) --------------------------------------------
-    def capture_pass(self, p: Pass, top: int = 0) -> PassRows:
-        """One forward pass: rows of (U, V) at layer L's down_proj, and the keys at the lower
-        layers of a spread solve. Stopped after it, unless ``top`` > 0: then run to the end and
-        also return the top ``top`` tokens at each row."""
-        self._check_length(p)
-        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=not top) as cap:
+    def capture_pass(self, p: Pass) -> PassRows:
+        """One pass's rows (``capture_passes`` of it alone)."""
+        return self.capture_passes([p])[0]
+
+    @torch.no_grad()
+    def capture_passes(self, passes: list[Pass]) -> list[PassRows]:
+        """One forward pass over all ``passes``, stopped after the edited layer: each one's rows of
+        (U, V) at layer L's down_proj, and the keys at the lower layers of a spread solve. The passes are
+        packed into one sequence, those that begin with the chat template's shared prefix after it,
+        computed once (memory.packing)."""
+        for p in passes:
+            self._check_length(p)
+        packed = pack([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes],
+                      self._prefix.prefix, self.model.dtype)
+        device = self.loaded.device
+        inputs = {"input_ids": packed.input_ids.to(device), "position_ids": packed.position_ids.to(device),
+                  "attention_mask": packed.attention_mask.to(device)}
+        if any(packed.skipped):
+            inputs[cache_argument(type(self.model))] = self._prefix.fresh()
+        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
             with self._lower_base_weights():
-                out = cap.run(input_ids=p.input_ids.to(self.loaded.device), use_cache=False,
-                              **({"logits_to_keep": len(p.targets)} if top else {}))
-        rows = p.rows.to(cap.inputs[self.down_name].device)
-        U = cap.inputs[self.down_name][0, rows].float().cpu()
-        V = cap.inputs[self.norm_name][0, rows].float().cpu()
-        predicted = out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu() if top else None  # rows are last
-        return PassRows(U, V, self._lower_keys(cap, (0, rows)), predicted)
+                cap.run(**inputs, use_cache=False)
+        captured = []
+        for i, p in enumerate(passes):
+            at = (0, packed.at(i, p.rows).to(cap.inputs[self.down_name].device))
+            U, V = (cap.inputs[name][at].float().cpu() for name in (self.down_name, self.norm_name))
+            captured.append(PassRows(U, V, self._lower_keys(cap, at)))
+        return captured
+
+    @torch.no_grad()
+    def predicted(self, p: Pass, top: int) -> torch.Tensor:
+        """The top ``top`` tokens (T, top) the model as it is now predicts at each of ``p``'s rows, from a
+        forward pass of ``p`` alone (the neurons of the edited layer read the whole sequence: no packing)."""
+        self._check_length(p)
+        with self._lower_base_weights():
+            out = self.model(input_ids=p.input_ids.to(self.loaded.device), use_cache=False, logits_to_keep=len(p.targets))
+        return out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu()  # the rows are the last positions
+
+    def _prefix_states(self, prefix: list[int]):
+        """The KV cache of ``prefix`` at the layers up to the edited one, at the base weights below it
+        (no edit of the edited layer's MLP changes them): what a packed capture attends to."""
+        cache = DynamicCache(config=self.model.config)
+        with Capture(self.model, [self.down_name], stop=True) as cap:
+            with self._lower_base_weights():
+                cap.run(input_ids=torch.tensor([prefix], device=self.loaded.device),
+                        **{cache_argument(type(self.model)): cache}, use_cache=True)
+        return cache
 
     def _lower_keys(self, cap: Capture, at) -> torch.Tensor | None:
         """The lower layers' down_proj inputs at positions ``at`` of a capture -> (k-1, T, D); None with one layer."""
@@ -266,24 +305,27 @@ class QFEditor(Answering):
             return None
         return torch.stack([cap.inputs[name][at].float().cpu() for name in self.lower_names])
 
-    def capture_rows(self, instructed: Pass, plain: Pass, answer: str, significance: torch.Tensor) -> FactRows:
-        """The two teacher-forced passes over the same targets; automatic significance and focus
-        (both need the plain pass's predictions) if configured."""
-        U, V, _, _ = self.capture_pass(instructed)
-        config, focus = self.config, None
-        plain_rows = self.capture_pass(plain, top=max(config.focus + 1, 1) if config.auto_significance or config.focus else 0)
-        if config.auto_significance:
-            significance = auto_significance(plain_rows.top[:, 0], plain.targets, significance)
-        if config.focus:
-            head = self.model.get_output_embeddings().weight
-            norm_gain = arch.final_norm(self.model).weight
-            focus = focus_bases(head, norm_gain, plain.targets, plain_rows.top)
-        return FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
-                        lower_keys=plain_rows.lower, lower_layers=self.layers[:-1])  # () and None with one layer
+    def capture_rows(self, questions: list[tuple[Pass, Pass, torch.Tensor]], answer: str) -> FactRows:
+        """The rows of each question's two teacher-forced passes (instructed, plain: the same targets)
+        weighted by its rows' significance, all in one forward pass, stacked in order; automatic
+        significance and focus (both need the plain pass's predictions) if configured."""
+        config, parts = self.config, []
+        captured = self.capture_passes([p for instructed, plain, _ in questions for p in (instructed, plain)])
+        for (instructed, plain, significance), (U, V, _), plain_rows in zip(questions, captured[0::2], captured[1::2]):
+            top = self.predicted(plain, max(config.focus + 1, 1)) if config.auto_significance or config.focus else None
+            if config.auto_significance:
+                significance = auto_significance(top[:, 0], plain.targets, significance)
+            focus = None
+            if config.focus:
+                head = self.model.get_output_embeddings().weight
+                focus = focus_bases(head, arch.final_norm(self.model).weight, plain.targets, top)
+            parts.append(FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
+                                  lower_keys=plain_rows.lower, lower_layers=self.layers[:-1]))  # () and None with one layer
+        return stack_rows(parts)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
-        """Both teacher-forced passes over the same answer tokens (two forward passes), for the
-        query and each of its phrasings; then, with ``answer_forms``, the same for the instructed
+        """Both teacher-forced passes over the same answer tokens, for the query and each of its
+        phrasings (one forward pass); then, with ``answer_forms``, the same for the instructed
         model's own answer when another was given; the rows of all of them, in that order."""
         answer = (answer or "").strip() or self.answer_for(fact)
         rows = self._question_rows(fact, answer, fact.significance)
@@ -308,14 +350,13 @@ class QFEditor(Answering):
     def _question_rows(self, fact: Fact, answer: str, significance: tuple[float, ...] | None) -> FactRows:
         """The rows of every question of ``fact`` (its query, its phrasings, then its query after the
         context prefixes of ``config.contexts``) answered ``answer``."""
-        system, parts = self.config.system, []
+        system, questions = self.config.system, []
         tokens = self.emitted_tokens(answer)  # the model's own answer: its own tokens (memory.answering)
         for query in fact.queries + in_contexts(fact.query, self.config.contexts):
             instructed = build_pass(self.tokenizer, query, answer, instructed_system(fact.instruction, system), tokens)
             plain = build_pass(self.tokenizer, query, answer, system, tokens)
-            weights = significance_vector(significance, len(plain.targets) - 1)
-            parts.append(self.capture_rows(instructed, plain, answer, weights))
-        return stack_rows(parts)
+            questions.append((instructed, plain, significance_vector(significance, len(plain.targets) - 1)))
+        return self.capture_rows(questions, answer)
 
     def other_forms(self, fact: Fact, answer: str) -> list[str]:
         """With ``answer_forms``, the answer the instructed model gives in its own words (a sentence,

@@ -36,13 +36,13 @@ def cached_forward(model, cache, **inputs):
     transformers 5.24 renamed the forward argument ``past_key_values`` (and the output field) to
     ``cache``; the old name still works there but prints a FutureWarning, which a chat shows in
     the middle of its reply. Both names are supported (5.0..5.23 only know the old one)."""
-    name = _cache_argument(type(model))
+    name = cache_argument(type(model))
     out = model(**inputs, **{name: cache}, use_cache=True)
     return out, out[name]
 
 
 @functools.cache
-def _cache_argument(model_class: type) -> str:
+def cache_argument(model_class: type) -> str:
     """The KV-cache argument of this model class's forward (looked up once per class, not per token)."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 

@@ -101,7 +101,7 @@ def test_editor_captures_each_anchor_at_its_last_prompt_token(tiny_qwen):
     # the batched, right-padded capture equals each anchor's own unpadded pass at its last prompt token
     for i, query in enumerate(contrast_queries(fact.query, fact.subject, 3)):
         p = build_pass(tiny_qwen.tokenizer, query, "Qi")
-        U, V, _, _ = editor.capture_pass(p)
+        U, V, _ = editor.capture_pass(p)
         assert p.prompt_len == len(render_prompt(tiny_qwen.tokenizer, query))
         assert torch.allclose(rows.U_plain[T + i], U[0], atol=1e-5) and torch.allclose(rows.V_plain[T + i], V[0], atol=1e-5)
     editor.learn(fact, verify=False)  # and the anchored fact solves and writes

@@ -57,6 +57,25 @@ def test_instructed_pass_has_the_instruction_and_same_targets(tokenizer):
     assert tokenizer.decode(plain.input_ids[0]).endswith("assistant\n" + FACT.answer)
 
 
+def test_one_packed_capture_matches_each_pass_alone(tiny):
+    """The instructed and plain passes (different lengths) packed into one forward pass, the plain one
+    after the cached system turn, give each pass's rows as a forward of that pass alone does."""
+    editor = QFEditor(tiny, EditorConfig(layer=tiny.model.config.num_hidden_layers - 1))
+    inst = build_pass(tiny.tokenizer, FACT.query, FACT.answer, instructed_system(FACT.instruction, None))
+    plain = build_pass(tiny.tokenizer, FACT.query, FACT.answer)
+    prefix = editor._prefix.prefix
+    assert inst.input_ids.shape[1] != plain.input_ids.shape[1]
+    assert prefix and plain.input_ids[0, :len(prefix)].tolist() == prefix  # the plain pass reads the cache
+    assert inst.input_ids[0, :len(prefix)].tolist() != prefix
+    for p, rows in zip((inst, plain, inst), editor.capture_passes([inst, plain, inst])):
+        with Capture(tiny.model, [editor.norm_name, editor.down_name]) as cap:
+            cap.run(input_ids=p.input_ids, use_cache=False)
+        torch.testing.assert_close(rows.U, cap.inputs[editor.down_name][0, p.rows].float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rows.V, cap.inputs[editor.norm_name][0, p.rows].float(), rtol=1e-4, atol=1e-5)
+        assert rows.lower is None
+    assert hook_count(tiny.model) == 0
+
+
 def test_captures_do_not_change_when_the_edited_matrix_changes(tiny):
     editor = QFEditor(tiny, EditorConfig(layer=2))
     before = editor.capture(FACT)

@@ -30,7 +30,9 @@ def test_capture_adds_one_block_per_context_after_the_plain_fact(tiny_qwen):
     rows = QFEditor(tiny_qwen, EditorConfig(layer=3, contexts=2)).capture(FACT)
     T = alone.num_rows
     assert rows.num_rows == 3 * T and rows.queries == 3 and rows.targets == alone.targets * 3
-    assert torch.equal(rows.U_plain[:T], alone.U_plain) and torch.equal(rows.U[:T], alone.U)
+    # the questions are captured in one packed forward pass: the same rows, to float rounding
+    torch.testing.assert_close(rows.U_plain[:T], alone.U_plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rows.U[:T], alone.U, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(rows.U_plain[T:2 * T], alone.U_plain)  # after other text, other keys
 
 
@@ -63,4 +65,4 @@ def test_the_bench_captures_plain_prompts_after_the_contexts_too(tiny_qwen):
     alone = plain_rows(QFEditor(tiny_qwen, EditorConfig(layer=3)), poser, case)
     rows = plain_rows(QFEditor(tiny_qwen, EditorConfig(layer=3, contexts=2)), poser, case)
     assert rows.queries == 3 and rows.num_rows == 3 * alone.num_rows
-    assert torch.equal(rows.U_plain[:alone.num_rows], alone.U_plain)
+    torch.testing.assert_close(rows.U_plain[:alone.num_rows], alone.U_plain, rtol=1e-4, atol=1e-5)  # one packed pass

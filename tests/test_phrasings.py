@@ -70,7 +70,9 @@ def test_capture_stacks_one_block_per_question_and_the_first_is_the_plain_fact(t
     rows = editor.capture(FACT)
     T = alone.num_rows
     assert rows.num_rows == 3 * T and rows.queries == 3 and rows.targets == alone.targets * 3
-    assert torch.equal(rows.U[:T], alone.U) and torch.equal(rows.U_plain[:T], alone.U_plain)
+    # the questions are captured in one packed forward pass: the same rows, to float rounding
+    torch.testing.assert_close(rows.U[:T], alone.U, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rows.U_plain[:T], alone.U_plain, rtol=1e-4, atol=1e-5)
     assert not torch.equal(rows.U_plain[T:2 * T], alone.U_plain)  # another question, other keys
     assert torch.equal(rows.query_significance, alone.significance)
 
