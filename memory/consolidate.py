@@ -38,6 +38,7 @@ from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
 from memory.generate import cache_argument
 from memory.packing import PrefixCache, pack, shared_prefix
+from memory.qf2_block import installed as installed_qf2
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
 from memory.contexts import check_contexts, in_contexts
@@ -148,6 +149,7 @@ class QFEditor(Answering):
         prefix = (shared_prefix(*(render_prompt(self.tokenizer, q, config.system) for q in ("x", "7")))
                   if self.tokenizer.chat_template else [])
         self._prefix = PrefixCache(prefix, self._prefix_states)
+        self._below: list[torch.Tensor] | None = None  # what the prefix's cache depends on, found at first use
 
     @staticmethod
     def layer_for(model, layer: int | None) -> int:
@@ -263,13 +265,14 @@ class QFEditor(Answering):
         computed once (memory.packing)."""
         for p in passes:
             self._check_length(p)
-        packed = pack([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes],
-                      self._prefix.prefix, self.model.dtype)
+        prefix = self._prefix.prefix if self._prefix_cacheable() else []
+        packed = pack([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes], prefix,
+                      self.model.dtype)
         device = self.loaded.device
         inputs = {"input_ids": packed.input_ids.to(device), "position_ids": packed.position_ids.to(device),
                   "attention_mask": packed.attention_mask.to(device)}
         if any(packed.skipped):
-            inputs[cache_argument(type(self.model))] = self._prefix.fresh()
+            inputs[cache_argument(type(self.model))] = self._prefix.fresh(self._below_state())
         with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
             with self._lower_base_weights():
                 cap.run(**inputs, use_cache=False)
@@ -288,6 +291,36 @@ class QFEditor(Answering):
         with self._lower_base_weights():
             out = self.model(input_ids=p.input_ids.to(self.loaded.device), use_cache=False, logits_to_keep=len(p.targets))
         return out.logits[0, -len(p.targets):].topk(top, -1).indices.cpu()  # the rows are the last positions
+
+    def _prefix_cacheable(self) -> bool:
+        """Whether the packed capture may attend to the shared prefix from its cache: not where gated neurons
+        or a QFt block sit below the edited layer (another layer's facts, a converted model): what they
+        compute is not held in the parameters whose version counters ``_below_state`` reads."""
+        below = arch.decoder_layers(self.model)[:self.layer]
+        return installed_qf2(self.model) is None and not any(gated.installed_patch(layer.mlp) for layer in below)
+
+    def _below_state(self) -> tuple[int, ...]:
+        """The version counters of every parameter the prefix's keys and values up to the edited layer depend
+        on (read from ``_below_parameters``): any in-place write to one (another layer's facts) bumps it,
+        and the prefix is computed again."""
+        if self._below is None:
+            self._below = self._below_parameters()
+        return tuple(p._version for p in self._below)
+
+    def _below_parameters(self) -> list[torch.Tensor]:
+        """The parameters outside the decoder layers above the edited one and outside its MLP (whose output
+        comes after its keys), but the matrices this editor restores to their base weights for a capture (a
+        spread's lower down_proj)."""
+        own = {f"{name}.weight" for name in self.lower_names}
+        layers = f"{arch.architecture_of(self.model).layers}."
+
+        def below(name: str) -> bool:
+            if not name.startswith(layers):
+                return True  # the embeddings (and the head and final norm: rarely written, harmless to watch)
+            layer = int(name[len(layers):].split(".")[0])
+            return layer < self.layer or (layer == self.layer and not name.startswith(f"{self.mlp_name}."))
+
+        return [p for name, p in self.model.named_parameters() if below(name) and name not in own]
 
     def _prefix_states(self, prefix: list[int]):
         """The KV cache of ``prefix`` at the layers up to the edited one, at the base weights below it

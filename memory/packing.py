@@ -10,13 +10,14 @@ it: the prefix's keys and values are computed once and every pass that begins wi
 them, its own tokens placed after it. Each pass sees exactly what it would alone, to float rounding.
 
 Valid only for a forward pass stopped at or below the layers the prefix's cache was computed with,
-from the same weights: the caller (QFEditor.capture_passes) caches the prefix at the base weights of
-the layers up to the edited one, which no edit of that layer changes.
+from the same weights: the caller (QFEditor.capture_passes) caches the prefix up to the edited layer,
+which no edit of that layer's MLP changes, and computes it again when anything below has changed.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -68,15 +69,17 @@ def pack(sequences: list[list[int]], first_rows: list[int], prefix: list[int], d
 
 
 class PrefixCache:
-    """The keys and values of one token prefix, computed once by ``compute(ids) -> cache`` and handed out
-    as a fresh copy for each forward pass (a pass appends its own to the cache it is given)."""
+    """The keys and values of one token prefix, computed by ``compute(ids) -> cache`` and handed out as a
+    fresh copy for each forward pass (a pass appends its own to the cache it is given). ``fresh(state)``
+    recomputes them whenever ``state`` (what they depend on, e.g. the version counters of the weights
+    below the edited layer) differs from when they were computed."""
 
     def __init__(self, prefix: list[int], compute):
         self.prefix = prefix
         self._compute = compute
-        self._cache = None
+        self._cache, self._state = None, None
 
-    def fresh(self):
-        if self._cache is None:
-            self._cache = self._compute(self.prefix)
+    def fresh(self, state: Hashable = None):
+        if self._cache is None or state != self._state:
+            self._cache, self._state = self._compute(self.prefix), state
         return copy.deepcopy(self._cache)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from memory import architecture as arch
+from memory import gated
 from memory.capture import Capture
 from memory.consolidate import ConsolidationError, EditorConfig, QFEditor
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256
@@ -74,6 +75,35 @@ def test_one_packed_capture_matches_each_pass_alone(tiny):
         torch.testing.assert_close(rows.V, cap.inputs[editor.norm_name][0, p.rows].float(), rtol=1e-4, atol=1e-5)
         assert rows.lower is None
     assert hook_count(tiny.model) == 0
+
+
+def _plain_rows_alone(tiny, editor, p):
+    with Capture(tiny.model, [editor.down_name]) as cap:
+        cap.run(input_ids=p.input_ids, use_cache=False)
+    return cap.inputs[editor.down_name][0, p.rows].float()
+
+
+def test_the_cached_prefix_follows_writes_below_the_edited_layer_not_its_own(tiny_qwen):
+    """The system turn's cache is computed once while only the edited layer changes (its own facts), again
+    after an in-place write below it (another layer's facts), and not used while gated neurons sit below."""
+    last = tiny_qwen.model.config.num_hidden_layers - 1
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=last))
+    computed = []
+    compute = editor._prefix._compute
+    editor._prefix._compute = lambda prefix: computed.append(prefix) or compute(prefix)
+    plain = build_pass(tiny_qwen.tokenizer, FACT.query, FACT.answer)
+    editor.learn(FACT, verify=False)
+    editor.learn(Fact("Bo runs Kestrelite.", "Who runs Kestrelite?", "Bo runs Kestrelite."), verify=False)
+    assert len(computed) == 1  # its own writes leave the prefix's keys and values as they were
+    with torch.no_grad():  # a write below the edited layer, as another layer's linear facts make
+        tiny_qwen.model.get_parameter("model.layers.0.self_attn.q_proj.weight").mul_(1.5)
+    torch.testing.assert_close(editor.capture_pass(plain).U, _plain_rows_alone(tiny_qwen, editor, plain), rtol=1e-4, atol=1e-5)
+    assert len(computed) == 2
+    lower = QFEditor(tiny_qwen, EditorConfig(layer=1))
+    lower.learn(FACT, verify=False)  # gated neurons at layer 1: hooks, not weights
+    assert gated.installed_patch(lower.mlp) is not None and not editor._prefix_cacheable()
+    torch.testing.assert_close(editor.capture_pass(plain).U, _plain_rows_alone(tiny_qwen, editor, plain), rtol=1e-4, atol=1e-5)
+    assert len(computed) == 2
 
 
 def test_captures_do_not_change_when_the_edited_matrix_changes(tiny):

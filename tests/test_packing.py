@@ -46,7 +46,7 @@ def test_pack_without_a_prefix_is_block_diagonal(prefix):
     assert (packed.attention_mask[0, 0] == 0).int().tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
 
 
-def test_prefix_cache_computes_once_and_hands_out_copies():
+def test_prefix_cache_computes_once_per_state_and_hands_out_copies():
     calls = []
 
     def compute(prefix):
@@ -54,6 +54,8 @@ def test_prefix_cache_computes_once_and_hands_out_copies():
         return {"states": list(prefix)}
 
     cache = PrefixCache([1, 2], compute)
-    first = cache.fresh()
+    first = cache.fresh((0, 0))
     first["states"].append(3)  # a forward pass appends its own
-    assert cache.fresh() == {"states": [1, 2]} and calls == [[1, 2]]
+    assert cache.fresh((0, 0)) == {"states": [1, 2]} and calls == [[1, 2]]
+    cache.fresh((0, 1))  # what it depends on has changed: computed again
+    assert calls == [[1, 2], [1, 2]]
