@@ -261,8 +261,8 @@ class QFEditor(Answering):
     def capture_passes(self, passes: list[Pass]) -> list[PassRows]:
         """One forward pass over all ``passes``, stopped after the edited layer: each one's rows of
         (U, V) at layer L's down_proj, and the keys at the lower layers of a spread solve. The passes are
-        packed into one sequence, those that begin with the chat template's shared prefix after it,
-        computed once (memory.packing)."""
+        packed into one sequence, those that begin with the chat template's shared prefix after its cached
+        keys and values (memory.packing; computed again after a write below the edited layer)."""
         for p in passes:
             self._check_length(p)
         prefix = self._prefix.prefix if self._prefix_cacheable() else []
@@ -323,8 +323,9 @@ class QFEditor(Answering):
         return [p for name, p in self.model.named_parameters() if below(name) and name not in own]
 
     def _prefix_states(self, prefix: list[int]):
-        """The KV cache of ``prefix`` at the layers up to the edited one, at the base weights below it
-        (no edit of the edited layer's MLP changes them): what a packed capture attends to."""
+        """The KV cache of ``prefix`` at the layers up to the edited one, from the weights below it as they
+        are now (a spread's own lower matrices at their base, as in a capture); no edit of the edited
+        layer's MLP changes it: what a packed capture attends to."""
         cache = DynamicCache(config=self.model.config)
         with Capture(self.model, [self.down_name], stop=True) as cap:
             with self._lower_base_weights():
