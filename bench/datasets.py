@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from memory.generate import stop_ids
+from memory.packing import shared_prefix
 from memory.prompts import answer_ids, instructed_system, render_prompt
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,12 @@ class Poser:
         if self.template == "chat":
             return stop_ids(self.tokenizer)
         return [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+
+    @property
+    def shared_prefix(self) -> list[int]:
+        """The tokens every prompt of this template begins with (the chat template's system turn; none,
+        or the BOS, for plain text)."""
+        return shared_prefix(self.prompt_ids("x"), self.prompt_ids("7"))
 
     @property
     def pad_id(self) -> int:

@@ -280,7 +280,7 @@ def prepare_scorer(scorer: LastLayerScorer, poser: Poser, case: EditCase) -> Non
     """Cache the case's activations for the last-layer scorer (once per run)."""
     if case.index not in scorer:
         tokens = {k: (poser.prompt_ids(p), poser.answer_ids(c)) for k, (p, c) in scored_pairs(case).items()}
-        scorer.prepare(case.index, tokens, poser.pad_id)
+        scorer.prepare(case.index, tokens)
 
 
 # Cases answered greedily in one batch (3 prompts each): every decoding step reads all the weights,
@@ -454,8 +454,9 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
         raise ValueError("--batch must be at least 1")
     progress = progress or _no_progress
     last = arch.num_layers(editor.model) - 1
-    scorer = LastLayerScorer(editor.model, editor.parameter) if cached_eval and editor.layer == last else None
-    evaluation = Evaluation(Poser(editor.tokenizer, template, editor.config.system), gen_tokens, gen_cases, scorer)
+    poser = Poser(editor.tokenizer, template, editor.config.system)
+    scorer = LastLayerScorer(editor.model, editor.parameter, poser.shared_prefix) if cached_eval and editor.layer == last else None
+    evaluation = Evaluation(poser, gen_tokens, gen_cases, scorer)
     pre, pre_metrics = evaluation.run(editor.model, cases, lambda c: None, progress("pre-edit: evaluating", evaluation.steps(cases)))
     pre_metrics = with_fluency(pre_metrics, base_fluency(editor.model, evaluation.poser, cases, pre))
     # The base model is its own reference: its zsRE specificity (agreement) and its

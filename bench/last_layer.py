@@ -8,7 +8,8 @@ down_proj (``u``) are those of the base model. The logits there are then
     lm_head(final_norm(h + W u))
 
 for the live weight W. ``LastLayerScorer`` runs the model once per case, cut short at the last
-down_proj (the same right-padded batch ``bench.edits.teacher_forced`` scores), keeps h and u at
+down_proj (the sequences ``bench.edits.teacher_forced`` scores, packed into one after the cached
+chat system turn: memory.packing), keeps h and u at
 the scored positions, and afterwards scores any W with the LM head alone (10 zsRE cases on the
 0.5B: 2.1 s against 17.4 s of forward passes, docs/RESULTS.md), which is what makes 1,000-edit
 curves affordable on a CPU. The full forward pass stays the reference (--full-eval;
@@ -22,12 +23,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from bench import metrics as M
-from bench.datasets import right_padded
 from memory import architecture as arch
 from memory import gated
 from memory.capture import Capture
+from memory.generate import cache_argument
+from memory.packing import PrefixCache, pack
 from memory.subject_gate import named_at, subject_norm_name, subject_states
 
 
@@ -45,7 +48,10 @@ class _Rows:
 
 
 class LastLayerScorer:
-    def __init__(self, model, parameter: str):
+    def __init__(self, model, parameter: str, prefix: list[int] | tuple[int, ...] = ()):
+        """``prefix``: the tokens every prompt of the template begins with (Poser.shared_prefix: the chat
+        template's system turn), computed once and attended to from its cache (memory.packing): like
+        every capture here, valid while nothing below the last down_proj changes."""
         layer = arch.num_layers(model) - 1
         self.down_name = arch.module_path(model, layer, "down_proj")
         if parameter != f"{self.down_name}.weight":
@@ -60,23 +66,44 @@ class LastLayerScorer:
         self.head = model.get_output_embeddings()
         self.subject_name = subject_norm_name(model)
         self._rows: dict[Hashable, dict[str, _Rows]] = {}
+        self._prefix = PrefixCache(list(prefix), self._prefix_states)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._rows
 
     @torch.no_grad()
-    def prepare(self, key: Hashable, tokens: dict[str, tuple[list[int], list[int]]], pad_id: int) -> None:
+    def prepare(self, key: Hashable, tokens: dict[str, tuple[list[int], list[int]]]) -> None:
         """Capture h and u for ``tokens`` (name -> (prompt ids, continuation ids)) at the current
-        weights below the last down_proj, which no edit of it changes."""
-        ids, mask, rows = right_padded(list(tokens.values()), pad_id)
+        weights below the last down_proj, which no edit of it changes: one forward pass, the sequences
+        packed after the cached prefix where they begin with it (memory.packing)."""
+        pairs = list(tokens.values())
+        packed = pack([prompt + cont[:-1] for prompt, cont in pairs], [len(prompt) - 1 for prompt, _ in pairs],
+                      self._prefix.prefix, self.model.dtype)
         device = self.weight.device
+        inputs = {"input_ids": packed.input_ids.to(device), "position_ids": packed.position_ids.to(device),
+                  "attention_mask": packed.attention_mask.to(device)}
+        prefix_states = None
+        if any(packed.skipped):
+            inputs[cache_argument(type(self.model))], prefix_states = self._prefix.fresh()
         with Capture(self.model, [self.subject_name, self.norm_name, self.down_name], stop=True) as cap:
-            cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        h, u = cap.inputs[self.norm_name], cap.inputs[self.down_name]
-        states = subject_states(self.model, cap.inputs[self.subject_name]).to(h.dtype)  # halved memory in bf16
-        self._rows[key] = {name: _Rows(h[i, rows[i]].clone(), u[i, rows[i]].clone(), tuple(cont),
-                                       states[i, :rows[i][-1] + 1].clone(), tuple(rows[i]))
-                           for i, (name, (_, cont)) in enumerate(tokens.items())}
+            cap.run(**inputs, use_cache=False)
+        h, u = cap.inputs[self.norm_name][0], cap.inputs[self.down_name][0]
+        states = subject_states(self.model, cap.inputs[self.subject_name][0]).to(h.dtype)  # halved memory in bf16
+        self._rows[key] = {}
+        for i, (name, (prompt, cont)) in enumerate(tokens.items()):
+            rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(cont))
+            at = packed.at(i, rows).to(h.device)
+            own = states[packed.at(i, torch.arange(packed.skipped[i], int(rows[-1]) + 1)).to(h.device)]
+            seen = torch.cat([prefix_states.to(own), own]) if packed.skipped[i] else own  # positions 0 .. the last row
+            self._rows[key][name] = _Rows(h[at].clone(), u[at].clone(), tuple(cont), seen.clone(), tuple(rows.tolist()))
+
+    def _prefix_states(self, prefix: list[int]):
+        """The KV cache of ``prefix`` up to the last down_proj, and its subject-layer states (P, N)."""
+        cache = DynamicCache(config=self.model.config)
+        with Capture(self.model, [self.subject_name, self.down_name], stop=True) as cap:
+            cap.run(input_ids=torch.tensor([prefix], device=self.weight.device),
+                    **{cache_argument(type(self.model)): cache}, use_cache=True)
+        return cache, subject_states(self.model, cap.inputs[self.subject_name][0])
 
     def scores(self, key: Hashable) -> dict[str, M.TokenScores]:
         """The teacher-forced scores of a prepared case under the live weight."""

@@ -25,10 +25,10 @@ def _tokens(poser, case):
 def test_cached_scores_equal_a_forward_pass_under_any_last_down_proj(tiny, template):
     editor = QFEditor(tiny, EditorConfig())
     poser = Poser(editor.tokenizer, template)
-    scorer = LastLayerScorer(editor.model, editor.parameter)
+    scorer = LastLayerScorer(editor.model, editor.parameter, poser.shared_prefix)
     cases = _cases("counterfact")
     for case in cases:
-        scorer.prepare(case.index, _tokens(poser, case), poser.pad_id)
+        scorer.prepare(case.index, _tokens(poser, case))
     weight = editor.model.get_parameter(editor.parameter)
     generator = torch.Generator().manual_seed(0)
     for step in range(2):  # the base weights, then a large change of the matrix

@@ -150,10 +150,10 @@ def test_gated_neurons_are_refused_with_spread_or_soft_anchors(tiny_qwen):
 def test_the_cached_scorer_sees_the_gated_neurons(tiny_qwen, config, fact):
     editor = QFEditor(tiny_qwen, config)
     poser = Poser(editor.tokenizer, "chat")
-    scorer = LastLayerScorer(editor.model, editor.parameter)
+    scorer = LastLayerScorer(editor.model, editor.parameter, poser.shared_prefix)
     cases = _cases("zsre")
     for case in cases:
-        scorer.prepare(case.index, _tokens(poser, case), poser.pad_id)
+        scorer.prepare(case.index, _tokens(poser, case))
     editor.learn(fact, key="a", verify=False)
     assert editor.neurons.subject_gated == bool(config.subject_gate)
     changed = 0
