@@ -23,14 +23,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from bench import metrics as M
 from memory import architecture as arch
 from memory import gated
 from memory.capture import Capture
-from memory.generate import cache_argument
-from memory.packing import PrefixCache, pack
+from memory.packing import PrefixCache, pack, prefix_states
 from memory.subject_gate import named_at, subject_norm_name, subject_states
 
 
@@ -79,12 +77,7 @@ class LastLayerScorer:
         pairs = list(tokens.values())
         packed = pack([prompt + cont[:-1] for prompt, cont in pairs], [len(prompt) - 1 for prompt, _ in pairs],
                       self._prefix.prefix, self.model.dtype)
-        device = self.weight.device
-        inputs = {"input_ids": packed.input_ids.to(device), "position_ids": packed.position_ids.to(device),
-                  "attention_mask": packed.attention_mask.to(device)}
-        prefix_states = None
-        if any(packed.skipped):
-            inputs[cache_argument(type(self.model))], prefix_states = self._prefix.fresh()
+        inputs, turn_states = packed.inputs(self.model, self._prefix)
         with Capture(self.model, [self.subject_name, self.norm_name, self.down_name], stop=True) as cap:
             cap.run(**inputs, use_cache=False)
         h, u = cap.inputs[self.norm_name][0], cap.inputs[self.down_name][0]
@@ -94,16 +87,13 @@ class LastLayerScorer:
             rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(cont))
             at = packed.at(i, rows).to(h.device)
             own = states[packed.at(i, torch.arange(packed.skipped[i], int(rows[-1]) + 1)).to(h.device)]
-            seen = torch.cat([prefix_states.to(own), own]) if packed.skipped[i] else own  # positions 0 .. the last row
+            seen = torch.cat([turn_states.to(own), own]) if packed.skipped[i] else own  # positions 0 .. the last row
             self._rows[key][name] = _Rows(h[at].clone(), u[at].clone(), tuple(cont), seen.clone(), tuple(rows.tolist()))
 
     def _prefix_states(self, prefix: list[int]):
         """The KV cache of ``prefix`` up to the last down_proj, and its subject-layer states (P, N)."""
-        cache = DynamicCache(config=self.model.config)
-        with Capture(self.model, [self.subject_name, self.down_name], stop=True) as cap:
-            cap.run(input_ids=torch.tensor([prefix], device=self.weight.device),
-                    **{cache_argument(type(self.model)): cache}, use_cache=True)
-        return cache, subject_states(self.model, cap.inputs[self.subject_name][0])
+        cache, inputs = prefix_states(self.model, prefix, [self.subject_name, self.down_name])
+        return cache, subject_states(self.model, inputs[self.subject_name][0])
 
     def scores(self, key: Hashable) -> dict[str, M.TokenScores]:
         """The teacher-forced scores of a prepared case under the live weight."""

@@ -32,12 +32,10 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import torch
-from transformers import DynamicCache
 
 from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
-from memory.generate import cache_argument
-from memory.packing import PrefixCache, pack, shared_prefix
+from memory.packing import PrefixCache, pack, prefix_states, shared_prefix
 from memory.qf2_block import installed as installed_qf2
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
@@ -268,11 +266,7 @@ class QFEditor(Answering):
         prefix = self._prefix.prefix if self._prefix_cacheable() else []
         packed = pack([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes], prefix,
                       self.model.dtype)
-        device = self.loaded.device
-        inputs = {"input_ids": packed.input_ids.to(device), "position_ids": packed.position_ids.to(device),
-                  "attention_mask": packed.attention_mask.to(device)}
-        if any(packed.skipped):
-            inputs[cache_argument(type(self.model))] = self._prefix.fresh(self._below_state())
+        inputs, _ = packed.inputs(self.model, self._prefix, self._below_state())
         with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
             with self._lower_base_weights():
                 cap.run(**inputs, use_cache=False)
@@ -326,12 +320,9 @@ class QFEditor(Answering):
         """The KV cache of ``prefix`` at the layers up to the edited one, from the weights below it as they
         are now (a spread's own lower matrices at their base, as in a capture); no edit of the edited
         layer's MLP changes it: what a packed capture attends to."""
-        cache = DynamicCache(config=self.model.config)
-        with Capture(self.model, [self.down_name], stop=True) as cap:
-            with self._lower_base_weights():
-                cap.run(input_ids=torch.tensor([prefix], device=self.loaded.device),
-                        **{cache_argument(type(self.model)): cache}, use_cache=True)
-        return cache
+        with self._lower_base_weights():
+            cache, _ = prefix_states(self.model, prefix, [self.down_name])
+        return cache, None
 
     def _lower_keys(self, cap: Capture, at) -> torch.Tensor | None:
         """The lower layers' down_proj inputs at positions ``at`` of a capture -> (k-1, T, D); None with one layer."""

@@ -21,6 +21,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+
+from memory.capture import Capture
+from memory.generate import cache_argument
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,18 @@ class Packed:
     def at(self, i: int, positions: torch.Tensor) -> torch.Tensor:
         """Where pass ``i``'s positions (indices into its own sequence) sit in the packed one."""
         return positions - self.skipped[i] + self.starts[i]
+
+    def inputs(self, model, prefix: PrefixCache, *state: Hashable) -> tuple[dict, object]:
+        """The forward pass's keyword arguments on ``model``'s device (with a fresh copy of ``prefix``'s
+        cache where a pass attends to it: ``prefix.fresh(*state)``), and what came with the cache (None
+        where none is used)."""
+        device = next(model.parameters()).device
+        inputs = {"input_ids": self.input_ids.to(device), "position_ids": self.position_ids.to(device),
+                  "attention_mask": self.attention_mask.to(device)}
+        extra = None
+        if any(self.skipped):
+            inputs[cache_argument(type(model))], extra = prefix.fresh(*state)
+        return inputs, extra
 
 
 def shared_prefix(a: list[int], b: list[int]) -> list[int]:
@@ -68,11 +84,22 @@ def pack(sequences: list[list[int]], first_rows: list[int], prefix: list[int], d
     return Packed(ids[None], positions[None], mask[None, None], starts, skipped)
 
 
+def prefix_states(model, prefix: list[int], names: list[str]) -> tuple[DynamicCache, dict[str, torch.Tensor]]:
+    """The KV cache of ``prefix`` from a forward pass stopped once the modules ``names`` have run, and
+    those modules' inputs (1, P, ...)."""
+    cache = DynamicCache(config=model.config)
+    with Capture(model, names, stop=True) as cap:
+        cap.run(input_ids=torch.tensor([prefix], device=next(model.parameters()).device),
+                **{cache_argument(type(model)): cache}, use_cache=True)
+    return cache, dict(cap.inputs)
+
+
 class PrefixCache:
-    """The keys and values of one token prefix, computed by ``compute(ids) -> cache`` and handed out as a
-    fresh copy for each forward pass (a pass appends its own to the cache it is given). ``fresh(state)``
-    recomputes them whenever ``state`` (what they depend on, e.g. the version counters of the weights
-    below the edited layer) differs from when they were computed."""
+    """The keys and values of one token prefix, computed by ``compute(ids) -> (cache, extra)`` (``extra``:
+    whatever else the caller keeps of the prefix) and handed out as a fresh copy for each forward pass (a
+    pass appends its own to the cache it is given). ``fresh(state)`` recomputes them whenever ``state``
+    (what they depend on, e.g. the version counters of the weights below the edited layer) differs from
+    when they were computed."""
 
     def __init__(self, prefix: list[int], compute):
         self.prefix = prefix

@@ -51,11 +51,11 @@ def test_prefix_cache_computes_once_per_state_and_hands_out_copies():
 
     def compute(prefix):
         calls.append(prefix)
-        return {"states": list(prefix)}
+        return {"states": list(prefix)}, "what else was kept"
 
     cache = PrefixCache([1, 2], compute)
-    first = cache.fresh((0, 0))
+    first, _ = cache.fresh((0, 0))
     first["states"].append(3)  # a forward pass appends its own
-    assert cache.fresh((0, 0)) == {"states": [1, 2]} and calls == [[1, 2]]
+    assert cache.fresh((0, 0)) == ({"states": [1, 2]}, "what else was kept") and calls == [[1, 2]]
     cache.fresh((0, 1))  # what it depends on has changed: computed again
     assert calls == [[1, 2], [1, 2]]
