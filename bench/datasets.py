@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from memory.generate import stop_ids
-from memory.packing import shared_prefix
+from memory.packing import template_prefix
 from memory.prompts import answer_ids, instructed_system, render_prompt
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class Poser:
     def shared_prefix(self) -> list[int]:
         """The tokens every prompt of this template begins with (the chat template's system turn; none,
         or the BOS, for plain text)."""
-        return shared_prefix(self.prompt_ids("x"), self.prompt_ids("7"))
+        return template_prefix(self.prompt_ids)
 
     @property
     def pad_id(self) -> int:

@@ -1,6 +1,6 @@
 """Speed of one consolidation against one forward pass, and of the joint re-solve.
 
-Per fact: the two capture passes (in one batched forward pass) with the subject key and the row gains
+Per fact: the two capture passes (packed into one forward pass, memory.packing) with the subject key and the row gains
 read off the head, the fact's neurons or residual added (with its answer states), the solve, the
 write, and one full forward pass over the instructed sequence (with logits, as inference runs it); medians over
 facts. Then the joint re-solve of ``resolve_facts`` facts from the base model with no forward pass,

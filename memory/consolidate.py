@@ -35,7 +35,7 @@ import torch
 
 from memory import architecture as arch
 from memory.capture import Capture, right_padded_ids
-from memory.packing import PrefixCache, pack, prefix_states, shared_prefix
+from memory.packing import PrefixCache, pack, prefix_states, template_prefix
 from memory.qf2_block import installed as installed_qf2
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
@@ -144,10 +144,9 @@ class QFEditor(Answering):
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
         # The chat template's turns before the question (the same in every plain pass), computed once for
         # the packed captures (memory.packing); none for a tokenizer without a chat template.
-        prefix = (shared_prefix(*(render_prompt(self.tokenizer, q, config.system) for q in ("x", "7")))
-                  if self.tokenizer.chat_template else [])
+        prefix = template_prefix(lambda q: render_prompt(self.tokenizer, q, config.system)) if self.tokenizer.chat_template else []
         self._prefix = PrefixCache(prefix, self._prefix_states)
-        self._below: list[torch.Tensor] | None = None  # what the prefix's cache depends on, found at first use
+        self._below = self._below_parameters()  # what the prefix's cache depends on
 
     @staticmethod
     def layer_for(model, layer: int | None) -> int:
@@ -295,10 +294,8 @@ class QFEditor(Answering):
 
     def _below_state(self) -> tuple[int, ...]:
         """The version counters of every parameter the prefix's keys and values up to the edited layer depend
-        on (read from ``_below_parameters``): any in-place write to one (another layer's facts) bumps it,
-        and the prefix is computed again."""
-        if self._below is None:
-            self._below = self._below_parameters()
+        on (``_below_parameters``): any in-place write to one (another layer's facts) bumps it, and the
+        prefix is computed again."""
         return tuple(p._version for p in self._below)
 
     def _below_parameters(self) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ which no edit of that layer's MLP changes, and computes it again when anything b
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -43,23 +43,30 @@ class Packed:
         """Where pass ``i``'s positions (indices into its own sequence) sit in the packed one."""
         return positions - self.skipped[i] + self.starts[i]
 
-    def inputs(self, model, prefix: PrefixCache, *state: Hashable) -> tuple[dict, object]:
+    def inputs(self, model, prefix: PrefixCache, state: Hashable = None) -> tuple[dict, object]:
         """The forward pass's keyword arguments on ``model``'s device (with a fresh copy of ``prefix``'s
-        cache where a pass attends to it: ``prefix.fresh(*state)``), and what came with the cache (None
+        cache where a pass attends to it: ``prefix.fresh(state)``), and what came with the cache (None
         where none is used)."""
         device = next(model.parameters()).device
         inputs = {"input_ids": self.input_ids.to(device), "position_ids": self.position_ids.to(device),
                   "attention_mask": self.attention_mask.to(device)}
         extra = None
         if any(self.skipped):
-            inputs[cache_argument(type(model))], extra = prefix.fresh(*state)
+            inputs[cache_argument(type(model))], extra = prefix.fresh(state)
         return inputs, extra
 
 
-def shared_prefix(a: list[int], b: list[int]) -> list[int]:
-    """The longest common prefix of two token sequences."""
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return list(a[:n])
+def shared_prefix(sequences: list[list[int]]) -> list[int]:
+    """The longest prefix every one of ``sequences`` begins with."""
+    first = sequences[0]
+    n = min(len(s) for s in sequences)
+    return list(first[:next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)])
+
+
+def template_prefix(prompt_ids: Callable[[str], list[int]]) -> list[int]:
+    """The tokens every prompt ``prompt_ids`` renders begins with (a chat template's system turn): the
+    shared prefix of two prompts that differ from their first character."""
+    return shared_prefix([prompt_ids("x"), prompt_ids("7")])
 
 
 def pack(sequences: list[list[int]], first_rows: list[int], prefix: list[int], dtype: torch.dtype) -> Packed:

@@ -48,6 +48,7 @@ from memory import answer_gate, factual_prompts
 from memory.capture import Capture, right_padded_ids
 from memory.generic_chats import CHATS
 from memory.near_questions import QuestionBank
+from memory.packing import shared_prefix
 from memory.paths import data_dir
 from memory.prompts import answer_ids, render_prompt
 
@@ -94,15 +95,6 @@ class LazyMetric:
 
     def keys(self, U_plain: torch.Tensor) -> torch.Tensor:
         return self.built().keys(U_plain)
-
-
-def _shared_prefix(sequences: list[list[int]]) -> int:
-    first = sequences[0]
-    n = min(len(s) for s in sequences)
-    for i in range(n):
-        if any(s[i] != first[i] for s in sequences):
-            return i
-    return n
 
 
 def generic_chats(tokenizer, system: str | None = None) -> list[list[int]]:
@@ -183,7 +175,7 @@ def collect_covariance(model, down_proj: str, sequences: list[list[int]],
     if last_only:
         K = collect_last_keys(model, down_proj, sequences, progress, batch).double()
         return K.T @ K / K.shape[0], K.shape[0]
-    skip = _shared_prefix(sequences)
+    skip = len(shared_prefix(sequences))
     C, n = None, 0
     for chunk, inputs in _batches(model, down_proj, sequences, batch, progress, "collecting keys"):
         for row, i in enumerate(chunk):

@@ -7,9 +7,10 @@ from memory.packing import PrefixCache, pack, shared_prefix
 
 
 def test_shared_prefix():
-    assert shared_prefix([1, 2, 3, 4], [1, 2, 5]) == [1, 2]
-    assert shared_prefix([1, 2], [1, 2, 3]) == [1, 2]
-    assert shared_prefix([7], [1]) == []
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == [1, 2]
+    assert shared_prefix([[1, 2], [1, 2, 3]]) == [1, 2]
+    assert shared_prefix([[7], [1]]) == []
+    assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 5]]) == [1]  # every sequence counts
 
 
 def test_pack_places_each_pass_after_the_prefix_it_begins_with():
