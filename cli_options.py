@@ -19,7 +19,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
-                   "subject_gate", "steer", "answer_gate")
+                   "subject_gate", "steer", "answer_gate", "subject_prime")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -118,6 +118,12 @@ def model_options(fn):
                        "other questions about the same subject keep their own answers; the mean of those questions "
                        "is collected once per checkpoint (memory.answer_gate; default 0.8 with --gate at the last "
                        "layer, else 0 = off). [env QF_ANSWER_GATE]")
+    @click.option("--subject-prime", "subject_prime", type=click.FloatRange(0, 1), envvar="QF_SUBJECT_PRIME",
+                  default=0.0, show_default=True,
+                  help="QF with --subject-gate: once its subject has been named, a fact's neurons also fire weakly "
+                       "below the subject gate, at most C of their strength, more the closer the question is to the "
+                       "fact's, so a reworded question leans to the learned answer without other questions about "
+                       "the subject taking it (memory.gated.named_gate; 0 = off). [env QF_SUBJECT_PRIME]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -103,7 +103,7 @@ def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
     ]
     if editor.gated is not None:
         solver = GatedMemory(N, editor.gated.tau, tau_named=editor.gated.tau_named, answer_tau=editor.gated.answer_tau,
-                             answer_mean=editor.gated.answer_mean)
+                             answer_mean=editor.gated.answer_mean, prime=editor.gated.prime)
 
         def add(i, rows):
             solver.add(i, rows.V_plain, editor.joint.residual(rows).T, rows.significance, subject_key=rows.subject_key,

@@ -101,6 +101,9 @@ class QFEditor(Answering):
         if config.subject_gate and config.subject_gate > config.gate:
             raise ValueError(f"--subject-gate {config.subject_gate} must not exceed --gate {config.gate} (it is the "
                              "lower threshold the neurons fire above once their subject is named)")
+        if config.subject_prime and not config.subject_gate:
+            raise ValueError("--subject-prime fires a fact's neurons weakly where its subject is named: it needs "
+                             "--subject-gate")
         if config.answer_gate and not config.gate:
             raise ValueError("--answer-gate gates the neurons of --gate: it needs --gate")
         if config.answer_gate and self.layer != last:
@@ -138,7 +141,8 @@ class QFEditor(Answering):
         self._progress = progress
         self.gated = gated.GatedMemory(
             W0.shape[0], config.gate, tau_named=config.subject_gate, answer_tau=config.answer_gate,
-            answer_mean=self._answer_mean() if config.answer_gate else None) if config.gate else None
+            answer_mean=self._answer_mean() if config.answer_gate else None,
+            prime=config.subject_prime) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use

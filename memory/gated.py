@@ -58,6 +58,9 @@ DEFAULT_THRESHOLD = 0.85
 # number of A^T A near 1e3, so such rows get a least-squares compromise of bounded size; a lone
 # neuron (a = 1 at its own row and nowhere else) is exact whatever the ridge.
 RIDGE = 1e-3
+# With a subject prime (memory.subject_gate), the cosine above which a neuron whose subject has been named
+# starts its weak firing (docs/RESULTS.md, "The subject prime")
+PRIME_FROM = 0.1
 # How far below a pair's threshold the one product of a new fact's keys with every key held may put a
 # pair that fires alone: float32 rounding of a cosine of unit vectors over a few thousand dims is far
 # below it (GatedMemory.add takes each candidate's cosine again, alone).
@@ -71,6 +74,14 @@ def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
         return torch.relu(cosines - tau) / (1.0 - tau) if tau < 1.0 else torch.zeros_like(cosines)
     span = 1.0 - tau
     return torch.where(span > 0, torch.relu(cosines - tau) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
+
+
+def named_gate(cosines: torch.Tensor, tau_named: float, prime: float) -> torch.Tensor:
+    """The activation of a neuron whose subject has been named: ``gate(cos, tau_named)``, and with a
+    subject prime at least ``prime * gate(cos, PRIME_FROM)``, a weak firing on every question about
+    the subject that grows with its cosine (memory.subject_gate)."""
+    a = gate(cosines, tau_named)
+    return torch.maximum(a, prime * gate(cosines, PRIME_FROM)) if prime else a
 
 
 def unknown_subject_threshold(tau: float, tau_named: float) -> float:
@@ -120,7 +131,8 @@ class GatedNeurons:
 
     Subject gating (memory.subject_gate): ``subject_keys`` (S, N) unit keys of the facts' subjects,
     ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
-    fires above while its subject has been named in the context (0: no subject gating).
+    fires above while its subject has been named in the context (0: no subject gating), and
+    ``prime`` the most it fires below that once named (memory.gated.named_gate; 0: none).
 
     Answer gating (memory.answer_gate): ``answer_keys`` (J, N) each row's unit centered answer state,
     ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
@@ -135,6 +147,7 @@ class GatedNeurons:
     answer_keys: torch.Tensor | None = None
     answer_mean: torch.Tensor | None = None
     answer_tau: float = 0.0
+    prime: float = 0.0
 
     @property
     def count(self) -> int:
@@ -156,11 +169,10 @@ class GatedNeurons:
         if not self.count:
             return torch.zeros_like(x)
         cos = unit_rows(x) @ self.keys.T.to(x.device)  # .to: a no-op once installed (install)
-        tau: float | torch.Tensor = self.tau
+        a = gate(cos, self.tau)
         if named is not None and self.subject_gated:  # the lower threshold where a neuron's subject was named
             named_here = named[..., self.subject_of.clamp_min(0)] & (self.subject_of >= 0)  # (..., J)
-            tau = torch.where(named_here, self.tau_named, self.tau)
-        a = gate(cos, tau)
+            a = torch.where(named_here, named_gate(cos, self.tau_named, self.prime), a)
         if self.answer_gated:
             if answer is None or answer.shape != x.shape:
                 raise ValueError("answer-gated neurons need the answer state at every position of the MLP's input")
@@ -174,7 +186,7 @@ class GatedNeurons:
             None if t is None else t.to(device)
             for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
-                            answer_keys_, answer_mean, self.answer_tau)
+                            answer_keys_, answer_mean, self.answer_tau, self.prime)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -245,10 +257,12 @@ class GatedMemory:
     with a subject fires nowhere but where its subject is named, so facts about different subjects
     never fire each other and are solved apart. With ``answer_tau`` > 0 (memory.answer_gate) each fact
     also brings its rows' answer states, centered on ``answer_mean``; a row fires another's neuron only
-    where their answer keys' cosine reaches ``answer_tau`` too."""
+    where their answer keys' cosine reaches ``answer_tau`` too. With a subject ``prime`` a row that names a
+    neuron's subject also fires it weakly below ``tau_named`` (named_gate)."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
-                 tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None):
+                 tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None,
+                 prime: float = 0.0):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
         if tau == 1.0 and not tau_named:
@@ -262,6 +276,11 @@ class GatedMemory:
             raise ValueError(f"the answer gate must be in [0, 1), not {answer_tau}")
         if answer_tau and (answer_mean is None or answer_mean.shape != (width,)):
             raise ValueError(f"an answer gate needs the mean answer state ({width},) its keys are centered on")
+        if not 0.0 <= prime <= 1.0:
+            raise ValueError(f"the subject prime must be in [0, 1], not {prime}")
+        if prime and not tau_named:
+            raise ValueError("a subject prime fires a fact's neurons where its subject is named: it needs a subject gate")
+        self.prime = prime
         self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
         self.answer_tau = answer_tau
         self.answer_mean = answer_mean.float() if answer_tau else None
@@ -294,14 +313,25 @@ class GatedMemory:
         if not self.tau_named:
             return self.tau
         has_a, has_b = a in self._S, b in self._S
-        same = has_a and has_b and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH)
-        return float(self._rule(*(torch.tensor(v) for v in (has_a, has_b, same))))
+        return float(self._rule(*(torch.tensor(v) for v in (has_a, has_b, self._names(a, b)))))
+
+    def _names(self, a: Hashable, b: Hashable) -> bool:
+        """Whether fact a's rows name fact b's subject (both have subject keys, and they match)."""
+        return a in self._S and b in self._S and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH)
+
+    def activation(self, cos: torch.Tensor, a: Hashable, b: Hashable) -> torch.Tensor:
+        """How strongly fact a's rows fire fact b's neurons at the cosines ``cos`` of their keys."""
+        if self.tau_named and self._names(a, b):
+            return named_gate(cos, self.tau_named, self.prime)
+        return gate(cos, self.threshold(a, b))
 
     def _rule(self, row_has: torch.Tensor, neuron_has: torch.Tensor, same_subject: torch.Tensor) -> torch.Tensor:
         """With subject gating, the cosine above which a row fires a neuron, elementwise over bool
         tensors (float64): tau_unknown for the neuron of a fact with no subject key, tau_named where
-        the row names the neuron's subject (both facts' subject keys match), else tau."""
-        tau, named, unknown = (torch.tensor(t, dtype=torch.float64) for t in (self.tau, self.tau_named, self.tau_unknown))
+        the row names the neuron's subject (both facts' subject keys match; with a prime, the lower
+        PRIME_FROM), else tau."""
+        named = min(self.tau_named, PRIME_FROM) if self.prime else self.tau_named
+        tau, named, unknown = (torch.tensor(t, dtype=torch.float64) for t in (self.tau, named, self.tau_unknown))
         return torch.where(neuron_has, torch.where(row_has & same_subject, named, tau), unknown)
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
@@ -389,7 +419,7 @@ class GatedMemory:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
             return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
-                                **self._answers())
+                                **self._answers(), prime=self.prime)
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -400,16 +430,16 @@ class GatedMemory:
         for key in self._keys:  # within a fact
             cos, tau = self._K[key] @ self._K[key].T, self.threshold(key, key)
             i, j = torch.nonzero(cos > tau, as_tuple=True)
-            o = offsets[key]
-            A.update({(o + a, o + b): float(gate(cos[a, b], tau)) for a, b in zip(i.tolist(), j.tolist()) if a != b})
+            o, fired = offsets[key], self.activation(cos[i, j], key, key).tolist()
+            A.update({(o + a, o + b): v for a, b, v in zip(i.tolist(), j.tolist(), fired) if a != b})
         for (ka, kb), e in self._near.items():  # between facts, each way above the threshold of the neuron fired
             tau_ab, tau_ba = self.threshold(ka, kb), self.threshold(kb, ka)
             for a, b, c in e.tolist():
                 s, t = offsets[ka] + int(a), offsets[kb] + int(b)
                 if c > tau_ab:
-                    A[(s, t)] = float(gate(torch.tensor(c), tau_ab))
+                    A[(s, t)] = float(self.activation(torch.tensor(c), ka, kb))
                 if c > tau_ba:
-                    A[(t, s)] = float(gate(torch.tensor(c), tau_ba))
+                    A[(t, s)] = float(self.activation(torch.tensor(c), kb, ka))
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         if self.answer_tau and len(pairs):  # a row fires a neuron only where their answer keys match too
             F = torch.cat([self._F[k] for k in self._keys])
@@ -430,7 +460,8 @@ class GatedMemory:
             for s, t, v in entries[g]:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
-        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers())
+        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers(),
+                            prime=self.prime)
 
     def _answers(self) -> dict:
         """GatedNeurons' answer-gate fields: every row's answer key, their mean and the threshold; none without."""
