@@ -108,7 +108,6 @@ def test_learning_with_an_answer_gate_generates_as_the_full_pass_and_undoes_exac
 
 def test_the_ledger_rebuilds_the_same_answer_gated_neurons_and_undo_is_exact(store, tokenizer, tmp_path):
     from agent.ledger_editor import LedgerEditor
-    from store import Store
     from tests.test_ledger_editor import FACTS, fresh, logits
 
     config = EditorConfig(gate=0.99, gain=1.0, answer_gate=0.5)
@@ -120,26 +119,45 @@ def test_the_ledger_rebuilds_the_same_answer_gated_neurons_and_undo_is_exact(sto
     assert torch.equal(second.current.neurons.answer_keys, first.current.neurons.answer_keys)
     assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(FACTS))
     assert store.active_edits(second.checkpoint_id)[0].hyperparams["answer_gate"] == 0.5
-    second.undo(learned[1].fact_id)
+    assert undoing_fact_1_is_never_having_it(second, learned, config, tokenizer, tmp_path)
+
+
+def undoing_fact_1_is_never_having_it(editor, learned, config: EditorConfig, tokenizer, tmp_path, facts=None) -> bool:
+    """Undo the second of three ``facts`` (default tests.test_ledger_editor.FACTS), ``learned``, in
+    ``editor``'s ledger: whether every fact's logits are then those of a ledger that only ever learned
+    the other two."""
+    from agent.ledger_editor import LedgerEditor
+    from store import Store
+    from tests.test_ledger_editor import FACTS, fresh, logits
+
+    facts = FACTS if facts is None else facts
+    editor.undo(learned[1].fact_id)
     other = Store(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-tensors")
-    never = LedgerEditor(other, fresh("qwen2", tokenizer), config)  # a ledger that never had fact 1
-    for f in (FACTS[0], FACTS[2]):
+    never = LedgerEditor(other, fresh("qwen2", tokenizer), config)
+    for f in (facts[0], facts[2]):
         never.learn(f)
-    assert all(torch.equal(logits(second, f), logits(never, f)) for f in FACTS)
+    same = all(torch.equal(logits(editor, f), logits(never, f)) for f in facts)
     other.close()
+    return same
 
 
-def test_the_cli_learns_with_an_answer_gate_and_refuses_it_without_a_gate(tiny_model_dir):
+def cli_learns_with(model_dir, option: list[str], setting: str, refused: list[str], needs: str) -> None:
+    """``qf learn`` with ``option`` records it as the solver's ``setting``; with ``refused`` it exits 1 naming
+    the option and what it ``needs``."""
     import json
 
     from click.testing import CliRunner
 
     import cli
 
-    learn = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--fact", "Qi started Oxinnovate.",
+    learn = ["learn", "--model", str(model_dir), "--dtype", "float32", "--fact", "Qi started Oxinnovate.",
              "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
-    out = CliRunner().invoke(cli.main, learn + ["--answer-gate", "0.8"])
+    out = CliRunner().invoke(cli.main, learn + option)
     assert out.exit_code == 0, out.output + repr(out.exception)
-    assert json.loads(out.stdout)["solver"]["answer_gate"] == 0.8
-    refused = CliRunner().invoke(cli.main, learn + ["--gate", "0", "--answer-gate", "0.8"])
-    assert refused.exit_code == 1 and "--answer-gate" in refused.output and "needs --gate" in refused.output
+    assert json.loads(out.stdout)["solver"][setting] == float(option[-1])
+    no = CliRunner().invoke(cli.main, learn + refused + option)
+    assert no.exit_code == 1 and option[0] in no.output and needs in no.output, no.output
+
+
+def test_the_cli_learns_with_an_answer_gate_and_refuses_it_without_a_gate(tiny_model_dir):
+    cli_learns_with(tiny_model_dir, ["--answer-gate", "0.8"], "answer_gate", ["--gate", "0"], "needs --gate")

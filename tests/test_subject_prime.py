@@ -3,11 +3,14 @@ neurons also fire weakly below the subject gate, growing with the cosine; nowher
 not named; the solve meets every row with facts about one subject priming each other; undo stays
 exact; the ledger keeps the setting; the editor and CLI refuse it without a subject gate."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from memory.consolidate import EditorConfig, QFEditor
 from memory.gated import PRIME_FROM, GatedMemory, gate, named_gate, unit_rows
+from tests.test_answer_gate import cli_learns_with, undoing_fact_1_is_never_having_it
 from tests.test_subject_gate import _at_cosine
 
 ONE = torch.ones(1, dtype=torch.float64)
@@ -80,35 +83,26 @@ def test_the_ledger_rebuilds_the_same_primed_neurons_and_undo_is_exact(store, to
     from store import Store
     from tests.test_ledger_editor import FACTS, fresh, logits
 
+    facts = [replace(f, subject=s) for f, s in zip(FACTS, ("Oxinnovate", "Oxinnovate", "my daughter"))]
     config = EditorConfig(gate=1.0, subject_gate=0.85, subject_prime=0.5, gain=1.0, answer_gate=0.0)
     first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
-    learned = [first.learn(f) for f in FACTS]
-    assert first.current.neurons.prime == 0.5
-    taught = [logits(first, f) for f in FACTS]
+    learned = [first.learn(f) for f in facts]
+    assert first.current.neurons.prime == 0.5 and first.current.neurons.subject_gated
+    unprimed = Store(f"sqlite:///{tmp_path / 'unprimed.db'}", tmp_path / "unprimed-tensors")
+    plain = LedgerEditor(unprimed, fresh("qwen2", tokenizer), replace(config, subject_prime=0.0))
+    for f in facts:
+        plain.learn(f)
+    # the same rows, but rows naming a subject now fire its neurons below the subject gate: other values
+    assert not torch.equal(plain.current.neurons.values, first.current.neurons.values)
+    unprimed.close()
+    taught = [logits(first, f) for f in facts]
     second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process: re-solved from the rows
     assert torch.equal(second.current.neurons.values, first.current.neurons.values)
-    assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(FACTS))
+    assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(facts))
     assert store.active_edits(second.checkpoint_id)[0].hyperparams["subject_prime"] == 0.5
-    second.undo(learned[1].fact_id)
-    other = Store(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-tensors")
-    never = LedgerEditor(other, fresh("qwen2", tokenizer), config)  # a ledger that never had fact 1
-    for f in (FACTS[0], FACTS[2]):
-        never.learn(f)
-    assert all(torch.equal(logits(second, f), logits(never, f)) for f in FACTS)
-    other.close()
+    assert undoing_fact_1_is_never_having_it(second, learned, config, tokenizer, tmp_path, facts)
 
 
 def test_the_cli_learns_with_a_subject_prime_and_refuses_it_without_a_subject_gate(tiny_model_dir):
-    import json
-
-    from click.testing import CliRunner
-
-    import cli
-
-    learn = ["learn", "--model", str(tiny_model_dir), "--dtype", "float32", "--fact", "Qi started Oxinnovate.",
-             "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
-    out = CliRunner().invoke(cli.main, learn + ["--subject-prime", "0.3"])
-    assert out.exit_code == 0, out.output + repr(out.exception)
-    assert json.loads(out.stdout)["solver"]["subject_prime"] == 0.3
-    refused = CliRunner().invoke(cli.main, learn + ["--gate", "0.9", "--subject-prime", "0.3"])
-    assert refused.exit_code == 1 and "--subject-prime" in refused.output and "needs --subject-gate" in refused.output
+    cli_learns_with(tiny_model_dir, ["--subject-prime", "0.3"], "subject_prime", ["--gate", "0.9"],
+                    "needs --subject-gate")
