@@ -433,13 +433,12 @@ class GatedMemory:
             o, fired = offsets[key], self.activation(cos[i, j], key, key).tolist()
             A.update({(o + a, o + b): v for a, b, v in zip(i.tolist(), j.tolist(), fired) if a != b})
         for (ka, kb), e in self._near.items():  # between facts, each way above the threshold of the neuron fired
-            tau_ab, tau_ba = self.threshold(ka, kb), self.threshold(kb, ka)
-            for a, b, c in e.tolist():
-                s, t = offsets[ka] + int(a), offsets[kb] + int(b)
-                if c > tau_ab:
-                    A[(s, t)] = float(self.activation(torch.tensor(c), ka, kb))
-                if c > tau_ba:
-                    A[(t, s)] = float(self.activation(torch.tensor(c), kb, ka))
+            s, t, cos = offsets[ka] + e[:, 0].long(), offsets[kb] + e[:, 1].long(), e[:, 2]
+            for row, neuron, src, dst in ((s, t, ka, kb), (t, s, kb, ka)):
+                fires = cos > self.threshold(src, dst)
+                # float32 cosines, as a fact's own pairs' are: the same values whichever way they are solved
+                fired = self.activation(cos[fires].float(), src, dst).tolist()
+                A.update(zip(zip(row[fires].tolist(), neuron[fires].tolist()), fired))
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         if self.answer_tau and len(pairs):  # a row fires a neuron only where their answer keys match too
             F = torch.cat([self._F[k] for k in self._keys])
