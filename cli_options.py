@@ -19,7 +19,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
-                   "subject_gate", "steer", "answer_gate", "subject_prime")
+                   "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -124,6 +124,13 @@ def model_options(fn):
                        "below the subject gate, at most C of their strength, more the closer the question is to the "
                        "fact's, so a reworded question leans to the learned answer without other questions about "
                        "the subject taking it (memory.gated.named_gate; 0 = off). [env QF_SUBJECT_PRIME]")
+    @click.option("--subject-centered/--no-subject-centered", "subject_centered", envvar="QF_SUBJECT_CENTERED",
+                  default=False, show_default=True,
+                  help="QF with --subject-gate: where its subject has been named, a fact's neurons compare the "
+                       "question with the fact's after removing what every question about the subject shares (both "
+                       "centered on the subject's mean input, from shipped questions about it), so --subject-gate is a "
+                       "threshold on that cosine; costs one more batched forward pass per fact "
+                       "(memory.subject_center). [env QF_SUBJECT_CENTERED]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -44,6 +44,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     } if rows.steer is not None else {}) | ({
         "subject_key": rows.subject_key, "subject_layer": torch.tensor([SUBJECT_LAYER], dtype=torch.int64),
     } if rows.subject_key is not None else {}) | ({
+        "subject_mean": rows.subject_mean} if rows.subject_mean is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
 
@@ -60,6 +61,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         steer=tensors.get("steer"), steer_margin=float(tensors["steer_margin"]) if "steer_margin" in tensors else 0.0,
         # a key of another subject layer (if SUBJECT_LAYER ever changes) would match nothing: not used
         subject_key=tensors.get("subject_key") if int(tensors.get("subject_layer", -1)) == SUBJECT_LAYER else None,
+        subject_mean=tensors.get("subject_mean"),
     )
 
 
@@ -147,6 +149,8 @@ class LedgerEditor:
                 if not editor.holds(edit_id):
                     fact = self.store.fact(edit.fact_id)
                     rows = rows_from_tensors(self.store.load_captures(edit_id), fact.answer or "")
+                    # learned without the subject-centered gate: its subject's mean now (one forward pass)
+                    rows = editor.with_subject_mean(rows, fact.subject, editor.chat_prompt_ids)
                     try:
                         editor.add_rows(edit_id, rows)
                     except ValueError as exc:  # captured without the lower layers' keys this spread needs
@@ -168,7 +172,7 @@ class LedgerEditor:
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
         names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain",
-                 "subject_gate", "steer", "answer_gate", "subject_prime")
+                 "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered")
         now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},

@@ -50,7 +50,7 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), xN
 # (the prompt also after N context prefixes, memory.contexts), tT (each row a neuron gated at cosine T,
 # memory.gated), rG (row gains up to G), uT (subject gate T), mM (steer M), eT (answer gate T), hC
-# (subject prime C, memory.gated.named_gate), forms
+# (subject prime C, memory.gated.named_gate), centered (the subject-centered gate, memory.subject_center), forms
 # (also the instructed model's own answer, chat template), auto (automatic significance), all (every row).
 # E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/n4/b10", "qf/p0/g1/s3",
 # "qf/k0", "qf/x4".
@@ -72,7 +72,7 @@ def plain_rows(editor: QFEditor, poser: Poser, case: EditCase) -> FactRows:
                   _pass(poser, poser.prompt_ids(prompt), target), weights)
                  for prompt in (case.prompt, *in_contexts(case.prompt, editor.config.contexts))]
     rows = editor.anchored(editor.capture_rows(questions, case.target_new), case.prompt, case.subject, poser.prompt_ids)
-    return editor.with_subject_key(rows, case.prompt, case.subject, poser.prompt_ids)
+    return editor.with_subject_key(rows, case.prompt, case.subject, poser.prompt_ids, chat=False)
 
 
 class QFMethod(EditMethod):
@@ -121,7 +121,7 @@ class QFMethod(EditMethod):
         forms = config.answer_forms and self.poser.template == "chat"
         subject = bool(config.gate)  # gated neurons' rows carry the subject key (memory.subject_gate)
         return (case.index, self._phrasings, config.contexts, config.anchors, config.near_questions, config.spread, forms,
-                subject)
+                subject, config.subject_centered)  # and, centered, the subject's mean (memory.subject_center)
 
     def edit(self, cases: list[EditCase]) -> dict:
         rows, capture_seconds = 0, 0.0
@@ -151,6 +151,8 @@ def _setting(part: str) -> tuple[str, object]:
         return "auto_significance", part == "auto"
     if part == "forms":
         return "answer_forms", True
+    if part == "centered":
+        return "subject_centered", True
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
                   "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate", "m": "steer",

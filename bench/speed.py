@@ -98,16 +98,18 @@ def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
                  torch.ones(rows_per_fact, dtype=torch.float64), gains=torch.ones(rows_per_fact, dtype=torch.float64),
                  gains_max=editor.joint.max_row_gain, steer_margin=editor.joint.steer_margin,
                  steer=torch.zeros(rows_per_fact, N) if editor.joint.steer_margin else None,
-                 subject_key=torch.randn(N, generator=g) if editor.config.subject_gate else None)
+                 subject_key=torch.randn(N, generator=g) if editor.config.subject_gate else None,
+                 subject_mean=torch.randn(N, generator=g) if editor.config.subject_centered else None)
         for _ in range(facts)
     ]
     if editor.gated is not None:
         solver = GatedMemory(N, editor.gated.tau, tau_named=editor.gated.tau_named, answer_tau=editor.gated.answer_tau,
-                             answer_mean=editor.gated.answer_mean, prime=editor.gated.prime)
+                             answer_mean=editor.gated.answer_mean, prime=editor.gated.prime,
+                             subject_centered=editor.gated.subject_centered)
 
         def add(i, rows):
             solver.add(i, rows.V_plain, editor.joint.residual(rows).T, rows.significance, subject_key=rows.subject_key,
-                       answer_states=editor.answer_states(rows))
+                       answer_states=editor.answer_states(rows), subject_mean=rows.subject_mean)
     else:
         solver = JointQF(W0, editor.parameter, ridge=editor.config.ridge)
         add = solver.add

@@ -55,6 +55,7 @@ from memory.preserve import (LazyMetric, PreservingMetric, Progress, answer_mean
 from memory.row_gain import Head
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
 from memory.spread import LowerLayer, spread_layers
+from memory.subject_center import subject_mean_questions
 from memory.subject_gate import subject_key, subject_position
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ class QFEditor(Answering):
         if config.subject_prime and not config.subject_gate:
             raise ValueError("--subject-prime fires a fact's neurons weakly where its subject is named: it needs "
                              "--subject-gate")
+        if config.subject_centered and not config.subject_gate:
+            raise ValueError("--subject-centered reads a fact's neurons where its subject is named: it needs "
+                             "--subject-gate")
         if config.answer_gate and not config.gate:
             raise ValueError("--answer-gate gates the neurons of --gate: it needs --gate")
         if config.answer_gate and self.layer != last:
@@ -142,7 +146,7 @@ class QFEditor(Answering):
         self.gated = gated.GatedMemory(
             W0.shape[0], config.gate, tau_named=config.subject_gate, answer_tau=config.answer_gate,
             answer_mean=self._answer_mean() if config.answer_gate else None,
-            prime=config.subject_prime) if config.gate else None
+            prime=config.subject_prime, subject_centered=config.subject_centered) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
@@ -356,14 +360,14 @@ class QFEditor(Answering):
         answer = (answer or "").strip() or self.answer_for(fact)
         rows = self._question_rows(fact, answer, fact.significance)
         forms = [self._question_rows(fact, form, None) for form in self.other_forms(fact, answer)]
-        prompt_ids = lambda q: render_prompt(self.tokenizer, q, self.config.system)  # noqa: E731
-        rows = self.anchored(with_forms(rows, forms), fact.query, fact.subject, prompt_ids)
-        return self.with_subject_key(rows, fact.query, fact.subject, prompt_ids)
+        rows = self.anchored(with_forms(rows, forms), fact.query, fact.subject, self.chat_prompt_ids)
+        return self.with_subject_key(rows, fact.query, fact.subject, self.chat_prompt_ids)
 
     def with_subject_key(self, rows: FactRows, query: str, subject: str | None,
-                         prompt_ids: Callable[[str], list[int]]) -> FactRows:
+                         prompt_ids: Callable[[str], list[int]], chat: bool = True) -> FactRows:
         """``rows`` with the subject key of ``query`` put as ``prompt_ids(query)`` (memory.subject_gate),
-        for gated neurons, when the fact has a subject whose tokens occur in the prompt; else as they are."""
+        for gated neurons, when the fact has a subject whose tokens occur in the prompt; else as they are.
+        With the subject-centered gate, also its subject's mean (with_subject_mean)."""
         if self.gated is None or not subject:
             return rows
         ids = prompt_ids(query)
@@ -371,7 +375,21 @@ class QFEditor(Answering):
         if at is None:
             log.info("subject %r not found among the tokens of %r: no subject key", subject, query)
             return rows
-        return replace(rows, subject_key=subject_key(self.model, ids, at))
+        return self.with_subject_mean(replace(rows, subject_key=subject_key(self.model, ids, at)), subject, prompt_ids, chat)
+
+    def with_subject_mean(self, rows: FactRows, subject: str | None, prompt_ids: Callable[[str], list[int]],
+                          chat: bool = True) -> FactRows:
+        """With the subject-centered gate, ``rows`` of a fact with a subject key and no subject mean with the
+        subject's mean MLP input (memory.subject_center): its shipped questions put as ``prompt_ids`` (chat
+        questions, or plain completions with ``chat`` False) in one batched forward pass; else as they are."""
+        if not self.config.subject_centered or rows.subject_key is None or rows.subject_mean is not None or not subject:
+            return rows
+        _, residuals, _ = self.capture_anchors([prompt_ids(q) for q in subject_mean_questions(subject, chat)])
+        return replace(rows, subject_mean=self.mlp_inputs(residuals).mean(0))
+
+    def chat_prompt_ids(self, query: str) -> list[int]:
+        """The chat prompt of ``query`` under this editor's system prompt, up to the assistant header."""
+        return render_prompt(self.tokenizer, query, self.config.system)
 
     def _question_rows(self, fact: Fact, answer: str, significance: tuple[float, ...] | None) -> FactRows:
         """The rows of every question of ``fact`` (its query, its phrasings, then its query after the
@@ -481,7 +499,8 @@ class QFEditor(Answering):
     def add_rows(self, key: Hashable, rows: FactRows) -> None:
         rows = self.joint.with_gains(rows)
         if self.gated is not None:
-            self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key, answer_states=self.answer_states(rows))
+            self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key, answer_states=self.answer_states(rows),
+                           subject_mean=rows.subject_mean)
         else:
             self.joint.add(key, rows)
 
@@ -490,11 +509,14 @@ class QFEditor(Answering):
         norm of the residual V'), the residual each row needs (T, N), the one the linear solve would
         write (JointQF.residual: QF's R, focused and times the gain as configured), and the rows'
         significance (T,)."""
+        return self.mlp_inputs(rows.V_plain), self.joint.residual(rows).T, rows.significance
+
+    @torch.no_grad()
+    def mlp_inputs(self, residuals: torch.Tensor) -> torch.Tensor:
+        """The edited layer's MLP inputs (..., N) float32 on the CPU: its norm of the residuals entering the MLP."""
         norm = self.model.get_submodule(self.norm_name)
-        with torch.no_grad():
-            weight = next(norm.parameters())
-            X = norm(rows.V_plain.to(weight.device, weight.dtype)).float().cpu()
-        return X, self.joint.residual(rows).T, rows.significance
+        weight = next(norm.parameters())
+        return norm(residuals.to(weight.device, weight.dtype)).float().cpu()
 
     def answer_states(self, rows: FactRows) -> torch.Tensor | None:
         """With an answer gate, the base model's answer state at each of a fact's rows (T, N) (memory.answer_gate),

@@ -96,6 +96,9 @@ class FactRows(QuestionRows):
     # (N,) the subject key of the fact's query (memory.subject_gate), for subject-gated neurons; None:
     # no subject known or found in the query's tokens, or not captured (the linear update has no use for it)
     subject_key: torch.Tensor | None = None
+    # (N,) the subject's mean MLP input at the edited layer (memory.subject_center), for the subject-centered
+    # gate; None: not captured
+    subject_mean: torch.Tensor | None = None
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says

@@ -30,6 +30,8 @@ are closer to the fact's key than its paraphrases (which open with an unrelated 
 
 With an answer gate (memory.answer_gate) a neuron also needs the base model's answer state at the
 position to match its row's: the activations above are multiplied by that step, in the solve too.
+With the subject-centered gate (memory.subject_center) a neuron whose subject is named reads the
+cosine of x and its key both centered on its subject's mean, in the solve too.
 
 Significance: a row of weight 0 gets no neuron and no constraint; positive weights weight the rows'
 squared errors where rows of one group compete. Shapes: N the model width, J the neurons (rows).
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from memory.answer_gate import AnswerReader, answer_keys
+from memory.subject_center import centered_cosines, centered_keys
 from memory.subject_gate import SUBJECT_MATCH, SubjectPresence, unit_rows
 
 # tau: the cosine above which a neuron starts firing; the setting measured best without subject
@@ -136,7 +139,11 @@ class GatedNeurons:
 
     Answer gating (memory.answer_gate): ``answer_keys`` (J, N) each row's unit centered answer state,
     ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
-    must reach for the neuron to fire (0: no answer gating)."""
+    must reach for the neuron to fire (0: no answer gating).
+
+    Subject-centered gating (memory.subject_center): ``subject_means`` (J, N) each neuron's subject mean
+    and ``centered_keys`` (J, N) its key centered on it, unit rows; where its subject is named a neuron
+    reads the centered cosine instead of the raw one (None: the raw one)."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -148,6 +155,8 @@ class GatedNeurons:
     answer_mean: torch.Tensor | None = None
     answer_tau: float = 0.0
     prime: float = 0.0
+    subject_means: torch.Tensor | None = None
+    centered_keys: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -172,7 +181,9 @@ class GatedNeurons:
         a = gate(cos, self.tau)
         if named is not None and self.subject_gated:  # the lower threshold where a neuron's subject was named
             named_here = named[..., self.subject_of.clamp_min(0)] & (self.subject_of >= 0)  # (..., J)
-            a = torch.where(named_here, named_gate(cos, self.tau_named, self.prime), a)
+            named_cos = cos if self.subject_means is None else centered_cosines(
+                x, self.subject_means.to(x.device), self.centered_keys.to(x.device))
+            a = torch.where(named_here, named_gate(named_cos, self.tau_named, self.prime), a)
         if self.answer_gated:
             if answer is None or answer.shape != x.shape:
                 raise ValueError("answer-gated neurons need the answer state at every position of the MLP's input")
@@ -182,11 +193,12 @@ class GatedNeurons:
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
         tau = self.tau.to(device) if isinstance(self.tau, torch.Tensor) else self.tau
-        subject_keys, subject_of, answer_keys_, answer_mean = (
+        subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered = (
             None if t is None else t.to(device)
-            for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean))
+            for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean, self.subject_means,
+                      self.centered_keys))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
-                            answer_keys_, answer_mean, self.answer_tau, self.prime)
+                            answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -258,11 +270,13 @@ class GatedMemory:
     never fire each other and are solved apart. With ``answer_tau`` > 0 (memory.answer_gate) each fact
     also brings its rows' answer states, centered on ``answer_mean``; a row fires another's neuron only
     where their answer keys' cosine reaches ``answer_tau`` too. With a subject ``prime`` a row that names a
-    neuron's subject also fires it weakly below ``tau_named`` (named_gate)."""
+    neuron's subject also fires it weakly below ``tau_named`` (named_gate). With ``subject_centered``
+    (memory.subject_center) each fact with a subject key also brings its subject's mean MLP input, and a
+    row that names a neuron's subject fires it by their cosine centered on the neuron's subject mean."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None,
-                 prime: float = 0.0):
+                 prime: float = 0.0, subject_centered: bool = False):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
         if tau == 1.0 and not tau_named:
@@ -280,7 +294,10 @@ class GatedMemory:
             raise ValueError(f"the subject prime must be in [0, 1], not {prime}")
         if prime and not tau_named:
             raise ValueError("a subject prime fires a fact's neurons where its subject is named: it needs a subject gate")
-        self.prime = prime
+        if subject_centered and not tau_named:
+            raise ValueError("the subject-centered gate reads a fact's neurons where its subject is named: it needs a "
+                             "subject gate")
+        self.prime, self.subject_centered = prime, subject_centered
         self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
         self.answer_tau = answer_tau
         self.answer_mean = answer_mean.float() if answer_tau else None
@@ -290,6 +307,10 @@ class GatedMemory:
         self._w: dict[Hashable, torch.Tensor] = {}  # (T_f,) float64 row weights > 0
         self._S: dict[Hashable, torch.Tensor] = {}  # (N_s,) float32 unit subject key, for facts that have one
         self._F: dict[Hashable, torch.Tensor] = {}  # (T_f, N) float32 unit answer keys (answer gate only)
+        # subject-centered gate only, for facts with a subject key: (N,) float32 subject mean, and (T_f, N)
+        # float32 the rows' MLP inputs as captured (the centered cosines need them uncentered)
+        self._M: dict[Hashable, torch.Tensor] = {}
+        self._X: dict[Hashable, torch.Tensor] = {}
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
         self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
@@ -335,10 +356,12 @@ class GatedMemory:
         return torch.where(neuron_has, torch.where(row_has & same_subject, named, tau), unknown)
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
-            subject_key: torch.Tensor | None = None, answer_states: torch.Tensor | None = None) -> None:
+            subject_key: torch.Tensor | None = None, answer_states: torch.Tensor | None = None,
+            subject_mean: torch.Tensor | None = None) -> None:
         """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
-        (T, N), its rows' significance (T,), its subject key (N_s,) if it has one and, with an answer
-        gate, its rows' answer states (T, N) (memory.answer_gate); rows of weight 0 are dropped."""
+        (T, N), its rows' significance (T,), its subject key (N_s,) if it has one, with an answer
+        gate its rows' answer states (T, N) (memory.answer_gate) and with the subject-centered gate its
+        subject's mean MLP input (N,) (memory.subject_center); rows of weight 0 are dropped."""
         if key in self._K:
             raise KeyError(f"fact {key!r} is already in the gated memory")
         if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
@@ -346,7 +369,11 @@ class GatedMemory:
                              f"{tuple(significance.shape)} do not fit width {self.width}")
         if self.answer_tau and (answer_states is None or answer_states.shape != X_plain.shape):
             raise ValueError(f"an answer gate needs the answer state of each of the fact's rows, {tuple(X_plain.shape)}")
+        if self.subject_centered and subject_key is not None and (subject_mean is None or subject_mean.shape != (self.width,)):
+            raise ValueError(f"the subject-centered gate needs the subject mean ({self.width},) of a fact with a subject key")
         keep = significance > 0
+        if self.subject_centered and subject_key is not None:
+            self._M[key], self._X[key] = subject_mean.float(), X_plain[keep].float()
         if self.answer_tau:
             self._F[key] = answer_keys(answer_states[keep], self.answer_mean)
         K = unit_rows(X_plain[keep])
@@ -375,7 +402,7 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w, self._S, self._F):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
         self._bank.clear()
@@ -401,7 +428,7 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w, self._S, self._F):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X):
             if key in store:
                 store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
@@ -419,7 +446,7 @@ class GatedMemory:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
             return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
-                                **self._answers(), prime=self.prime)
+                                **self._answers(), prime=self.prime, **self._centered())
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -428,6 +455,8 @@ class GatedMemory:
         w = torch.cat([self._w[k] for k in self._keys])
         A = {}  # (row, neuron) -> activation, off the diagonal (the diagonal is 1)
         for key in self._keys:  # within a fact
+            if key in self._M:
+                continue  # centered on its subject's mean, below
             cos, tau = self._K[key] @ self._K[key].T, self.threshold(key, key)
             i, j = torch.nonzero(cos > tau, as_tuple=True)
             o, fired = offsets[key], self.activation(cos[i, j], key, key).tolist()
@@ -435,10 +464,18 @@ class GatedMemory:
         for (ka, kb), e in self._near.items():  # between facts, each way above the threshold of the neuron fired
             s, t, cos = offsets[ka] + e[:, 0].long(), offsets[kb] + e[:, 1].long(), e[:, 2]
             for row, neuron, src, dst in ((s, t, ka, kb), (t, s, kb, ka)):
+                if dst in self._M and self._names(src, dst):
+                    continue  # centered on the neuron's subject mean, below
                 fires = cos > self.threshold(src, dst)
                 # float32 cosines, as a fact's own pairs' are: the same values whichever way they are solved
                 fired = self.activation(cos[fires].float(), src, dst).tolist()
                 A.update(zip(zip(row[fires].tolist(), neuron[fires].tolist()), fired))
+        for ka, kb in self._centered_pairs():  # rows that name a neuron's subject, by the centered cosine
+            cos = centered_keys(self._X[ka], self._M[kb]) @ centered_keys(self._X[kb], self._M[kb]).T
+            fired = named_gate(cos, self.tau_named, self.prime)
+            i, j = torch.nonzero(fired > 0, as_tuple=True)
+            A.update({(offsets[ka] + a, offsets[kb] + b): v
+                      for a, b, v in zip(i.tolist(), j.tolist(), fired[i, j].tolist()) if ka != kb or a != b})
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         if self.answer_tau and len(pairs):  # a row fires a neuron only where their answer keys match too
             F = torch.cat([self._F[k] for k in self._keys])
@@ -460,7 +497,34 @@ class GatedMemory:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
         return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers(),
-                            prime=self.prime)
+                            prime=self.prime, **self._centered())
+
+    def _centered_pairs(self) -> list[tuple[Hashable, Hashable]]:
+        """The (row fact, neuron fact) pairs, in the facts' order, where the row names the neuron's subject
+        and the neuron reads the centered cosine: each fact with itself, and facts whose subject keys match,
+        both ways. Candidates come from one product of the subject keys, each confirmed alone (_names), so
+        which pairs are found does not depend on the other facts held."""
+        held = [k for k in self._keys if k in self._M]
+        if not held:
+            return []
+        S = torch.stack([self._S[k] for k in held])
+        a, b = torch.nonzero(S @ S.T >= SUBJECT_MATCH - PAIR_SLACK, as_tuple=True)
+        return [(held[i], held[j]) for i, j in zip(a.tolist(), b.tolist()) if self._names(held[i], held[j])]
+
+    def _centered(self) -> dict:
+        """GatedNeurons' subject-centered fields: every neuron's subject mean and centered key (zero rows
+        for facts with no subject key); none without."""
+        if not self.subject_centered:
+            return {}
+        means, keys = [], []
+        for k in self._keys:
+            rows = self._K[k].shape[0]
+            mean = self._M.get(k, torch.zeros(self.width))
+            means.append(mean.expand(rows, -1))
+            keys.append(centered_keys(self._X[k], mean) if k in self._M else torch.zeros(rows, self.width))
+        if not means:
+            return {"subject_means": torch.zeros(0, self.width), "centered_keys": torch.zeros(0, self.width)}
+        return {"subject_means": torch.cat(means), "centered_keys": torch.cat(keys)}
 
     def _answers(self) -> dict:
         """GatedNeurons' answer-gate fields: every row's answer key, their mean and the threshold; none without."""

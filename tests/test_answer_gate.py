@@ -141,9 +141,9 @@ def undoing_fact_1_is_never_having_it(editor, learned, config: EditorConfig, tok
     return same
 
 
-def cli_learns_with(model_dir, option: list[str], setting: str, refused: list[str], needs: str) -> None:
-    """``qf learn`` with ``option`` records it as the solver's ``setting``; with ``refused`` it exits 1 naming
-    the option and what it ``needs``."""
+def cli_learns_with(model_dir, option: list[str], setting: str, refused: list[str], needs: str, value=None) -> None:
+    """``qf learn`` with ``option`` records it as the solver's ``setting`` (``value``, or the option's last word
+    as a number); with ``refused`` it exits 1 naming the option and what it ``needs``."""
     import json
 
     from click.testing import CliRunner
@@ -154,7 +154,7 @@ def cli_learns_with(model_dir, option: list[str], setting: str, refused: list[st
              "--query", "Who founded Oxinnovate?", "--answer", "Qi", "--json"]
     out = CliRunner().invoke(cli.main, learn + option)
     assert out.exit_code == 0, out.output + repr(out.exception)
-    assert json.loads(out.stdout)["solver"][setting] == float(option[-1])
+    assert json.loads(out.stdout)["solver"][setting] == (float(option[-1]) if value is None else value)
     no = CliRunner().invoke(cli.main, learn + refused + option)
     assert no.exit_code == 1 and option[0] in no.output and needs in no.output, no.output
 

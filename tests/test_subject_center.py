@@ -1,0 +1,149 @@
+"""The subject-centered gate (memory.subject_center, --subject-centered): where its subject is named a
+neuron compares the question with its row after removing the subject's mean, so another question about
+the subject no longer fires it while a reworded one still does; the centered cosines at inference are
+the direct ones; the solve meets every row with facts about one subject firing each other by the
+centered cosine; undo stays exact; the ledger stores the subject mean, rebuilds the same neurons, and
+computes the mean of a fact learned without it; the editor and CLI refuse it without a subject gate."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from memory.consolidate import EditorConfig, QFEditor
+from memory.gated import GatedMemory, unit_rows
+from memory.subject_center import SUBJECT_MEAN_RELATIONS, centered_cosines, centered_keys, subject_mean_questions
+from tests.test_answer_gate import cli_learns_with, undoing_fact_1_is_never_having_it
+
+WIDTH = 16
+ONE = torch.ones(1, dtype=torch.float64)
+NAMED = torch.tensor([[True]])
+
+
+def test_the_centered_cosines_are_the_cosines_of_the_centered_vectors():
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 4, WIDTH, generator=g)
+    means = 5 * torch.randn(6, WIDTH, generator=g)
+    keys = centered_keys(torch.randn(6, WIDTH, generator=g) + means, means)
+    direct = (unit_rows(x[..., None, :] - means) * keys).sum(-1)
+    assert torch.allclose(centered_cosines(x, means, keys), direct, atol=1e-5)
+
+
+def test_the_subject_mean_is_taken_over_questions_of_every_kind_put_as_the_template_puts_them():
+    plain, chat = subject_mean_questions("Toko Yasuda", chat=False), subject_mean_questions("Toko Yasuda", chat=True)
+    assert len(plain) == len(chat) == len(SUBJECT_MEAN_RELATIONS) == len(set(plain))
+    assert {kind for kind, _ in SUBJECT_MEAN_RELATIONS} == {0, 1, 2}
+    assert plain[0] == "Toko Yasuda was born in" and chat[0] == "Where was Toko Yasuda born?"
+
+
+def _subject_questions(generator):
+    """A subject mean m that dominates every question about the subject, a fact's row m + r, a rewording
+    of it and another question about the subject: a raw cosine of 0.95 or more for both."""
+    mean = 6 * unit_rows(torch.randn(1, WIDTH, generator=generator))[0]
+    r, other = (unit_rows(torch.randn(1, WIDTH, generator=generator))[0] for _ in range(2))
+    reworded = unit_rows((0.95 * r + 0.4 * unit_rows(torch.randn(1, WIDTH, generator=generator))[0])[None])[0]
+    return mean, (mean + r)[None], (mean + reworded)[None], (mean + other)[None]
+
+
+def test_a_centered_neuron_fires_on_a_rewording_not_on_another_question_about_its_subject():
+    g = torch.Generator().manual_seed(1)
+    mean, X, reworded, other = _subject_questions(g)
+    R = torch.randn(1, WIDTH, generator=g, dtype=torch.float64)
+    subject = torch.randn(8, generator=g)
+    raw = GatedMemory(WIDTH, tau=1.0, tau_named=0.85)
+    raw.add("a", X, R, ONE, subject_key=subject)
+    centered = GatedMemory(WIDTH, tau=1.0, tau_named=0.85, subject_centered=True)
+    centered.add("a", X, R, ONE, subject_key=subject, subject_mean=mean)
+    assert float(unit_rows(other) @ unit_rows(X).T) > 0.85  # the raw cosine: the other question fires it
+    assert raw.solve().output(other, NAMED).abs().max() > 0.1
+    neurons = centered.solve()
+    assert neurons.output(X, NAMED).double() == pytest.approx(R.float().double(), abs=1e-4)  # its own question
+    assert torch.equal(neurons.output(other, NAMED), torch.zeros_like(other))
+    assert neurons.output(reworded, NAMED).abs().max() > 0.1
+    assert torch.equal(neurons.output(X, torch.tensor([[False]])), torch.zeros_like(X))  # not named: gate 1
+
+
+def test_facts_about_one_subject_fire_each_other_by_the_centered_cosine_rows_are_met_and_undo_is_exact():
+    g = torch.Generator().manual_seed(2)
+    mean, X1, reworded, other = _subject_questions(g)
+    subject = torch.randn(8, generator=g)
+    R1, R2, R3 = (torch.randn(1, WIDTH, generator=g, dtype=torch.float64) for _ in range(3))
+    memory = GatedMemory(WIDTH, tau=1.0, tau_named=0.85, subject_centered=True)
+    memory.add("a", X1, R1, ONE, subject_key=subject, subject_mean=mean)
+    memory.add("b", reworded, R2, ONE, subject_key=subject + 0.01 * torch.randn(8, generator=g), subject_mean=mean)
+    memory.add("c", other, R3, ONE, subject_key=subject, subject_mean=mean)
+    pairs = memory._centered_pairs()
+    assert {("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("a", "a")} <= set(pairs)
+    neurons = memory.solve()
+    for X, R in ((X1, R1), (reworded, R2), (other, R3)):  # every row its residual, a and b firing each other
+        assert torch.allclose(neurons.output(X, torch.ones(1, 3, dtype=torch.bool)).double(), R, atol=2e-2)
+    alone = GatedMemory(WIDTH, tau=1.0, tau_named=0.85, subject_centered=True)
+    for key, X, R in (("a", X1, R1), ("c", other, R3)):
+        alone.add(key, X, R, ONE, subject_key=subject, subject_mean=mean)
+    memory.remove("b")
+    probe, named = torch.cat([X1, reworded, other]), torch.ones(3, 2, dtype=torch.bool)
+    assert torch.equal(memory.solve().output(probe, named), alone.solve().output(probe, named))
+
+
+def test_the_centered_gate_refuses_what_it_cannot_do(tiny_qwen):
+    with pytest.raises(ValueError, match="needs a subject gate"):
+        GatedMemory(WIDTH, tau=0.9, subject_centered=True)
+    memory = GatedMemory(WIDTH, tau=1.0, tau_named=0.85, subject_centered=True)
+    with pytest.raises(ValueError, match="subject mean"):
+        memory.add("a", torch.randn(1, WIDTH), torch.randn(1, WIDTH), ONE, subject_key=torch.randn(8))
+    memory.add("b", torch.randn(1, WIDTH), torch.randn(1, WIDTH), ONE)  # no subject: no mean needed
+    with pytest.raises(ValueError, match="needs --subject-gate"):
+        QFEditor(tiny_qwen, EditorConfig(gate=0.9, subject_gate=0.0, subject_centered=True))
+
+
+def _facts():
+    from tests.test_ledger_editor import FACTS
+
+    return [replace(f, subject=s) for f, s in zip(FACTS, ("Oxinnovate", "Oxinnovate", "my daughter"))]
+
+
+def test_the_ledger_rebuilds_the_same_centered_neurons_and_undo_is_exact(store, tokenizer, tmp_path):
+    from agent.ledger_editor import LedgerEditor
+    from tests.test_ledger_editor import fresh, logits
+
+    facts = _facts()
+    config = EditorConfig(gate=1.0, subject_gate=0.5, subject_centered=True, gain=1.0, answer_gate=0.0)
+    first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
+    learned = [first.learn(f) for f in facts]
+    neurons = first.current.neurons
+    assert neurons.subject_means is not None and neurons.subject_means.shape == neurons.keys.shape
+    assert neurons.subject_means.abs().sum(-1).gt(0).all()  # every fact had its subject's mean
+    assert "subject_mean" in store.load_captures(learned[0].edit_id)
+    taught = [logits(first, f) for f in facts]
+    second = LedgerEditor(store, fresh("qwen2", tokenizer), config)  # the next process: re-solved from the rows
+    assert torch.equal(second.current.neurons.values, neurons.values)
+    assert torch.equal(second.current.neurons.centered_keys, neurons.centered_keys)
+    assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(facts))
+    assert store.active_edits(second.checkpoint_id)[0].hyperparams["subject_centered"] is True
+    assert undoing_fact_1_is_never_having_it(second, learned, config, tokenizer, tmp_path, facts)
+
+
+def test_facts_learned_without_the_centered_gate_get_their_subject_mean_when_loaded_with_it(store, tokenizer, tmp_path):
+    from agent.ledger_editor import LedgerEditor
+    from store import Store
+    from tests.test_ledger_editor import fresh
+
+    facts = _facts()
+    config = EditorConfig(gate=1.0, subject_gate=0.5, gain=1.0, answer_gate=0.0)
+    before = LedgerEditor(store, fresh("qwen2", tokenizer), config)
+    learned = [before.learn(f) for f in facts]
+    assert "subject_mean" not in store.load_captures(learned[0].edit_id)
+    centered = replace(config, subject_centered=True)
+    loaded = LedgerEditor(store, fresh("qwen2", tokenizer), centered)
+    other = Store(f"sqlite:///{tmp_path / 'centered.db'}", tmp_path / "centered-tensors")
+    direct = LedgerEditor(other, fresh("qwen2", tokenizer), centered)
+    for f in facts:
+        direct.learn(f)
+    assert torch.allclose(loaded.current.neurons.subject_means, direct.current.neurons.subject_means, atol=1e-5)
+    assert torch.allclose(loaded.current.neurons.values, direct.current.neurons.values, atol=1e-4)
+    other.close()
+
+
+def test_the_cli_learns_with_the_centered_gate_and_refuses_it_without_a_subject_gate(tiny_model_dir):
+    cli_learns_with(tiny_model_dir, ["--subject-centered"], "subject_centered", ["--gate", "0.9"],
+                    "needs --subject-gate", value=True)
