@@ -88,8 +88,9 @@ def resolve_time(editor: QFEditor, facts: int, rows_per_fact: int) -> dict:
     """Load (residuals from stored rows), re-solve and write ``facts`` facts from the base model, as a
     ledger's load does: into gated neurons (the default) or down_proj's joint delta (--gate 0). The
     rows carry their recorded gains (1) and steering (none), as a ledger's do, so no head is read, and
-    with a subject gate a subject key each (random: every fact about a subject of its own); with an answer
-    gate their answer states are computed from the rows, as a load does."""
+    with a subject gate a subject key each (random: every fact about a subject of its own), and a random
+    subject mean with the subject-centered gate; with an answer gate their answer states are computed
+    from the rows, as a load does."""
     W0 = editor.joint.W0
     N, D = W0.shape
     g = torch.Generator().manual_seed(0)

@@ -92,12 +92,11 @@ class Reader:
             self._hooked.clear()
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                              output_hidden_states=True, logits_to_keep=1)
-            for b in range(len(ids)):
-                last = -1
-                reads.append({**{k: v[b, last].float() for k, v in self._hooked.items()},
-                              "final": out.hidden_states[-1][b, last].float(),
-                              "logp": out.logits[b, last].float().log_softmax(-1),
-                              **{f"layer {l}": out.hidden_states[l][b, last].float() for l in self.layers}})
+            for b in range(len(ids)):  # every prompt ends at the last position
+                reads.append({**{k: v[b, -1].float() for k, v in self._hooked.items()},
+                              "final": out.hidden_states[-1][b, -1].float(),
+                              "logp": out.logits[b, -1].float().log_softmax(-1),
+                              **{f"layer {l}": out.hidden_states[l][b, -1].float() for l in self.layers}})
         return reads
 
 
@@ -161,7 +160,8 @@ def main() -> None:
     means = {key: torch.stack([r[key] for r in shipped_reads]).mean(0) for key in readable}
     cases, _, family = read_cases(args.data, limit=args.limit)
     kept, reads = [], {"fact": [], "para": [], "swap": [], "subject": [], "relation": []}
-    subject_questions = [plain for _, relations in factual_prompts.KINDS for plain, _ in relations]
+    # every shipped relation, as the template puts it
+    subject_questions = [pair[args.template == "chat"] for _, relations in factual_prompts.KINDS for pair in relations]
 
     def mean_read(texts: list[str]) -> dict[str, torch.Tensor]:
         rs = reader.read_many(texts)
