@@ -34,8 +34,8 @@ from typing import NamedTuple
 import torch
 
 from memory import architecture as arch
-from memory.capture import Capture, right_padded_ids
-from memory.packing import PrefixCache, pack, prefix_states, template_prefix
+from memory.capture import Capture
+from memory.packing import Packed, PrefixCache, pack, prefix_states, template_prefix
 from memory.qf2_block import installed as installed_qf2
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
@@ -59,6 +59,10 @@ from memory.subject_center import subject_mean_questions
 from memory.subject_gate import subject_key, subject_position
 
 log = logging.getLogger(__name__)
+
+# How many subjects' means (memory.subject_center) an editor keeps for the next fact about the same subject:
+# N floats each (6 KB on the 1.5B), the oldest dropped first.
+SUBJECT_MEANS_KEPT = 1024
 
 # record(temporary key, the fact's rows, the solve: the joint delta, or the gated neurons with --gate)
 # -> durable key; see QFEditor.learn
@@ -150,6 +154,7 @@ class QFEditor(Answering):
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
+        self._subject_means: dict[tuple, torch.Tensor] = {}  # the subject-centered gate's means, by their prompts
         # The chat template's turns before the question (the same in every plain pass), computed once for
         # the packed captures (memory.packing); none for a tokenizer without a chat template.
         prefix = template_prefix(lambda q: render_prompt(self.tokenizer, q, config.system)) if self.tokenizer.chat_template else []
@@ -270,19 +275,27 @@ class QFEditor(Answering):
         keys and values (memory.packing; computed again after a write below the edited layer)."""
         for p in passes:
             self._check_length(p)
-        prefix = self._prefix.prefix if self._prefix_cacheable() else []
-        packed = pack([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes], prefix,
-                      self.model.dtype)
-        inputs, _ = packed.inputs(self.model, self._prefix, self._below_state())
-        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
-            with self._lower_base_weights():
-                cap.run(**inputs, use_cache=False)
+        cap, packed = self._capture_packed([p.input_ids[0].tolist() for p in passes], [p.prompt_len - 1 for p in passes])
         captured = []
         for i, p in enumerate(passes):
             at = (0, packed.at(i, p.rows).to(cap.inputs[self.down_name].device))
             U, V = (cap.inputs[name][at].float().cpu() for name in (self.down_name, self.norm_name))
             captured.append(PassRows(U, V, self._lower_keys(cap, at)))
         return captured
+
+    @torch.no_grad()
+    def _capture_packed(self, sequences: list[list[int]], first_rows: list[int]) -> tuple[Capture, Packed]:
+        """One forward pass over ``sequences`` packed into one sequence, those that begin with the chat
+        template's shared prefix (and read nothing in it: ``first_rows``) after its cached keys and values,
+        stopped after the edited layer: the capture of the lower layers' down_proj inputs, the edited layer's
+        norm and down_proj inputs, and where each sequence's positions sit in it (memory.packing)."""
+        prefix = self._prefix.prefix if self._prefix_cacheable() else []
+        packed = pack(sequences, first_rows, prefix, self.model.dtype)
+        inputs, _ = packed.inputs(self.model, self._prefix, self._below_state())
+        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
+            with self._lower_base_weights():
+                cap.run(**inputs, use_cache=False)
+        return cap, packed
 
     @torch.no_grad()
     def predicted(self, p: Pass, top: int) -> torch.Tensor:
@@ -384,8 +397,22 @@ class QFEditor(Answering):
         questions, or plain completions with ``chat`` False) in one batched forward pass; else as they are."""
         if not self.config.subject_centered or rows.subject_key is None or rows.subject_mean is not None or not subject:
             return rows
-        _, residuals, _ = self.capture_anchors([prompt_ids(q) for q in subject_mean_questions(subject, chat)])
-        return replace(rows, subject_mean=self.mlp_inputs(residuals).mean(0))
+        return replace(rows, subject_mean=self._subject_mean([prompt_ids(q) for q in subject_mean_questions(subject, chat)]))
+
+    def _subject_mean(self, prompts: list[list[int]]) -> torch.Tensor:
+        """The mean MLP input (N,) at the last position of a subject's mean questions ``prompts``, kept for the
+        next fact about the same subject while the weights below the edited layer stay as they are (the facts
+        taught about one subject share it; not kept where hooks below could change it: ``_prefix_cacheable``)."""
+        key = (tuple(map(tuple, prompts)), self._below_state())
+        if key in self._subject_means:
+            return self._subject_means[key]
+        _, residuals, _ = self.capture_anchors(prompts)
+        mean = self.mlp_inputs(residuals).mean(0)
+        if self._prefix_cacheable():
+            if len(self._subject_means) >= SUBJECT_MEANS_KEPT:
+                self._subject_means.pop(next(iter(self._subject_means)))  # the oldest
+            self._subject_means[key] = mean
+        return mean
 
     def chat_prompt_ids(self, query: str) -> list[int]:
         """The chat prompt of ``query`` under this editor's system prompt, up to the assistant header."""
@@ -444,15 +471,12 @@ class QFEditor(Answering):
     def capture_anchors(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Keys (A, D) and residuals (A, N) at the last token of each prompt (the position that
         decides the answer), and the keys at the lower layers of a spread solve ((k-1, A, D), None
-        with one layer), in one right-padded forward pass."""
-        ids, mask = right_padded_ids(prompts, pad=0)
-        device = self.loaded.device
-        with Capture(self.model, [*self.lower_names, self.norm_name, self.down_name], stop=True) as cap:
-            with self._lower_base_weights():
-                cap.run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        at = (torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts]))
-        return (*(cap.inputs[name].float().cpu()[at] for name in (self.down_name, self.norm_name)),
-                self._lower_keys(cap, tuple(i.to(cap.inputs[self.down_name].device) for i in at)))
+        with one layer), in one packed forward pass (``_capture_packed``)."""
+        last = [len(p) - 1 for p in prompts]
+        cap, packed = self._capture_packed(prompts, last)
+        device = cap.inputs[self.down_name].device
+        at = (0, torch.tensor([packed.at(i, row) for i, row in enumerate(last)], device=device))
+        return (*(cap.inputs[name][at].float().cpu() for name in (self.down_name, self.norm_name)), self._lower_keys(cap, at))
 
     # --- mutating ---------------------------------------------------------------------
     @torch.no_grad()

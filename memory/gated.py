@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from memory.answer_gate import AnswerReader, answer_keys
-from memory.subject_center import centered_cosines, centered_keys
+from memory.subject_center import centered_cosines, centered_keys, centered_offsets
 from memory.subject_gate import SUBJECT_MATCH, SubjectPresence, unit_rows
 
 # tau: the cosine above which a neuron starts firing; the setting measured best without subject
@@ -141,9 +141,11 @@ class GatedNeurons:
     ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
     must reach for the neuron to fire (0: no answer gating).
 
-    Subject-centered gating (memory.subject_center): ``subject_means`` (J, N) each neuron's subject mean
-    and ``centered_keys`` (J, N) its key centered on it, unit rows; where its subject is named a neuron
-    reads the centered cosine instead of the raw one (None: the raw one)."""
+    Subject-centered gating (memory.subject_center): ``subject_means`` (S, N) each subject's mean, aligned
+    with ``subject_keys``, ``centered_keys`` (J, N) each neuron's key centered on its subject's mean, unit
+    rows (zero for a neuron with no subject), and ``centered_offsets`` (2, J) the constants the centered
+    cosine needs (memory.subject_center.centered_offsets); where its subject is named a neuron reads the
+    centered cosine instead of the raw one (None: the raw one)."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -157,6 +159,7 @@ class GatedNeurons:
     prime: float = 0.0
     subject_means: torch.Tensor | None = None
     centered_keys: torch.Tensor | None = None
+    centered_offsets: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -182,7 +185,8 @@ class GatedNeurons:
         if named is not None and self.subject_gated:  # the lower threshold where a neuron's subject was named
             named_here = named[..., self.subject_of.clamp_min(0)] & (self.subject_of >= 0)  # (..., J)
             named_cos = cos if self.subject_means is None else centered_cosines(
-                x, self.subject_means.to(x.device), self.centered_keys.to(x.device))
+                x, self.subject_means.to(x.device), self.centered_keys.to(x.device), self.subject_of,
+                self.centered_offsets.to(x.device))
             a = torch.where(named_here, named_gate(named_cos, self.tau_named, self.prime), a)
         if self.answer_gated:
             if answer is None or answer.shape != x.shape:
@@ -193,12 +197,12 @@ class GatedNeurons:
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
         tau = self.tau.to(device) if isinstance(self.tau, torch.Tensor) else self.tau
-        subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered = (
+        subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered, offsets = (
             None if t is None else t.to(device)
             for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean, self.subject_means,
-                      self.centered_keys))
+                      self.centered_keys, self.centered_offsets))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
-                            answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered)
+                            answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered, offsets)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -512,19 +516,18 @@ class GatedMemory:
         return [(held[i], held[j]) for i, j in zip(a.tolist(), b.tolist()) if self._names(held[i], held[j])]
 
     def _centered(self) -> dict:
-        """GatedNeurons' subject-centered fields: every neuron's subject mean and centered key (zero rows
-        for facts with no subject key); none without."""
+        """GatedNeurons' subject-centered fields: each subject's mean (in ``_subjects``' order), every
+        neuron's centered key (zero rows for facts with no subject key) and constants; none without."""
         if not self.subject_centered:
             return {}
-        means, keys = [], []
-        for k in self._keys:
-            rows = self._K[k].shape[0]
-            mean = self._M.get(k, torch.zeros(self.width))
-            means.append(mean.expand(rows, -1))
-            keys.append(centered_keys(self._X[k], mean) if k in self._M else torch.zeros(rows, self.width))
-        if not means:
-            return {"subject_means": torch.zeros(0, self.width), "centered_keys": torch.zeros(0, self.width)}
-        return {"subject_means": torch.cat(means), "centered_keys": torch.cat(keys)}
+        with_subject = [k for k in self._keys if k in self._S]
+        means = torch.stack([self._M[k] for k in with_subject]) if with_subject else torch.zeros(0, self.width)
+        keys = torch.cat([centered_keys(self._X[k], self._M[k]) if k in self._M else torch.zeros(self._K[k].shape[0], self.width)
+                          for k in self._keys]) if self._keys else torch.zeros(0, self.width)
+        _, subject_of = self._subjects()
+        subject_of = torch.full((keys.shape[0],), -1, dtype=torch.int64) if subject_of is None else subject_of
+        return {"subject_means": means, "centered_keys": keys,
+                "centered_offsets": centered_offsets(means, keys, subject_of)}
 
     def _answers(self) -> dict:
         """GatedNeurons' answer-gate fields: every row's answer key, their mean and the threshold; none without."""

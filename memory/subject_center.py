@@ -18,7 +18,8 @@ values' solve too) and the raw cosine elsewhere; ``tau_named`` is then a thresho
 
 The mean costs one batched forward pass of the subject's questions when the fact is learned, and is
 stored with the fact's rows (the ledger's rebuild needs no forward pass). At inference the centered
-cosine of every neuron comes from two products with the MLP input, ``x @ K_c^T`` and ``x @ M^T``
+cosine of every neuron comes from two products with the MLP input, ``x @ K_c^T`` (one centered key per
+neuron) and ``x @ M^T`` (one mean per subject), and two constants per neuron
 (``|x - m|^2 = |x|^2 - 2 x.m + |m|^2``).
 """
 
@@ -47,10 +48,20 @@ def centered_keys(X: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return unit_rows(X.float() - mean.float())
 
 
-def centered_cosines(x: torch.Tensor, means: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``cos(x - m_j, k_j)`` for inputs x (..., N) and every neuron j's mean m_j (J, N) and centered unit
-    key k_j (J, N) -> (..., J), float32, without forming ``x - m_j`` for each j."""
+def centered_offsets(means: torch.Tensor, keys: torch.Tensor, subject_of: torch.Tensor) -> torch.Tensor:
+    """The per-neuron constants of ``centered_cosines`` (2, J): ``m_j . k_j`` and ``|m_j|^2`` for each neuron
+    j's subject mean ``m_j = means[subject_of[j]]`` (means (S, N)) and centered unit key k_j (J, N)."""
+    m = means.float()[subject_of.clamp_min(0)] if means.shape[0] else torch.zeros_like(keys)
+    return torch.stack([(m * keys).sum(-1), (m * m).sum(-1)])
+
+
+def centered_cosines(x: torch.Tensor, means: torch.Tensor, keys: torch.Tensor, subject_of: torch.Tensor,
+                     offsets: torch.Tensor) -> torch.Tensor:
+    """``cos(x - m_j, k_j)`` for inputs x (..., N) and every neuron j's subject mean ``m_j = means[subject_of[j]]``
+    (means (S, N), one per subject) and centered unit key k_j (J, N) -> (..., J), float32, from two products
+    with x and the neurons' ``centered_offsets``, without forming ``x - m_j`` for each j (a neuron with no
+    subject, ``subject_of`` -1, gets a meaningless value: it never reads the centered cosine)."""
     x = x.float()
-    along = x @ keys.T - (means * keys).sum(-1)
-    distance2 = (x * x).sum(-1, keepdim=True) - 2 * x @ means.T + (means * means).sum(-1)
+    along = x @ keys.T - offsets[0]
+    distance2 = (x * x).sum(-1, keepdim=True) - 2 * (x @ means.T)[..., subject_of.clamp_min(0)] + offsets[1]
     return along / distance2.clamp_min(1e-12).sqrt()

@@ -77,6 +77,24 @@ def test_one_packed_capture_matches_each_pass_alone(tiny):
     assert hook_count(tiny.model) == 0
 
 
+def test_anchor_capture_packs_prompts_as_each_alone(tiny):
+    """Anchor and subject-mean prompts (chat prompts after the cached system turn, and a plain one) in one
+    packed pass give each prompt's last-position keys, residuals and lower keys as a forward of it alone."""
+    last = tiny.model.config.num_hidden_layers - 1
+    editor = QFEditor(tiny, EditorConfig(layer=last, spread=2))
+    prompts = [editor.chat_prompt_ids("Who founded Oxinnovate?"), editor.chat_prompt_ids("Where is Kestrelite based, then?"),
+               tiny.tokenizer("Oxinnovate was founded by")["input_ids"]]
+    assert prompts[0][:len(editor._prefix.prefix)] == editor._prefix.prefix and len(prompts[0]) != len(prompts[1])
+    keys, residuals, lower = editor.capture_anchors(prompts)
+    assert keys.shape[0] == residuals.shape[0] == lower.shape[1] == 3 and lower.shape[0] == 1
+    for i, ids in enumerate(prompts):
+        with Capture(tiny.model, [*editor.lower_names, editor.norm_name, editor.down_name]) as cap:
+            cap.run(input_ids=torch.tensor([ids]), use_cache=False)
+        for got, name in ((keys[i], editor.down_name), (residuals[i], editor.norm_name), (lower[0, i], editor.lower_names[0])):
+            torch.testing.assert_close(got, cap.inputs[name][0, -1].float(), rtol=1e-4, atol=1e-5)
+    assert hook_count(tiny.model) == 0
+
+
 def _plain_rows_alone(tiny, editor, p):
     with Capture(tiny.model, [editor.down_name]) as cap:
         cap.run(input_ids=p.input_ids, use_cache=False)

@@ -12,7 +12,8 @@ import torch
 
 from memory.consolidate import EditorConfig, QFEditor
 from memory.gated import GatedMemory, unit_rows
-from memory.subject_center import SUBJECT_MEAN_RELATIONS, centered_cosines, centered_keys, subject_mean_questions
+from memory.subject_center import (SUBJECT_MEAN_RELATIONS, centered_cosines, centered_keys, centered_offsets,
+                                   subject_mean_questions)
 from tests.test_answer_gate import cli_learns_with, undoing_fact_1_is_never_having_it
 
 WIDTH = 16
@@ -23,10 +24,12 @@ NAMED = torch.tensor([[True]])
 def test_the_centered_cosines_are_the_cosines_of_the_centered_vectors():
     g = torch.Generator().manual_seed(0)
     x = 3 * torch.randn(2, 4, WIDTH, generator=g)
-    means = 5 * torch.randn(6, WIDTH, generator=g)
-    keys = centered_keys(torch.randn(6, WIDTH, generator=g) + means, means)
-    direct = (unit_rows(x[..., None, :] - means) * keys).sum(-1)
-    assert torch.allclose(centered_cosines(x, means, keys), direct, atol=1e-5)
+    means = 5 * torch.randn(3, WIDTH, generator=g)  # one per subject
+    subject_of = torch.tensor([0, 2, 2, 1, 0, 1])  # six neurons
+    keys = centered_keys(torch.randn(6, WIDTH, generator=g) + means[subject_of], means[subject_of])
+    direct = (unit_rows(x[..., None, :] - means[subject_of]) * keys).sum(-1)
+    offsets = centered_offsets(means, keys, subject_of)
+    assert torch.allclose(centered_cosines(x, means, keys, subject_of, offsets), direct, atol=1e-5)
 
 
 def test_the_subject_mean_is_taken_over_questions_of_every_kind_put_as_the_template_puts_them():
@@ -85,6 +88,23 @@ def test_facts_about_one_subject_fire_each_other_by_the_centered_cosine_rows_are
     assert torch.equal(memory.solve().output(probe, named), alone.solve().output(probe, named))
 
 
+def test_each_neuron_reads_its_own_subjects_mean_among_facts_with_other_subjects_and_none():
+    g = torch.Generator().manual_seed(3)
+    memory = GatedMemory(WIDTH, tau=1.0, tau_named=0.5, subject_centered=True)
+    facts = []
+    for key, has_subject in (("a", True), ("none", False), ("b", True)):
+        mean = 4 * torch.randn(WIDTH, generator=g)
+        X, R = mean + torch.randn(1, WIDTH, generator=g), torch.randn(1, WIDTH, generator=g, dtype=torch.float64)
+        subject = torch.randn(8, generator=g) if has_subject else None
+        memory.add(key, X, R, ONE, subject_key=subject, subject_mean=mean if has_subject else None)
+        facts.append((X, R))
+    neurons = memory.solve()
+    assert neurons.subject_means.shape == (2, WIDTH) and neurons.subject_of.tolist() == [0, -1, 1]
+    for i, (X, R) in enumerate(facts):  # each row its own residual, its subject named (the fact with none: above 0.85)
+        named = torch.tensor([[i == 0, i == 2]])
+        assert torch.allclose(neurons.output(X, named).double(), R, atol=1e-4)
+
+
 def test_the_centered_gate_refuses_what_it_cannot_do(tiny_qwen):
     with pytest.raises(ValueError, match="needs a subject gate"):
         GatedMemory(WIDTH, tau=0.9, subject_centered=True)
@@ -94,6 +114,24 @@ def test_the_centered_gate_refuses_what_it_cannot_do(tiny_qwen):
     memory.add("b", torch.randn(1, WIDTH), torch.randn(1, WIDTH), ONE)  # no subject: no mean needed
     with pytest.raises(ValueError, match="needs --subject-gate"):
         QFEditor(tiny_qwen, EditorConfig(gate=0.9, subject_gate=0.0, subject_centered=True))
+
+
+def test_the_facts_about_one_subject_share_its_mean_until_the_weights_below_change(tiny_qwen):
+    editor = QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.5, subject_centered=True, answer_gate=0.0))
+    computed = []
+    capture = editor.capture_anchors
+    editor.capture_anchors = lambda prompts: computed.append(len(prompts)) or capture(prompts)
+    first, second = _facts()[:2]  # both about Oxinnovate
+    editor.learn(first, verify=False)
+    editor.learn(second, verify=False)
+    assert computed == [len(SUBJECT_MEAN_RELATIONS)]  # the second fact took the first's mean
+    means = editor.neurons.subject_means  # one per fact with a subject, in order
+    torch.testing.assert_close(means[0], means[1], rtol=0, atol=0)
+    with torch.no_grad():  # a write below the edited layer (another layer's linear facts): computed again
+        tiny_qwen.model.get_parameter("model.layers.0.self_attn.q_proj.weight").mul_(1.5)
+    editor.learn(replace(first, query="Who started Oxinnovate?"), verify=False)
+    assert computed == [len(SUBJECT_MEAN_RELATIONS)] * 2
+    assert not torch.allclose(editor.neurons.subject_means[-1], means[0])
 
 
 def _facts():
@@ -111,7 +149,7 @@ def test_the_ledger_rebuilds_the_same_centered_neurons_and_undo_is_exact(store, 
     first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
     learned = [first.learn(f) for f in facts]
     neurons = first.current.neurons
-    assert neurons.subject_means is not None and neurons.subject_means.shape == neurons.keys.shape
+    assert neurons.subject_means is not None and neurons.subject_means.shape == (len(neurons.subject_keys), neurons.keys.shape[1])
     assert neurons.subject_means.abs().sum(-1).gt(0).all()  # every fact had its subject's mean
     assert "subject_mean" in store.load_captures(learned[0].edit_id)
     taught = [logits(first, f) for f in facts]
