@@ -19,7 +19,8 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 # (memory.qf2_editor) writes up_proj by its own rule and takes phrasings alone.
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
-                   "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered")
+                   "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered",
+                   "subject_full")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -131,6 +132,13 @@ def model_options(fn):
                        "centered on the subject's mean input, from shipped questions about it), so --subject-gate is a "
                        "threshold on that cosine; costs one more batched forward pass per fact "
                        "(memory.subject_center). [env QF_SUBJECT_CENTERED]")
+    @click.option("--subject-full", "subject_full", type=click.FloatRange(0, 1), envvar="QF_SUBJECT_FULL",
+                  default=0.0, show_default=True,
+                  help="QF with --subject-gate: once its subject has been named, a fact's neurons fire at their whole "
+                       "value from cosine C up, their strength rising from 0 at the subject gate to all of it at C "
+                       "instead of at cosine 1: with --subject-centered, whose reworded questions sit at low "
+                       "cosines, more of them get the learned answer, and more other questions about the subject "
+                       "too (memory.gated.named_gate; 0 = off). [env QF_SUBJECT_FULL]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

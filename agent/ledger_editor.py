@@ -172,7 +172,7 @@ class LedgerEditor:
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
         names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain",
-                 "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered")
+                 "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered", "subject_full")
         now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},

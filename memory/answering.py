@@ -70,6 +70,10 @@ class EditorConfig:
     # with a subject gate: where its subject has been named a neuron compares the MLP input and its key both
     # centered on the subject's mean (the subject gate is then a threshold on that cosine), memory.subject_center
     subject_centered: bool = False
+    # > 0, with a subject gate: where its subject has been named a neuron fires at its whole value from this
+    # cosine up (the ramp from the subject gate reaching 1 there instead of at cosine 1; meant for the
+    # subject-centered gate, whose paraphrases' cosines are low), memory.gated.named_gate; 0 = off
+    subject_full: float = 0.0
     # > 0, with gated neurons at the last layer: a neuron fires only where the base model's answer state (the
     # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off;
     # None: DEFAULT_ANSWER_GATE with gated neurons at the last layer, else 0
@@ -129,7 +133,7 @@ PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": Fal
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
               "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0, "steer": 0.0,
               "subject_gate": 0.0, "answer_gate": 0.0, "subject_prime": 0.0,
-              "subject_centered": False}
+              "subject_centered": False, "subject_full": 0.0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

@@ -112,6 +112,12 @@ class QFEditor(Answering):
         if config.subject_centered and not config.subject_gate:
             raise ValueError("--subject-centered reads a fact's neurons where its subject is named: it needs "
                              "--subject-gate")
+        if config.subject_full and not config.subject_gate:
+            raise ValueError("--subject-full fires a fact's neurons at their whole value where its subject is named: "
+                             "it needs --subject-gate")
+        if config.subject_full and not config.subject_gate < config.subject_full <= 1:
+            raise ValueError(f"--subject-full {config.subject_full} must be above --subject-gate {config.subject_gate} "
+                             "(where the neurons' ramp begins) and at most 1")
         if config.answer_gate and not config.gate:
             raise ValueError("--answer-gate gates the neurons of --gate: it needs --gate")
         if config.answer_gate and self.layer != last:
@@ -150,7 +156,8 @@ class QFEditor(Answering):
         self.gated = gated.GatedMemory(
             W0.shape[0], config.gate, tau_named=config.subject_gate, answer_tau=config.answer_gate,
             answer_mean=self._answer_mean() if config.answer_gate else None,
-            prime=config.subject_prime, subject_centered=config.subject_centered) if config.gate else None
+            prime=config.subject_prime, subject_centered=config.subject_centered,
+            full=config.subject_full or 1.0) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use

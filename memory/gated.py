@@ -79,11 +79,13 @@ def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, torch.relu(cosines - tau) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
 
 
-def named_gate(cosines: torch.Tensor, tau_named: float, prime: float) -> torch.Tensor:
-    """The activation of a neuron whose subject has been named: ``gate(cos, tau_named)``, and with a
-    subject prime at least ``prime * gate(cos, PRIME_FROM)``, a weak firing on every question about
-    the subject that grows with its cosine (memory.subject_gate)."""
-    a = gate(cosines, tau_named)
+def named_gate(cosines: torch.Tensor, tau_named: float, prime: float, full: float = 1.0) -> torch.Tensor:
+    """The activation of a neuron whose subject has been named: ``gate(cos, tau_named)``, a ramp from 0 at
+    ``tau_named`` to 1 at cosine 1, or with ``full`` below 1 a steeper one reaching 1 at ``full`` and held
+    there (its whole value from that cosine up, memory.subject_center); and with a subject prime at least
+    ``prime * gate(cos, PRIME_FROM)``, a weak firing on every question about the subject that grows with
+    its cosine (memory.subject_gate)."""
+    a = gate(cosines, tau_named) if full >= 1.0 else torch.clamp(torch.relu(cosines - tau_named) / (full - tau_named), max=1.0)
     return torch.maximum(a, prime * gate(cosines, PRIME_FROM)) if prime else a
 
 
@@ -135,7 +137,8 @@ class GatedNeurons:
     Subject gating (memory.subject_gate): ``subject_keys`` (S, N) unit keys of the facts' subjects,
     ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
     fires above while its subject has been named in the context (0: no subject gating), and
-    ``prime`` the most it fires below that once named (memory.gated.named_gate; 0: none).
+    ``prime`` the most it fires below that once named, and ``full`` the cosine from which it fires at its
+    whole value once named (memory.gated.named_gate; 0: none, 1: at cosine 1).
 
     Answer gating (memory.answer_gate): ``answer_keys`` (J, N) each row's unit centered answer state,
     ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
@@ -160,6 +163,7 @@ class GatedNeurons:
     subject_means: torch.Tensor | None = None
     centered_keys: torch.Tensor | None = None
     centered_offsets: torch.Tensor | None = None
+    full: float = 1.0
 
     @property
     def count(self) -> int:
@@ -187,7 +191,7 @@ class GatedNeurons:
             named_cos = cos if self.subject_means is None else centered_cosines(
                 x, self.subject_means.to(x.device), self.centered_keys.to(x.device), self.subject_of,
                 self.centered_offsets.to(x.device))
-            a = torch.where(named_here, named_gate(named_cos, self.tau_named, self.prime), a)
+            a = torch.where(named_here, named_gate(named_cos, self.tau_named, self.prime, self.full), a)
         if self.answer_gated:
             if answer is None or answer.shape != x.shape:
                 raise ValueError("answer-gated neurons need the answer state at every position of the MLP's input")
@@ -202,7 +206,8 @@ class GatedNeurons:
             for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean, self.subject_means,
                       self.centered_keys, self.centered_offsets))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
-                            answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered, offsets)
+                            answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered, offsets,
+                            self.full)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -276,11 +281,13 @@ class GatedMemory:
     where their answer keys' cosine reaches ``answer_tau`` too. With a subject ``prime`` a row that names a
     neuron's subject also fires it weakly below ``tau_named`` (named_gate). With ``subject_centered``
     (memory.subject_center) each fact with a subject key also brings its subject's mean MLP input, and a
-    row that names a neuron's subject fires it by their cosine centered on the neuron's subject mean."""
+    row that names a neuron's subject fires it by their cosine centered on the neuron's subject mean. With
+    ``full`` below 1 a row that names a neuron's subject fires it at its whole value from that cosine up
+    (named_gate)."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None,
-                 prime: float = 0.0, subject_centered: bool = False):
+                 prime: float = 0.0, subject_centered: bool = False, full: float = 1.0):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
         if tau == 1.0 and not tau_named:
@@ -301,7 +308,13 @@ class GatedMemory:
         if subject_centered and not tau_named:
             raise ValueError("the subject-centered gate reads a fact's neurons where its subject is named: it needs a "
                              "subject gate")
-        self.prime, self.subject_centered = prime, subject_centered
+        if full != 1.0 and not tau_named:
+            raise ValueError("a neuron's whole value from a lower cosine is where its subject is named: it needs a "
+                             "subject gate")
+        if full != 1.0 and not tau_named < full < 1.0:
+            raise ValueError(f"the cosine a named neuron fires at its whole value from must be in ({tau_named}, 1] "
+                             f"(above the subject gate), not {full}")
+        self.prime, self.subject_centered, self.full = prime, subject_centered, full
         self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
         self.answer_tau = answer_tau
         self.answer_mean = answer_mean.float() if answer_tau else None
@@ -347,7 +360,7 @@ class GatedMemory:
     def activation(self, cos: torch.Tensor, a: Hashable, b: Hashable) -> torch.Tensor:
         """How strongly fact a's rows fire fact b's neurons at the cosines ``cos`` of their keys."""
         if self.tau_named and self._names(a, b):
-            return named_gate(cos, self.tau_named, self.prime)
+            return named_gate(cos, self.tau_named, self.prime, self.full)
         return gate(cos, self.threshold(a, b))
 
     def _rule(self, row_has: torch.Tensor, neuron_has: torch.Tensor, same_subject: torch.Tensor) -> torch.Tensor:
@@ -450,7 +463,7 @@ class GatedMemory:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
             return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
-                                **self._answers(), prime=self.prime, **self._centered())
+                                **self._answers(), prime=self.prime, **self._centered(), full=self.full)
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -476,7 +489,7 @@ class GatedMemory:
                 A.update(zip(zip(row[fires].tolist(), neuron[fires].tolist()), fired))
         for ka, kb in self._centered_pairs():  # rows that name a neuron's subject, by the centered cosine
             cos = centered_keys(self._X[ka], self._M[kb]) @ centered_keys(self._X[kb], self._M[kb]).T
-            fired = named_gate(cos, self.tau_named, self.prime)
+            fired = named_gate(cos, self.tau_named, self.prime, self.full)
             i, j = torch.nonzero(fired > 0, as_tuple=True)
             A.update({(offsets[ka] + a, offsets[kb] + b): v
                       for a, b, v in zip(i.tolist(), j.tolist(), fired[i, j].tolist()) if ka != kb or a != b})
@@ -501,7 +514,7 @@ class GatedMemory:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
         return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers(),
-                            prime=self.prime, **self._centered())
+                            prime=self.prime, **self._centered(), full=self.full)
 
     def _centered_pairs(self) -> list[tuple[Hashable, Hashable]]:
         """The (row fact, neuron fact) pairs, in the facts' order, where the row names the neuron's subject

@@ -181,7 +181,8 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert data["solver"] == {"preserve": 5.0, "gain": 1.5, "focus": 0, "auto_significance": True, "condition": 1e6,
                               "phrasings": 0, "contexts": 2, "keys_data": None, "question_keys": 2.0, "anchors": 2,
                               "near_questions": 0, "soft_anchors": 3.0, "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
-                              "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False}
+                              "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
+                              "subject_full": 0.0}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -196,7 +197,8 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
     assert plain["solver"] == {"preserve": 0.0, "gain": 1.0, "focus": 2, "auto_significance": False, "condition": 0.0,
                                "phrasings": 0, "contexts": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0,
                                "near_questions": 0, "soft_anchors": 0.0, "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
-                               "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False}
+                               "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
+                               "subject_full": 0.0}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
     refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
@@ -258,7 +260,8 @@ def test_bench_variant_names():
                                        "condition": 0.0, "phrasings": 0, "contexts": 0, "keys_data": None,
                                        "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
                                        "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
-                                       "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False}
+                                       "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
+                                       "subject_full": 0.0}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/k0") == {"question_keys": 0.0} and qf_settings("qf/k2.5") == {"question_keys": 2.5}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}

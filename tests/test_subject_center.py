@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memory.consolidate import EditorConfig, QFEditor
-from memory.gated import GatedMemory, unit_rows
+from memory.gated import GatedMemory, gate, named_gate, unit_rows
 from memory.subject_center import (SUBJECT_MEAN_RELATIONS, centered_cosines, centered_keys, centered_offsets,
                                    subject_mean_questions)
 from tests.test_answer_gate import cli_learns_with, undoing_fact_1_is_never_having_it
@@ -105,9 +105,49 @@ def test_each_neuron_reads_its_own_subjects_mean_among_facts_with_other_subjects
         assert torch.allclose(neurons.output(X, named).double(), R, atol=1e-4)
 
 
-def test_the_centered_gate_refuses_what_it_cannot_do(tiny_qwen):
+def test_a_named_neuron_fires_at_its_whole_value_from_the_full_cosine_up():
+    cos = torch.tensor([-0.2, 0.1, 0.3, 0.5, 0.7, 1.0])
+    assert torch.equal(named_gate(cos, 0.1, 0.0, 1.0), gate(cos, 0.1))  # full 1: the plain ramp
+    steep = named_gate(cos, 0.1, 0.0, 0.5)
+    assert steep.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
+    primed = named_gate(cos, 0.3, 0.4, 0.5)  # with a prime: the larger of the two
+    assert primed.tolist() == pytest.approx([0.0, 0.0, 0.4 * 0.2 / 0.9, 1.0, 1.0, 1.0])
+
+
+def test_with_a_full_cosine_a_rewording_gets_the_whole_value_and_the_rows_are_still_met():
+    g = torch.Generator().manual_seed(1)
+    mean, X, reworded, other = _subject_questions(g)
+    R = torch.randn(1, WIDTH, generator=g, dtype=torch.float64)
+    subject = torch.randn(8, generator=g)
+    cos = float(centered_keys(reworded, mean) @ centered_keys(X, mean).T)
+    assert 0.8 < cos < 1
+    ramp, full = (GatedMemory(WIDTH, tau=1.0, tau_named=0.5, subject_centered=True, full=f) for f in (1.0, 0.8))
+    for memory in (ramp, full):
+        memory.add("a", X, R, ONE, subject_key=subject, subject_mean=mean)
+    partial, whole = (m.solve().output(reworded, NAMED).double() for m in (ramp, full))
+    assert torch.allclose(partial, (cos - 0.5) / 0.5 * R, atol=1e-4)
+    assert torch.allclose(whole, R, atol=1e-4) and full.solve().full == 0.8
+    assert torch.equal(full.solve().output(other, NAMED), torch.zeros_like(other))  # another question: nothing
+    # two rows of one fact between the subject gate and the full cosine fire each other partly: still both met
+    second = mean + unit_rows((0.65 * (X - mean) / (X - mean).norm() + 0.76 * unit_rows(torch.randn(1, WIDTH, generator=g))))
+    rows, R2 = torch.cat([X, second]), torch.randn(2, WIDTH, generator=g, dtype=torch.float64)
+    two = GatedMemory(WIDTH, tau=1.0, tau_named=0.5, subject_centered=True, full=0.8)
+    two.add("b", rows, R2, torch.ones(2, dtype=torch.float64), subject_key=subject, subject_mean=mean)
+    assert 0 < float(two.activation(centered_keys(rows, mean)[0] @ centered_keys(rows, mean)[1], "b", "b")) < 1
+    assert torch.allclose(two.solve().output(rows, NAMED.expand(2, 1)).double(), R2, atol=2e-2)  # to the ridge
+
+
+def test_the_centered_gate_and_full_cosine_refuse_what_they_cannot_do(tiny_qwen):
     with pytest.raises(ValueError, match="needs a subject gate"):
         GatedMemory(WIDTH, tau=0.9, subject_centered=True)
+    with pytest.raises(ValueError, match="needs a subject gate"):
+        GatedMemory(WIDTH, tau=0.9, full=0.5)
+    with pytest.raises(ValueError, match="above the subject gate"):
+        GatedMemory(WIDTH, tau=1.0, tau_named=0.5, full=0.4)
+    with pytest.raises(ValueError, match="needs --subject-gate"):
+        QFEditor(tiny_qwen, EditorConfig(gate=0.9, subject_gate=0.0, subject_full=0.5))
+    with pytest.raises(ValueError, match="must be above --subject-gate"):
+        QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.5, subject_full=0.3))
     memory = GatedMemory(WIDTH, tau=1.0, tau_named=0.85, subject_centered=True)
     with pytest.raises(ValueError, match="subject mean"):
         memory.add("a", torch.randn(1, WIDTH), torch.randn(1, WIDTH), ONE, subject_key=torch.randn(8))
@@ -145,7 +185,7 @@ def test_the_ledger_rebuilds_the_same_centered_neurons_and_undo_is_exact(store, 
     from tests.test_ledger_editor import fresh, logits
 
     facts = _facts()
-    config = EditorConfig(gate=1.0, subject_gate=0.5, subject_centered=True, gain=1.0, answer_gate=0.0)
+    config = EditorConfig(gate=1.0, subject_gate=0.5, subject_centered=True, subject_full=0.7, gain=1.0, answer_gate=0.0)
     first = LedgerEditor(store, fresh("qwen2", tokenizer), config)
     learned = [first.learn(f) for f in facts]
     neurons = first.current.neurons
@@ -157,7 +197,8 @@ def test_the_ledger_rebuilds_the_same_centered_neurons_and_undo_is_exact(store, 
     assert torch.equal(second.current.neurons.values, neurons.values)
     assert torch.equal(second.current.neurons.centered_keys, neurons.centered_keys)
     assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(facts))
-    assert store.active_edits(second.checkpoint_id)[0].hyperparams["subject_centered"] is True
+    hyperparams = store.active_edits(second.checkpoint_id)[0].hyperparams
+    assert hyperparams["subject_centered"] is True and hyperparams["subject_full"] == 0.7 and second.current.neurons.full == 0.7
     assert undoing_fact_1_is_never_having_it(second, learned, config, tokenizer, tmp_path, facts)
 
 
@@ -185,3 +226,7 @@ def test_facts_learned_without_the_centered_gate_get_their_subject_mean_when_loa
 def test_the_cli_learns_with_the_centered_gate_and_refuses_it_without_a_subject_gate(tiny_model_dir):
     cli_learns_with(tiny_model_dir, ["--subject-centered"], "subject_centered", ["--gate", "0.9"],
                     "needs --subject-gate", value=True)
+
+
+def test_the_cli_learns_with_a_full_cosine_and_refuses_it_without_a_subject_gate(tiny_model_dir):
+    cli_learns_with(tiny_model_dir, ["--subject-full", "0.9"], "subject_full", ["--gate", "0.9"], "needs --subject-gate")
