@@ -130,7 +130,7 @@ def model_options(fn):
                   help="QF with --subject-gate: where its subject has been named, a fact's neurons compare the "
                        "question with the fact's after removing what every question about the subject shares (both "
                        "centered on the subject's mean input, from shipped questions about it), so --subject-gate is a "
-                       "threshold on that cosine; costs one more batched forward pass per fact "
+                       "threshold on that cosine; costs one more forward pass per subject "
                        "(memory.subject_center). [env QF_SUBJECT_CENTERED]")
     @click.option("--subject-full", "subject_full", type=click.FloatRange(0, 1), envvar="QF_SUBJECT_FULL",
                   default=0.0, show_default=True,

@@ -15,7 +15,7 @@ QF residual is exactly zero and the solve keeps ``dW k = 0`` there. The update m
 fact's own key through what differs from the anchors' keys, the subject, instead of the relation
 the neighbours share. Anchors are rows of the fact like any other: stored with its captures, so
 the ledger's rebuild, undo and replay stay exact. Their cost is one rank per anchor and one
-batched forward pass per fact.
+packed forward pass per fact (QFEditor.capture_anchors).
 """
 
 from __future__ import annotations

@@ -401,7 +401,8 @@ class QFEditor(Answering):
                           chat: bool = True) -> FactRows:
         """With the subject-centered gate, ``rows`` of a fact with a subject key and no subject mean with the
         subject's mean MLP input (memory.subject_center): its shipped questions put as ``prompt_ids`` (chat
-        questions, or plain completions with ``chat`` False) in one batched forward pass; else as they are."""
+        questions, or plain completions with ``chat`` False) in one packed forward pass (``_subject_mean``); else as
+        they are."""
         if not self.config.subject_centered or rows.subject_key is None or rows.subject_mean is not None or not subject:
             return rows
         return replace(rows, subject_mean=self._subject_mean([prompt_ids(q) for q in subject_mean_questions(subject, chat)]))

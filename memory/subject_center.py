@@ -16,8 +16,8 @@ of the real paraphrases passes 44% of the other questions (docs/RESULTS.md, "The
 gate"). With ``subject_centered`` the neurons use ``cos_c`` wherever their subject is named (in the
 values' solve too) and the raw cosine elsewhere; ``tau_named`` is then a threshold on ``cos_c``.
 
-The mean costs one batched forward pass of the subject's questions when the fact is learned, and is
-stored with the fact's rows (the ledger's rebuild needs no forward pass). At inference the centered
+The mean costs one packed forward pass of the subject's questions when the first fact about the subject
+is learned (QFEditor keeps it for the next fact about the same subject), and is stored with the fact's rows (the ledger's rebuild needs no forward pass). At inference the centered
 cosine of every neuron comes from two products with the MLP input, ``x @ K_c^T`` (one centered key per
 neuron) and ``x @ M^T`` (one mean per subject), and two constants per neuron
 (``|x - m|^2 = |x|^2 - 2 x.m + |m|^2``).

@@ -98,7 +98,7 @@ def test_editor_captures_each_anchor_at_its_last_prompt_token(tiny_qwen):
     T = plain.num_rows
     assert torch.equal(rows.U[:T], plain.U) and torch.equal(rows.U_plain[:T], plain.U_plain)
     assert torch.equal(rows.U[T:], rows.U_plain[T:]) and torch.equal(rows.V[T:], rows.V_plain[T:])
-    # the batched, right-padded capture equals each anchor's own unpadded pass at its last prompt token
+    # the packed capture equals each anchor's own pass at its last prompt token
     for i, query in enumerate(contrast_queries(fact.query, fact.subject, 3)):
         p = build_pass(tiny_qwen.tokenizer, query, "Qi")
         U, V, _ = editor.capture_pass(p)
