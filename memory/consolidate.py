@@ -411,12 +411,12 @@ class QFEditor(Answering):
         """The mean MLP input (N,) at the last position of a subject's mean questions ``prompts``, kept for the
         next fact about the same subject while the weights below the edited layer stay as they are (the facts
         taught about one subject share it; not kept where hooks below could change it: ``_prefix_cacheable``)."""
-        key = (tuple(map(tuple, prompts)), self._below_state())
-        if key in self._subject_means:
+        key, keep = (tuple(map(tuple, prompts)), self._below_state()), self._prefix_cacheable()
+        if keep and key in self._subject_means:
             return self._subject_means[key]
         _, residuals, _ = self.capture_anchors(prompts)
         mean = self.mlp_inputs(residuals).mean(0)
-        if self._prefix_cacheable():
+        if keep:
             if len(self._subject_means) >= SUBJECT_MEANS_KEPT:
                 self._subject_means.pop(next(iter(self._subject_means)))  # the oldest
             self._subject_means[key] = mean

@@ -156,7 +156,7 @@ def test_the_centered_gate_and_full_cosine_refuse_what_they_cannot_do(tiny_qwen)
         QFEditor(tiny_qwen, EditorConfig(gate=0.9, subject_gate=0.0, subject_centered=True))
 
 
-def test_the_facts_about_one_subject_share_its_mean_until_the_weights_below_change(tiny_qwen):
+def test_the_facts_about_one_subject_share_its_mean_until_what_is_below_changes(tiny_qwen):
     editor = QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.5, subject_centered=True, answer_gate=0.0))
     computed = []
     capture = editor.capture_anchors
@@ -172,6 +172,9 @@ def test_the_facts_about_one_subject_share_its_mean_until_the_weights_below_chan
     editor.learn(replace(first, query="Who started Oxinnovate?"), verify=False)
     assert computed == [len(SUBJECT_MEAN_RELATIONS)] * 2
     assert not torch.allclose(editor.neurons.subject_means[-1], means[0])
+    QFEditor(tiny_qwen, EditorConfig(layer=1)).learn(first, verify=False)  # gated neurons below: hooks, not weights
+    editor.learn(replace(first, query="Who set up Oxinnovate?"), verify=False)
+    assert computed == [len(SUBJECT_MEAN_RELATIONS)] * 3  # not taken from before they were there
 
 
 def _facts():
