@@ -17,10 +17,10 @@ gate"). With ``subject_centered`` the neurons use ``cos_c`` wherever their subje
 values' solve too) and the raw cosine elsewhere; ``tau_named`` is then a threshold on ``cos_c``.
 
 The mean costs one packed forward pass of the subject's questions when the first fact about the subject
-is learned (QFEditor keeps it for the next fact about the same subject), and is stored with the fact's rows (the ledger's rebuild needs no forward pass). At inference the centered
-cosine of every neuron comes from two products with the MLP input, ``x @ K_c^T`` (one centered key per
-neuron) and ``x @ M^T`` (one mean per subject), and two constants per neuron
-(``|x - m|^2 = |x|^2 - 2 x.m + |m|^2``).
+is learned (QFEditor keeps it for the next fact about the same subject), and is stored with the fact's
+rows (the ledger's rebuild needs no forward pass). At inference the centered cosine of every neuron
+comes from two products with the MLP input, ``x @ K_c^T`` (one centered key per neuron) and ``x @ M^T``
+(one mean per subject), and two constants per neuron (``|x - m|^2 = |x|^2 - 2 x.m + |m|^2``).
 """
 
 from __future__ import annotations
