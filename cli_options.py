@@ -134,11 +134,12 @@ def model_options(fn):
                        "(memory.subject_center). [env QF_SUBJECT_CENTERED]")
     @click.option("--subject-full", "subject_full", type=click.FloatRange(0, 1), envvar="QF_SUBJECT_FULL",
                   default=0.0, show_default=True,
-                  help="QF with --subject-gate: once its subject has been named, a fact's neurons fire at their whole "
-                       "value from cosine C up, their strength rising from 0 at the subject gate to all of it at C "
-                       "instead of at cosine 1: with --subject-centered, whose reworded questions sit at low "
-                       "cosines, more of them get the learned answer, and more other questions about the subject "
-                       "too (memory.gated.named_gate; 0 = off). [env QF_SUBJECT_FULL]")
+                  help="QF with --subject-gate: once its subject has been named, the neuron of the row where a fact's "
+                       "answer opens fires at its whole value from cosine C up, its strength rising from 0 at the "
+                       "subject gate to all of it at C instead of at cosine 1 (the rows within the answer keep that "
+                       "ramp): with --subject-centered, whose reworded questions sit at low cosines, more of them get "
+                       "the learned answer, and more other questions about the subject too "
+                       "(memory.gated.named_gate; 0 = off). [env QF_SUBJECT_FULL]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

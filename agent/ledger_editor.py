@@ -45,6 +45,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
         "subject_key": rows.subject_key, "subject_layer": torch.tensor([SUBJECT_LAYER], dtype=torch.int64),
     } if rows.subject_key is not None else {}) | ({
         "subject_mean": rows.subject_mean} if rows.subject_mean is not None else {}) | ({
+        "openings": rows.openings} if rows.openings is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
 
@@ -61,7 +62,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         steer=tensors.get("steer"), steer_margin=float(tensors["steer_margin"]) if "steer_margin" in tensors else 0.0,
         # a key of another subject layer (if SUBJECT_LAYER ever changes) would match nothing: not used
         subject_key=tensors.get("subject_key") if int(tensors.get("subject_layer", -1)) == SUBJECT_LAYER else None,
-        subject_mean=tensors.get("subject_mean"),
+        subject_mean=tensors.get("subject_mean"), openings=tensors.get("openings"),  # recorded since 2026-12-07
     )
 
 

@@ -70,9 +70,10 @@ class EditorConfig:
     # with a subject gate: where its subject has been named a neuron compares the MLP input and its key both
     # centered on the subject's mean (the subject gate is then a threshold on that cosine), memory.subject_center
     subject_centered: bool = False
-    # > 0, with a subject gate: where its subject has been named a neuron fires at its whole value from this
-    # cosine up (the ramp from the subject gate reaching 1 there instead of at cosine 1; meant for the
-    # subject-centered gate, whose paraphrases' cosines are low), memory.gated.named_gate; 0 = off
+    # > 0, with a subject gate: where its subject has been named the neuron of a row where an answer opens fires
+    # at its whole value from this cosine up (the ramp from the subject gate reaching 1 there instead of at
+    # cosine 1; the rows within the answer keep the ramp; meant for the subject-centered gate, whose
+    # paraphrases' cosines are low), memory.gated.named_gate and GatedMemory.full_of; 0 = off
     subject_full: float = 0.0
     # > 0, with gated neurons at the last layer: a neuron fires only where the base model's answer state (the
     # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off;

@@ -40,7 +40,7 @@ from memory.qf2_block import installed as installed_qf2
 from memory.delta import LowRankDelta, NonFiniteDeltaError, tensor_sha256, weight_set_to
 from memory.anchors import contrast_queries
 from memory.contexts import check_contexts, in_contexts
-from memory.fact import Fact, FactRows, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
+from memory.fact import Fact, FactRows, answer_openings, auto_significance, significance_vector, stack_rows, with_anchors, with_forms
 from memory.float32_linear import keep_float32
 from memory import gated
 from memory.answer_gate import answer_states
@@ -370,7 +370,8 @@ class QFEditor(Answering):
                 head = self.model.get_output_embeddings().weight
                 focus = focus_bases(head, arch.final_norm(self.model).weight, plain.targets, top)
             parts.append(FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
-                                  lower_keys=plain_rows.lower, lower_layers=self.layers[:-1]))  # () and None with one layer
+                                  lower_keys=plain_rows.lower, lower_layers=self.layers[:-1],  # () and None with one layer
+                                  openings=answer_openings(len(plain.targets))))
         return stack_rows(parts)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
@@ -532,7 +533,7 @@ class QFEditor(Answering):
         rows = self.joint.with_gains(rows)
         if self.gated is not None:
             self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key, answer_states=self.answer_states(rows),
-                           subject_mean=rows.subject_mean)
+                           subject_mean=rows.subject_mean, openings=rows.openings)
         else:
             self.joint.add(key, rows)
 

@@ -99,6 +99,10 @@ class FactRows(QuestionRows):
     # (N,) the subject's mean MLP input at the edited layer (memory.subject_center), for the subject-centered
     # gate; None: not captured
     subject_mean: torch.Tensor | None = None
+    # (T,) bool: the rows at a prompt's last position, where an answer opens (each question's first row, and
+    # every anchor), which a named neuron's whole value from a lower cosine is for (memory.gated.named_gate);
+    # None: not recorded (captures from before 2026-12-07), read as every row
+    openings: torch.Tensor | None = None
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says
@@ -132,6 +136,7 @@ def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, low
         torch.cat([rows.significance, torch.ones(A, dtype=rows.significance.dtype)]), queries=rows.queries, anchors=A,
         lower_keys=None if lower_keys is None else torch.cat([rows.lower_keys, lower_keys], 1),
         lower_layers=rows.lower_layers, form_rows=rows.form_rows, forms=rows.forms,
+        openings=None if rows.openings is None else torch.cat([rows.openings, torch.ones(A, dtype=torch.bool)]),
     )
 
 
@@ -172,8 +177,14 @@ def _concatenated(parts: list[FactRows], **layout) -> FactRows:
 
     return FactRows(
         first.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
-        focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers, **layout,
+        focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers,
+        openings=cat("openings") if all(p.openings is not None for p in parts) else None, **layout,
     )
+
+
+def answer_openings(num_rows: int) -> torch.Tensor:
+    """The openings (``FactRows.openings``) of one question's ``num_rows`` rows: only the first opens its answer."""
+    return torch.arange(num_rows) == 0
 
 
 def significance_vector(significance: tuple[float, ...] | None, num_answer_tokens: int) -> torch.Tensor:

@@ -79,13 +79,17 @@ def gate(cosines: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, torch.relu(cosines - tau) / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
 
 
-def named_gate(cosines: torch.Tensor, tau_named: float, prime: float, full: float = 1.0) -> torch.Tensor:
+def named_gate(cosines: torch.Tensor, tau_named: float, prime: float, full: float | torch.Tensor = 1.0) -> torch.Tensor:
     """The activation of a neuron whose subject has been named: ``gate(cos, tau_named)``, a ramp from 0 at
     ``tau_named`` to 1 at cosine 1, or with ``full`` below 1 a steeper one reaching 1 at ``full`` and held
-    there (its whole value from that cosine up, memory.subject_center); and with a subject prime at least
-    ``prime * gate(cos, PRIME_FROM)``, a weak firing on every question about the subject that grows with
-    its cosine (memory.subject_gate)."""
-    a = gate(cosines, tau_named) if full >= 1.0 else torch.clamp(torch.relu(cosines - tau_named) / (full - tau_named), max=1.0)
+    there (its whole value from that cosine up, memory.subject_center; ``full`` a number, or one per element,
+    1 where the plain ramp); and with a subject prime at least ``prime * gate(cos, PRIME_FROM)``, a weak firing
+    on every question about the subject that grows with its cosine (memory.subject_gate)."""
+    if isinstance(full, torch.Tensor):  # float64, so that each span rounds as a number's does below
+        span = (full - tau_named).to(cosines.dtype)
+        a = torch.where(full >= 1.0, gate(cosines, tau_named), torch.clamp(torch.relu(cosines - tau_named) / span, max=1.0))
+    else:
+        a = gate(cosines, tau_named) if full >= 1.0 else torch.clamp(torch.relu(cosines - tau_named) / (full - tau_named), max=1.0)
     return torch.maximum(a, prime * gate(cosines, PRIME_FROM)) if prime else a
 
 
@@ -138,7 +142,7 @@ class GatedNeurons:
     ``subject_of`` (J,) each neuron's subject (-1: none), and ``tau_named`` the threshold a neuron
     fires above while its subject has been named in the context (0: no subject gating), and
     ``prime`` the most it fires below that once named, and ``full`` the cosine from which it fires at its
-    whole value once named (memory.gated.named_gate; 0: none, 1: at cosine 1).
+    whole value once named (memory.gated.named_gate; 1: at cosine 1; one for all, or one per neuron (J,)).
 
     Answer gating (memory.answer_gate): ``answer_keys`` (J, N) each row's unit centered answer state,
     ``answer_mean`` (N,) the mean they are centered on, and ``answer_tau`` the cosine a position's
@@ -163,7 +167,7 @@ class GatedNeurons:
     subject_means: torch.Tensor | None = None
     centered_keys: torch.Tensor | None = None
     centered_offsets: torch.Tensor | None = None
-    full: float = 1.0
+    full: float | torch.Tensor = 1.0
 
     @property
     def count(self) -> int:
@@ -200,14 +204,14 @@ class GatedNeurons:
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
-        tau = self.tau.to(device) if isinstance(self.tau, torch.Tensor) else self.tau
+        tau, full = (v.to(device) if isinstance(v, torch.Tensor) else v for v in (self.tau, self.full))
         subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered, offsets = (
             None if t is None else t.to(device)
             for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean, self.subject_means,
                       self.centered_keys, self.centered_offsets))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
                             answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered, offsets,
-                            self.full)
+                            full)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -282,8 +286,11 @@ class GatedMemory:
     neuron's subject also fires it weakly below ``tau_named`` (named_gate). With ``subject_centered``
     (memory.subject_center) each fact with a subject key also brings its subject's mean MLP input, and a
     row that names a neuron's subject fires it by their cosine centered on the neuron's subject mean. With
-    ``full`` below 1 a row that names a neuron's subject fires it at its whole value from that cosine up
-    (named_gate)."""
+    ``full`` below 1 a row that names the subject of a neuron whose row opens an answer (``add``'s
+    ``openings``) fires it at its whole value from that cosine up (named_gate); the neurons of the rows
+    within an answer keep the ramp to cosine 1: an answer's later rows are close to one another (the digits
+    of a year: centered cosines 0.5-0.8), and at their whole value they would fire each other alike, so
+    that no values could tell them apart (docs/RESULTS.md, "Whole values at the answer's opening")."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None,
@@ -328,6 +335,7 @@ class GatedMemory:
         # float32 the rows' MLP inputs as captured (the centered cosines need them uncentered)
         self._M: dict[Hashable, torch.Tensor] = {}
         self._X: dict[Hashable, torch.Tensor] = {}
+        self._O: dict[Hashable, torch.Tensor] = {}  # (T_f,) bool the rows that open an answer
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
         self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
@@ -357,11 +365,23 @@ class GatedMemory:
         """Whether fact a's rows name fact b's subject (both have subject keys, and they match)."""
         return a in self._S and b in self._S and (a == b or float(self._S[a] @ self._S[b]) >= SUBJECT_MATCH)
 
-    def activation(self, cos: torch.Tensor, a: Hashable, b: Hashable) -> torch.Tensor:
-        """How strongly fact a's rows fire fact b's neurons at the cosines ``cos`` of their keys."""
+    def activation(self, cos: torch.Tensor, a: Hashable, b: Hashable, neurons: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """How strongly fact a's rows fire fact b's neurons at the cosines ``cos`` of their keys; ``neurons``
+        which of b's neurons each cosine's is (None: all of them, in order, along the last dimension)."""
         if self.tau_named and self._names(a, b):
-            return named_gate(cos, self.tau_named, self.prime, self.full)
+            full = self.full_of(b)
+            if isinstance(full, torch.Tensor) and neurons is not None:
+                full = full[neurons]
+            return named_gate(cos, self.tau_named, self.prime, full)
         return gate(cos, self.threshold(a, b))
+
+    def full_of(self, key: Hashable) -> float | torch.Tensor:
+        """The cosine from which each of fact ``key``'s neurons fires at its whole value where its subject is
+        named: ``full`` for those whose row opens an answer, 1 for the others ((T_f,) float64), or ``full``
+        alone where every row opens one."""
+        openings = self._O[key]
+        return self.full if self.full >= 1.0 or bool(openings.all()) else torch.where(openings, self.full, 1.0).double()
 
     def _rule(self, row_has: torch.Tensor, neuron_has: torch.Tensor, same_subject: torch.Tensor) -> torch.Tensor:
         """With subject gating, the cosine above which a row fires a neuron, elementwise over bool
@@ -374,11 +394,12 @@ class GatedMemory:
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
             subject_key: torch.Tensor | None = None, answer_states: torch.Tensor | None = None,
-            subject_mean: torch.Tensor | None = None) -> None:
+            subject_mean: torch.Tensor | None = None, openings: torch.Tensor | None = None) -> None:
         """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
         (T, N), its rows' significance (T,), its subject key (N_s,) if it has one, with an answer
-        gate its rows' answer states (T, N) (memory.answer_gate) and with the subject-centered gate its
-        subject's mean MLP input (N,) (memory.subject_center); rows of weight 0 are dropped."""
+        gate its rows' answer states (T, N) (memory.answer_gate), with the subject-centered gate its
+        subject's mean MLP input (N,) (memory.subject_center), and which rows open an answer (T,) bool
+        (None: all; ``full``); rows of weight 0 are dropped."""
         if key in self._K:
             raise KeyError(f"fact {key!r} is already in the gated memory")
         if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
@@ -388,7 +409,10 @@ class GatedMemory:
             raise ValueError(f"an answer gate needs the answer state of each of the fact's rows, {tuple(X_plain.shape)}")
         if self.subject_centered and subject_key is not None and (subject_mean is None or subject_mean.shape != (self.width,)):
             raise ValueError(f"the subject-centered gate needs the subject mean ({self.width},) of a fact with a subject key")
+        if openings is not None and openings.shape != significance.shape:
+            raise ValueError(f"openings {tuple(openings.shape)} must give one flag per row, {tuple(significance.shape)}")
         keep = significance > 0
+        self._O[key] = torch.ones(int(keep.sum()), dtype=torch.bool) if openings is None else openings[keep].bool()
         if self.subject_centered and subject_key is not None:
             self._M[key], self._X[key] = subject_mean.float(), X_plain[keep].float()
         if self.answer_tau:
@@ -419,7 +443,7 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._O):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
         self._bank.clear()
@@ -445,7 +469,7 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._O):
             if key in store:
                 store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
@@ -463,7 +487,7 @@ class GatedMemory:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
             return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
-                                **self._answers(), prime=self.prime, **self._centered(), full=self.full)
+                                **self._answers(), prime=self.prime, **self._centered(None), full=self.full)
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -476,7 +500,7 @@ class GatedMemory:
                 continue  # centered on its subject's mean, below
             cos, tau = self._K[key] @ self._K[key].T, self.threshold(key, key)
             i, j = torch.nonzero(cos > tau, as_tuple=True)
-            o, fired = offsets[key], self.activation(cos[i, j], key, key).tolist()
+            o, fired = offsets[key], self.activation(cos[i, j], key, key, j).tolist()
             A.update({(o + a, o + b): v for a, b, v in zip(i.tolist(), j.tolist(), fired) if a != b})
         for (ka, kb), e in self._near.items():  # between facts, each way above the threshold of the neuron fired
             s, t, cos = offsets[ka] + e[:, 0].long(), offsets[kb] + e[:, 1].long(), e[:, 2]
@@ -485,11 +509,11 @@ class GatedMemory:
                     continue  # centered on the neuron's subject mean, below
                 fires = cos > self.threshold(src, dst)
                 # float32 cosines, as a fact's own pairs' are: the same values whichever way they are solved
-                fired = self.activation(cos[fires].float(), src, dst).tolist()
+                fired = self.activation(cos[fires].float(), src, dst, neuron[fires] - offsets[dst]).tolist()
                 A.update(zip(zip(row[fires].tolist(), neuron[fires].tolist()), fired))
         for ka, kb in self._centered_pairs():  # rows that name a neuron's subject, by the centered cosine
             cos = centered_keys(self._X[ka], self._M[kb]) @ centered_keys(self._X[kb], self._M[kb]).T
-            fired = named_gate(cos, self.tau_named, self.prime, self.full)
+            fired = named_gate(cos, self.tau_named, self.prime, self.full_of(kb))
             i, j = torch.nonzero(fired > 0, as_tuple=True)
             A.update({(offsets[ka] + a, offsets[kb] + b): v
                       for a, b, v in zip(i.tolist(), j.tolist(), fired[i, j].tolist()) if ka != kb or a != b})
@@ -513,8 +537,9 @@ class GatedMemory:
             for s, t, v in entries[g]:
                 Ag[local[s], local[t]] = v
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
-        return GatedNeurons(K, V.float(), self._taus(), *self._subjects(), self.tau_named, **self._answers(),
-                            prime=self.prime, **self._centered(), full=self.full)
+        subject_keys, subject_of = self._subjects()
+        return GatedNeurons(K, V.float(), self._taus(), subject_keys, subject_of, self.tau_named, **self._answers(),
+                            prime=self.prime, **self._centered(subject_of), full=self._fulls())
 
     def _centered_pairs(self) -> list[tuple[Hashable, Hashable]]:
         """The (row fact, neuron fact) pairs, in the facts' order, where the row names the neuron's subject
@@ -528,19 +553,27 @@ class GatedMemory:
         a, b = torch.nonzero(S @ S.T >= SUBJECT_MATCH - PAIR_SLACK, as_tuple=True)
         return [(held[i], held[j]) for i, j in zip(a.tolist(), b.tolist()) if self._names(held[i], held[j])]
 
-    def _centered(self) -> dict:
+    def _centered(self, subject_of: torch.Tensor | None) -> dict:
         """GatedNeurons' subject-centered fields: each subject's mean (in ``_subjects``' order), every
-        neuron's centered key (zero rows for facts with no subject key) and constants; none without."""
+        neuron's centered key (zero rows for facts with no subject key) and constants, given each neuron's
+        subject (``_subjects``; None: none); none without."""
         if not self.subject_centered:
             return {}
         with_subject = [k for k in self._keys if k in self._S]
         means = torch.stack([self._M[k] for k in with_subject]) if with_subject else torch.zeros(0, self.width)
         keys = torch.cat([centered_keys(self._X[k], self._M[k]) if k in self._M else torch.zeros(self._K[k].shape[0], self.width)
                           for k in self._keys]) if self._keys else torch.zeros(0, self.width)
-        _, subject_of = self._subjects()
         subject_of = torch.full((keys.shape[0],), -1, dtype=torch.int64) if subject_of is None else subject_of
         return {"subject_means": means, "centered_keys": keys,
                 "centered_offsets": centered_offsets(means, keys, subject_of)}
+
+    def _fulls(self) -> float | torch.Tensor:
+        """``full`` for every neuron, or per neuron (J,) where some rows do not open an answer (full_of)."""
+        fulls = [self.full_of(k) for k in self._keys]
+        if all(not isinstance(f, torch.Tensor) for f in fulls):
+            return self.full
+        return torch.cat([f if isinstance(f, torch.Tensor) else torch.full((self._K[k].shape[0],), f, dtype=torch.float64)
+                          for k, f in zip(self._keys, fulls)])
 
     def _answers(self) -> dict:
         """GatedNeurons' answer-gate fields: every row's answer key, their mean and the threshold; none without."""

@@ -137,6 +137,44 @@ def test_with_a_full_cosine_a_rewording_gets_the_whole_value_and_the_rows_are_st
     assert torch.allclose(two.solve().output(rows, NAMED.expand(2, 1)).double(), R2, atol=2e-2)  # to the ridge
 
 
+def test_the_rows_within_an_answer_keep_the_ramp_so_that_close_ones_are_still_told_apart():
+    g = torch.Generator().manual_seed(2)
+    mean, X, reworded, _ = _subject_questions(g)
+    subject = torch.randn(8, generator=g)
+    # the answer's later rows (a year's digits): close to one another (centered cosine about 0.8), far from its opening
+    digit = unit_rows(torch.randn(1, WIDTH, generator=g))
+    later = mean + unit_rows(0.9 * digit + 0.45 * unit_rows(torch.randn(2, WIDTH, generator=g)))
+    rows, R = torch.cat([X, later]), torch.randn(3, WIDTH, generator=g, dtype=torch.float64)
+    Xc = centered_keys(rows, mean)
+    assert 0.7 < float(Xc[1] @ Xc[2]) < 0.9 and float((Xc[0] @ Xc[1:].T).abs().max()) < 0.2
+    fit = {}
+    for name, openings in (("every row", None), ("the opening", torch.tensor([True, False, False]))):
+        memory = GatedMemory(WIDTH, tau=1.0, tau_named=0.1, subject_centered=True, full=0.5)
+        memory.add("a", rows, R, torch.ones(3, dtype=torch.float64), subject_key=subject, subject_mean=mean,
+                   openings=openings)
+        neurons = memory.solve()
+        fit[name] = (neurons.output(rows, NAMED.expand(3, 1)).double() - R).norm(dim=1) / R.norm(dim=1)
+        if openings is not None:  # its whole value on a rewording, at the opening's neuron alone
+            assert neurons.full.tolist() == [0.5, 1.0, 1.0]
+            assert float(memory.activation(Xc[1] @ Xc[2], "a", "a", torch.tensor(2))) == pytest.approx(
+                (float(Xc[1] @ Xc[2]) - 0.1) / 0.9, abs=1e-6)
+            assert float(named_gate(centered_keys(reworded, mean) @ Xc[0], 0.1, 0.0, neurons.full[0])) == 1.0
+    assert float(fit["every row"][1:].min()) > 0.2  # both later rows at their whole value: one sum for both
+    assert float(fit["the opening"].max()) < 0.05  # the ramp tells them apart (to the ridge)
+    with pytest.raises(ValueError, match="one flag per row"):
+        GatedMemory(WIDTH, tau=1.0, tau_named=0.1, full=0.5).add("b", rows, R, torch.ones(3, dtype=torch.float64),
+                                                                  subject_key=subject, openings=torch.ones(2, dtype=torch.bool))
+
+
+def test_a_facts_rows_say_where_each_answer_opens(tiny_qwen):
+    editor = QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.5, answer_gate=0.0, anchors=2))
+    fact = replace(_facts()[0], phrasings=("Who runs Oxinnovate?",))
+    rows = editor.capture(fact)
+    per = len(rows.targets[: rows.num_rows - rows.anchors]) // 2  # two questions, the same answer: equal blocks
+    expected = [t % per == 0 for t in range(2 * per)] + [True] * rows.anchors  # an anchor is a question's end too
+    assert rows.queries == 2 and rows.anchors == 2 and rows.openings.tolist() == expected
+
+
 def test_the_centered_gate_and_full_cosine_refuse_what_they_cannot_do(tiny_qwen):
     with pytest.raises(ValueError, match="needs a subject gate"):
         GatedMemory(WIDTH, tau=0.9, subject_centered=True)
@@ -201,7 +239,10 @@ def test_the_ledger_rebuilds_the_same_centered_neurons_and_undo_is_exact(store, 
     assert torch.equal(second.current.neurons.centered_keys, neurons.centered_keys)
     assert all(torch.allclose(logits(second, f), taught[i], atol=1e-5) for i, f in enumerate(facts))
     hyperparams = store.active_edits(second.checkpoint_id)[0].hyperparams
-    assert hyperparams["subject_centered"] is True and hyperparams["subject_full"] == 0.7 and second.current.neurons.full == 0.7
+    assert hyperparams["subject_centered"] is True and hyperparams["subject_full"] == 0.7
+    openings = torch.cat([store.load_captures(e.edit_id)["openings"] for e in learned])  # recorded with the rows
+    assert openings.dtype == torch.bool and 0 < int(openings.sum()) < len(openings)  # each answer's first row
+    torch.testing.assert_close(second.current.neurons.full, torch.where(openings, 0.7, 1.0).double(), rtol=0, atol=0)
     assert undoing_fact_1_is_never_having_it(second, learned, config, tokenizer, tmp_path, facts)
 
 
