@@ -289,7 +289,7 @@ class GatedMemory:
     ``full`` below 1 a row that names the subject of a neuron whose row opens an answer (``add``'s
     ``openings``) fires it at its whole value from that cosine up (named_gate); the neurons of the rows
     within an answer keep the ramp to cosine 1: an answer's later rows are close to one another (the digits
-    of a year: centered cosines 0.5-0.8), and at their whole value they would fire each other alike, so
+    of a date: centered cosines 0.4-0.8), and at their whole value they would fire each other alike, so
     that no values could tell them apart (docs/RESULTS.md, "Whole values at the answer's opening")."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
