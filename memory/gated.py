@@ -335,7 +335,8 @@ class GatedMemory:
         # float32 the rows' MLP inputs as captured (the centered cosines need them uncentered)
         self._M: dict[Hashable, torch.Tensor] = {}
         self._X: dict[Hashable, torch.Tensor] = {}
-        self._O: dict[Hashable, torch.Tensor] = {}  # (T_f,) bool the rows that open an answer
+        # each fact's full cosine (full_of): ``full``, or (T_f,) float64 where some rows do not open an answer
+        self._full: dict[Hashable, float | torch.Tensor] = {}
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
         self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
@@ -379,9 +380,8 @@ class GatedMemory:
     def full_of(self, key: Hashable) -> float | torch.Tensor:
         """The cosine from which each of fact ``key``'s neurons fires at its whole value where its subject is
         named: ``full`` for those whose row opens an answer, 1 for the others ((T_f,) float64), or ``full``
-        alone where every row opens one."""
-        openings = self._O[key]
-        return self.full if self.full >= 1.0 or bool(openings.all()) else torch.where(openings, self.full, 1.0).double()
+        alone where every row opens one (decided once, by ``add``)."""
+        return self._full[key]
 
     def _rule(self, row_has: torch.Tensor, neuron_has: torch.Tensor, same_subject: torch.Tensor) -> torch.Tensor:
         """With subject gating, the cosine above which a row fires a neuron, elementwise over bool
@@ -412,7 +412,9 @@ class GatedMemory:
         if openings is not None and openings.shape != significance.shape:
             raise ValueError(f"openings {tuple(openings.shape)} must give one flag per row, {tuple(significance.shape)}")
         keep = significance > 0
-        self._O[key] = torch.ones(int(keep.sum()), dtype=torch.bool) if openings is None else openings[keep].bool()
+        opens = None if openings is None else openings[keep].bool()
+        self._full[key] = self.full if self.full >= 1.0 or opens is None or bool(opens.all()) else \
+            torch.where(opens, self.full, 1.0).double()
         if self.subject_centered and subject_key is not None:
             self._M[key], self._X[key] = subject_mean.float(), X_plain[keep].float()
         if self.answer_tau:
@@ -443,7 +445,7 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._O):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
         self._bank.clear()
@@ -469,7 +471,7 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._O):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full):
             if key in store:
                 store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
