@@ -16,7 +16,9 @@ first position's representation is the same for every prompt (the attention sink
 the start of a plain prompt would match every prompt there (examples/subject_gate_separation.py).
 
 At inference the match is a running maximum along the sequence, carried between the calls of a
-generation with a KV cache (a call whose cache is empty starts a new sequence). In the values'
+generation with a KV cache (a call whose cache is empty, or does not continue where the last call
+ended, starts a new sequence), and started again wherever the positions start again: several passes
+packed into one sequence (memory.packing) each see only their own subjects. In the values'
 solve (memory.gated) a fact's rows name its own subject and another fact's subject when the two
 subject keys match.
 """
@@ -92,6 +94,29 @@ def named_at(states: torch.Tensor, keys: torch.Tensor, positions: list[int]) -> 
     return best[torch.tensor(positions, device=best.device)] >= SUBJECT_MATCH
 
 
+def running_match(cos: torch.Tensor, positions: torch.Tensor | None = None,
+                  carried: torch.Tensor | None = None) -> torch.Tensor:
+    """The best cosine so far at each position (B, P, S) of ``cos`` (B, P, S): the running maximum along
+    the sequence, started again wherever ``positions`` (B or 1, P) do not increase (a new pass packed
+    into the sequence, memory.packing; a left pad), and continuing ``carried`` (B, S) (the best before
+    this call) up to the first such start."""
+    restarts = None
+    if positions is not None and cos.shape[1] > 1:
+        restarts = torch.zeros(positions.shape, dtype=torch.bool, device=cos.device)
+        restarts[:, 1:] = positions[:, 1:] <= positions[:, :-1]
+    if restarts is None or not restarts.any():
+        best = cos.cummax(dim=1).values
+        return best if carried is None else torch.maximum(best, carried[:, None])
+    # A segmented running maximum: offset each segment above every cosine of the ones before it (cosines
+    # lie in [-1, 1]); in float64 the offsets leave the float32 cosines exact.
+    segment = restarts.cumsum(dim=1)[..., None].expand_as(cos)
+    offset = 4.0 * segment.double()
+    best = ((cos.double() + offset).cummax(dim=1).values - offset).to(cos.dtype)
+    if carried is not None:
+        best = torch.where(segment == 0, torch.maximum(best, carried[:, None]), best)
+    return best
+
+
 class SubjectPresence:
     """Per position, whether each of the subject keys (S, N) has been named so far in the sequence:
     a forward pre-hook on the subject layer computes it, the gated neurons read ``named``."""
@@ -101,6 +126,7 @@ class SubjectPresence:
         self.norm = subject_norm(model)
         self.named: torch.Tensor | None = None  # (B, P, S) bool, for the positions of the current call
         self._running: torch.Tensor | None = None  # (B, S) the best cosine so far, carried between cached calls
+        self._ended = 0  # the sequence length after the last call: a cached call continues it only from there
         layer = arch.decoder_layers(model)[SUBJECT_LAYER]
         self._handle = layer.register_forward_pre_hook(self._see, with_kwargs=True)
 
@@ -109,11 +135,11 @@ class SubjectPresence:
         cos = unit_rows(self.norm(h)) @ self.keys.T.to(h.device)  # (B, P, S)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length(SUBJECT_LAYER) if cache is not None else 0
-        running = self._running
-        if past == 0 or running is None or running.shape[0] != cos.shape[0]:
-            running = torch.full_like(cos[:, 0], -1.0)  # a new sequence
-        best = torch.maximum(cos.cummax(dim=1).values, running[:, None])
-        self._running = best[:, -1]
+        carried = self._running
+        if past == 0 or past != self._ended or carried is None or carried.shape[0] != cos.shape[0]:
+            carried = None  # a new sequence, or a cache this hook did not see grow (a cached prefix)
+        best = running_match(cos, kwargs.get("position_ids"), carried)
+        self._running, self._ended = best[:, -1], past + cos.shape[1]
         self.named = best >= SUBJECT_MATCH
 
     def remove(self) -> None:

@@ -77,6 +77,21 @@ def test_one_packed_capture_matches_each_pass_alone(tiny):
     assert hook_count(tiny.model) == 0
 
 
+def test_packed_capture_under_another_layer_s_subject_gated_facts_matches_each_pass_alone(tiny_qwen):
+    """With subject-gated neurons below the edited layer (facts on two layers), a pass packed after one
+    that names their subject is captured as it is alone: it does not inherit the other pass's subject."""
+    last = tiny_qwen.model.config.num_hidden_layers - 1
+    # gate 1, a low subject gate: wherever "Oxinnovate" has been named, and there only, they fire
+    about = Fact(FACT.instruction, FACT.query, FACT.answer, subject="Oxinnovate")
+    QFEditor(tiny_qwen, EditorConfig(layer=1, subject_gate=0.05)).learn(about, verify=False)
+    assert gated.installed_patch(arch.decoder_layers(tiny_qwen.model)[1].mlp).neurons.subject_gated
+    editor = QFEditor(tiny_qwen, EditorConfig(layer=last))
+    naming = build_pass(tiny_qwen.tokenizer, FACT.query, FACT.answer)
+    other = build_pass(tiny_qwen.tokenizer, "Who founded Kestrelite?", "Bo founded it.")
+    for p, rows in zip((naming, other), editor.capture_passes([naming, other])):
+        torch.testing.assert_close(rows.U, _plain_rows_alone(tiny_qwen, editor, p), rtol=1e-4, atol=1e-5)
+
+
 def test_anchor_capture_packs_prompts_as_each_alone(tiny):
     """Anchor and subject-mean prompts (chat prompts after the cached system turn, and a plain one) in one
     packed pass give each prompt's last-position keys, residuals and lower keys as a forward of it alone."""

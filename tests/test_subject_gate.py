@@ -15,7 +15,8 @@ from memory.fact import Fact
 from memory.gated import DEFAULT_THRESHOLD, GatedMemory, gate, installed_patch, unit_rows, unknown_subject_threshold
 from memory.generate import greedy_tokens
 from memory.prompts import render_prompt
-from memory.subject_gate import SUBJECT_MATCH, find_tokens, named_at, subject_position
+from memory.packing import pack
+from memory.subject_gate import SUBJECT_MATCH, find_tokens, named_at, running_match, subject_position
 
 FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.", subject="Oxinnovate")
 
@@ -223,6 +224,61 @@ def test_a_fact_about_what_the_user_owns_answers_where_that_is_named_and_not_for
     assert named == {query: True, "What is my daughter called?": True, "What is my son's name?": False,
                      "Who founded Oxinnovate?": False}
     assert editor.neurons.tau.tolist() == [1.0] * len(editor.neurons.tau)  # silent where it is not named
+
+
+def test_the_running_match_starts_again_where_the_positions_do():
+    cos = torch.tensor([0.9, 0.1, 0.2, 0.3, 0.95, 0.0])[None, :, None]
+    packed = torch.tensor([[0, 1, 2, 0, 1, 2]])  # two passes side by side
+    assert running_match(cos, packed)[0, :, 0].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.3, 0.95, 0.95])
+    one = torch.arange(6)[None]
+    assert torch.equal(running_match(cos, one), cos.cummax(dim=1).values)  # one pass: the plain running maximum
+    carried = torch.tensor([[0.5]])  # from earlier calls: only up to the first restart
+    assert running_match(cos, packed, carried)[0, :, 0].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.3, 0.95, 0.95])
+    low = torch.tensor([0.1, 0.2, 0.0, 0.3])[None, :, None]
+    assert running_match(low, torch.tensor([[5, 6, 0, 1]]), carried)[0, :, 0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.3])
+    assert running_match(cos, None, carried).dtype == cos.dtype
+
+
+def test_packed_passes_each_see_only_their_own_subject(tiny_qwen):
+    """Several passes packed into one sequence (memory.packing) name a subject only where they do alone:
+    a pass after one that names the subject does not inherit it."""
+    editor = _subject_editor(tiny_qwen)
+    editor.learn(FACT, verify=False)
+    presence = installed_patch(editor.mlp).presence
+    prompts = [render_prompt(tiny_qwen.tokenizer, q) for q in (FACT.query, "What is my son's name?", FACT.query)]
+    alone = []
+    with torch.no_grad():
+        for prompt in prompts:
+            tiny_qwen.model(input_ids=torch.tensor([prompt]))
+            alone.append(presence.named[0, :, 0].clone())
+        packed = pack(prompts, [0] * len(prompts), [], tiny_qwen.model.dtype)
+        tiny_qwen.model(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=packed.attention_mask)
+    assert alone[0].any() and not alone[1].any()
+    assert torch.equal(presence.named[0, :, 0], torch.cat(alone))
+
+
+def test_a_cache_from_before_another_sequence_does_not_carry_that_sequence_s_match(tiny_qwen):
+    """A cached call continues the running match only where it continues the last call's sequence: a
+    cache kept from earlier (a cached prefix) after another sequence ran starts the match anew."""
+    import copy
+
+    from transformers import DynamicCache
+
+    editor = _subject_editor(tiny_qwen)
+    editor.learn(FACT, verify=False)
+    presence = installed_patch(editor.mlp).presence
+    model, tok = tiny_qwen.model, tiny_qwen.tokenizer
+    naming, other = render_prompt(tok, FACT.query), render_prompt(tok, "What is my son's name?")
+    tail = torch.tensor([other[-3:]])
+    with torch.no_grad():
+        kept = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([other]), cache=kept, use_cache=True)  # names nothing
+        model(input_ids=tail, cache=copy.deepcopy(kept), use_cache=True)  # continues it
+        assert not presence.named.any()
+        model(input_ids=torch.tensor([naming]))  # another sequence, which names the subject
+        assert presence.named[0, -1].all()
+        model(input_ids=tail, cache=copy.deepcopy(kept), use_cache=True)  # the kept cache again
+    assert not presence.named.any()
 
 
 def test_subject_gating_needs_the_gate_and_a_lower_threshold(tiny_qwen):
