@@ -85,11 +85,13 @@ def named_gate(cosines: torch.Tensor, tau_named: float, prime: float, full: floa
     there (its whole value from that cosine up, memory.subject_center; ``full`` a number, or one per element,
     1 where the plain ramp); and with a subject prime at least ``prime * gate(cos, PRIME_FROM)``, a weak firing
     on every question about the subject that grows with its cosine (memory.subject_gate)."""
+    def steep(span):  # 0 at tau_named, 1 at tau_named + span and above
+        return torch.clamp(torch.relu(cosines - tau_named) / span, max=1.0)
+
     if isinstance(full, torch.Tensor):  # float64, so that each span rounds as a number's does below
-        span = (full - tau_named).to(cosines.dtype)
-        a = torch.where(full >= 1.0, gate(cosines, tau_named), torch.clamp(torch.relu(cosines - tau_named) / span, max=1.0))
+        a = torch.where(full >= 1.0, gate(cosines, tau_named), steep((full - tau_named).to(cosines.dtype)))
     else:
-        a = gate(cosines, tau_named) if full >= 1.0 else torch.clamp(torch.relu(cosines - tau_named) / (full - tau_named), max=1.0)
+        a = gate(cosines, tau_named) if full >= 1.0 else steep(full - tau_named)
     return torch.maximum(a, prime * gate(cosines, PRIME_FROM)) if prime else a
 
 
