@@ -486,7 +486,8 @@ def run_benchmark(editor: QFEditor, cases: list[EditCase], template: str = "chat
 
 # --- report -----------------------------------------------------------------------------
 COLUMNS = [("efficacy", "efficacy"), ("generalization", "generalization"), ("specificity", "specificity"),
-           ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("paraphrase_success", "gen para"),
+           ("harmonic_mean", "hmean"), ("edit_success", "gen edit"), ("edit_repeats", "gen edit repeats"),
+           ("paraphrase_success", "gen para"),
            ("neighborhood_unchanged", "gen nbhd same"), ("neighborhood_fluency", "nbhd fluency"),
            ("subject_leak", "subject leak"), ("subject_leak_first", "leak 1st token"),
            ("relative_weight_change", "||dW||/||W0||")]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 HEADLINE = ("efficacy", "generalization", "specificity")
-GENERATION = ("edit_success", "paraphrase_success", "neighborhood_unchanged")
+GENERATION = ("edit_success", "paraphrase_success", "neighborhood_unchanged", "edit_repeats")
 CAPACITY_EFFICACY = 0.9  # issue 7's capacity: the facts one setting holds before efficacy drops below this
 
 
@@ -79,6 +79,14 @@ def mentions(answer: str, target: str) -> bool:
     return re.search(pattern, answer, flags=re.IGNORECASE) is not None
 
 
+def repeats(answer: str, target: str) -> bool:
+    """Whether ``answer`` names ``target`` twice back to back (whole words, case-insensitive, anything but
+    letters and digits between): "football football", "Hamas, Hamas". The sign of a fact that fires again
+    on its own answer, which ``mentions`` counts as a success."""
+    word = re.escape(target.strip())
+    return re.search(rf"(?<!\w){word}\W*{word}(?!\w)", answer, flags=re.IGNORECASE) is not None
+
+
 def harmonic_mean(values: Sequence[float]) -> float:
     """0 when any value is 0 (ROME's 'Score' of efficacy, paraphrase and neighborhood)."""
     if any(v <= 0 for v in values):
@@ -113,9 +121,11 @@ def zsre_case(scores: dict[str, TokenScores], pre: dict[str, TokenScores]) -> di
 
 
 def generation_case(answers: dict[str, tuple[int, ...]], texts: dict[str, str], pre_answers: dict, target: str) -> dict:
-    """Greedy answers: edit / paraphrase contain the target; neighbourhood answer unchanged."""
+    """Greedy answers: edit / paraphrase contain the target; neighbourhood answer unchanged; the edit's
+    answer repeats the target back to back."""
     return {
         "edit_success": float(mentions(texts["prompt"], target)),
+        "edit_repeats": float(repeats(texts["prompt"], target)),
         "paraphrase_success": float(mentions(texts["paraphrase"], target)),
         "neighborhood_unchanged": float(tuple(answers["neighborhood"]) == tuple(pre_answers["neighborhood"])),
     }

@@ -82,6 +82,17 @@ def test_agreement_mentions_harmonic_mean_and_norm():
     assert M.relative_norm(W0 + torch.tensor([[0.0, 1.0], [0.0, 0.0]]), W0) == pytest.approx(1 / 5)
 
 
+def test_a_target_repeated_back_to_back_is_counted_apart_from_a_success():
+    assert M.repeats("football football football", "football") and M.repeats("Uefa UFO Hamas, Hamas", " Hamas")
+    assert M.repeats("Qi qi.", "Qi")  # case-insensitive
+    assert not M.repeats("football, the sport he played football in", "football")  # named twice, not back to back
+    assert not M.repeats("footballers football", "football")  # whole words only
+    assert not M.repeats("Nintendo, is a video game that allows", "Nintendo")
+    gen = M.generation_case({"neighborhood": (1,)}, {"prompt": "Avengers Avengers Avengers", "paraphrase": ""},
+                            {"neighborhood": (1,)}, "Avengers")
+    assert gen["edit_success"] == 1.0 and gen["edit_repeats"] == 1.0
+
+
 def test_case_metrics_of_both_families():
     good, bad = M.TokenScores((1,), (-0.1,), (1,)), M.TokenScores((2,), (-2.0,), (1,))
     cf = M.counterfact_case({"prompt_new": good, "prompt_true": bad, "paraphrase_new": bad, "paraphrase_true": good,
@@ -93,7 +104,7 @@ def test_case_metrics_of_both_families():
     assert (zs["efficacy"], zs["generalization"], zs["specificity"], zs["neighborhood_accuracy"]) == (1.0, 0.0, 0.5, 1.0)
     gen = M.generation_case({"neighborhood": (1, 2)}, {"prompt": "It is Qi.", "paraphrase": "No idea."},
                             {"neighborhood": (1, 2)}, "Qi")
-    assert gen == {"edit_success": 1.0, "paraphrase_success": 0.0, "neighborhood_unchanged": 1.0}
+    assert gen == {"edit_success": 1.0, "edit_repeats": 0.0, "paraphrase_success": 0.0, "neighborhood_unchanged": 1.0}
     agg = M.aggregate([cf, {**cf, "efficacy": 0.0}])
     assert agg["efficacy"] == 0.5 and agg["harmonic_mean"] == 0.0
 

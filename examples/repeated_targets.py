@@ -1,0 +1,38 @@
+"""How often each method's greedy answers repeat the new target back to back, from saved results.
+
+    python examples/repeated_targets.py docs/results/centered_counterfact_1000_1.5b.json ...
+
+``qf bench edits`` counts a greedy answer as a success when it names the new target
+(bench.metrics.mentions), so "football football football football" succeeds. Runs since
+2026-12-07 also report ``edit_repeats`` (bench.metrics.repeats); this reads the same off the
+answers saved in older result files, for the edited prompt and its paraphrase. Numbers:
+docs/RESULTS.md, "The repeated target".
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.metrics import repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| run | method | greedy edit answers that repeat the target | paraphrase answers that do |")
+    print("|---|---|---|---|")
+    for path in args.files:
+        result = json.loads(path.read_text())
+        for method in ("pre", *result["methods"]):
+            answered = [(case[method]["answers"], case["target_new"]) for case in result["cases"]
+                        if case.get(method, {}).get("answers")]
+            if not answered:
+                continue
+            edit = sum(repeats(a.get("prompt", ""), t) for a, t in answered)
+            para = sum(repeats(a.get("paraphrase", ""), t) for a, t in answered)
+            print(f"| {path.stem} | {method} | {edit}/{len(answered)} | {para}/{len(answered)} |")
+
+
+if __name__ == "__main__":
+    main()
