@@ -80,11 +80,11 @@ def mentions(answer: str, target: str) -> bool:
 
 
 def repeats(answer: str, target: str) -> bool:
-    """Whether ``answer`` names ``target`` twice back to back (whole words, case-insensitive, anything but
-    letters and digits between): "football football", "Hamas, Hamas". The sign of a fact that fires again
-    on its own answer, which ``mentions`` counts as a success."""
+    """Whether ``answer`` names ``target`` twice in a row (whole words, case-insensitive, only spaces and
+    commas between): "football football", "Hamas, Hamas", not "Sheffield. Sheffield is". The sign of a
+    fact that fires again on its own answer, which ``mentions`` counts as a success."""
     word = re.escape(target.strip())
-    return re.search(rf"(?<!\w){word}\W*{word}(?!\w)", answer, flags=re.IGNORECASE) is not None
+    return re.search(rf"(?<!\w){word}[\s,]*{word}(?!\w)", answer, flags=re.IGNORECASE) is not None
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -122,7 +122,7 @@ def zsre_case(scores: dict[str, TokenScores], pre: dict[str, TokenScores]) -> di
 
 def generation_case(answers: dict[str, tuple[int, ...]], texts: dict[str, str], pre_answers: dict, target: str) -> dict:
     """Greedy answers: edit / paraphrase contain the target; neighbourhood answer unchanged; the edit's
-    answer repeats the target back to back."""
+    answer repeats the target twice in a row."""
     return {
         "edit_success": float(mentions(texts["prompt"], target)),
         "edit_repeats": float(repeats(texts["prompt"], target)),

@@ -1,4 +1,4 @@
-"""How often each method's greedy answers repeat the new target back to back, from saved results.
+"""How often each method's greedy answers repeat the new target twice in a row, from saved results.
 
     python examples/repeated_targets.py docs/results/centered_counterfact_1000_1.5b.json ...
 

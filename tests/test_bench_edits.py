@@ -87,6 +87,7 @@ def test_a_target_repeated_back_to_back_is_counted_apart_from_a_success():
     assert M.repeats("Qi qi.", "Qi")  # case-insensitive
     assert not M.repeats("football, the sport he played football in", "football")  # named twice, not back to back
     assert not M.repeats("footballers football", "football")  # whole words only
+    assert not M.repeats("Sheffield. Sheffield is the twin city of", "Sheffield")  # a new sentence, not a loop
     assert not M.repeats("Nintendo, is a video game that allows", "Nintendo")
     gen = M.generation_case({"neighborhood": (1,)}, {"prompt": "Avengers Avengers Avengers", "paraphrase": ""},
                             {"neighborhood": (1,)}, "Avengers")
