@@ -6,7 +6,7 @@
 (bench.metrics.mentions), so "football football football football" succeeds. Runs since
 2026-12-07 also report ``edit_repeats`` (bench.metrics.repeats); this reads the same off the
 answers saved in older result files, for the edited prompt and its paraphrase. Numbers:
-docs/RESULTS.md, "The repeated target".
+docs/RESULTS.md, "1,000 CounterFact edits with the centered gate, and the repeated target".
 """
 
 import argparse
