@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from memory.contexts import CONTEXT_PREFIXES
+from memory.refractory import RECENT_TOKENS
 
 # The library's documented user errors (bad input, unknown ids, refused operations): a clean
 # message, no traceback. LookupError covers the ledger's not-found errors.
@@ -20,7 +21,7 @@ USER_ERRORS = (ValueError, LookupError, RuntimeError)
 SOLVER_SETTINGS = ("preserve", "gain", "focus", "auto_significance", "condition", "phrasings", "contexts", "anchors",
                    "near_questions", "soft_anchors", "spread", "answer_forms", "keys_data", "question_keys", "gate", "row_gain",
                    "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered",
-                   "subject_full")
+                   "subject_full", "refractory")
 QF_ONLY_SETTINGS = tuple(name for name in SOLVER_SETTINGS if name != "phrasings")
 
 
@@ -140,6 +141,11 @@ def model_options(fn):
                        "ramp): with --subject-centered, whose reworded questions sit at low cosines, more of them get "
                        "the learned answer, and more other questions about the subject too "
                        "(memory.gated.named_gate; 0 = off). [env QF_SUBJECT_FULL]")
+    @click.option("--refractory", type=click.IntRange(0, RECENT_TOKENS), envvar="QF_REFRACTORY", default=None,
+                  help="QF with --gate: a fact's neuron does not fire where the token it writes is among the last N "
+                       "input tokens, so a learned answer is not repeated straight after it (\"football football\"), "
+                       "nor in a short loop; a neuron whose own answer repeats its token there is exempt "
+                       "(memory.refractory; default 4 with --gate, else 0 = off). [env QF_REFRACTORY]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

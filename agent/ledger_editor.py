@@ -46,6 +46,7 @@ def rows_to_tensors(rows: FactRows) -> dict[str, torch.Tensor]:
     } if rows.subject_key is not None else {}) | ({
         "subject_mean": rows.subject_mean} if rows.subject_mean is not None else {}) | ({
         "openings": rows.openings} if rows.openings is not None else {}) | ({
+        "recent": rows.recent} if rows.recent is not None else {}) | ({
         "lower_keys": rows.lower_keys, "lower_layers": torch.tensor(rows.lower_layers, dtype=torch.int64),
     } if rows.lower_keys is not None else {})
 
@@ -63,6 +64,7 @@ def rows_from_tensors(tensors: dict[str, torch.Tensor], answer: str) -> FactRows
         # a key of another subject layer (if SUBJECT_LAYER ever changes) would match nothing: not used
         subject_key=tensors.get("subject_key") if int(tensors.get("subject_layer", -1)) == SUBJECT_LAYER else None,
         subject_mean=tensors.get("subject_mean"), openings=tensors.get("openings"),  # recorded since 2026-12-07
+        recent=tensors.get("recent"),  # recorded since the refractory rule (2026-12-07, afternoon)
     )
 
 
@@ -173,7 +175,8 @@ class LedgerEditor:
         # Only these act on the joint solve; focus and significance are kept with each fact's rows.
         # An edit recorded before they existed was solved with the paper's rule.
         names = ("preserve", "gain", "condition", "keys_data", "question_keys", "soft_anchors", "spread", "gate", "row_gain",
-                 "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered", "subject_full")
+                 "subject_gate", "steer", "answer_gate", "subject_prime", "subject_centered", "subject_full",
+                 "refractory")
         now = {name: getattr(self.current.config, name) for name in names}  # as this layer's editor decided them
         other = [e.id for e in active
                  if _acting(now, e.hyperparams) != _acting({k: e.hyperparams.get(k, PAPER_RULE[k]) for k in names},

@@ -128,7 +128,8 @@ def plot_curves(result: dict, path: str) -> None:
                    "qf/SETTINGS (e.g. qf/p10/g1.5/auto: preserve 10, gain 1.5, automatic significance; "
                    "settings pP preserve, gG gain, fK focus, cK condition cap, qN phrasings, aN anchors, nN near "
                    "questions, bB soft anchors, sK spread, kW question keys, xN context prefixes, tT gate, rG row gains up to G, "
-                   "uT subject gate, mM steer, eT answer gate, hC subject prime, wC whole value from cosine C, centered (subject-centered gate), forms, auto, all), "
+                   "uT subject gate, mM steer, eT answer gate, hC subject prime, wC whole value from cosine C, "
+                   "yN refractory span N, centered (subject-centered gate), forms, auto, all), "
                    "ft (FT-L), icl (in context).")
 @click.option("--template", type=click.Choice(["auto", "plain", "chat"]), default="auto", show_default=True,
               help="How edits are posed (auto: plain for CounterFact, chat for zsRE).")

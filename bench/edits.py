@@ -50,9 +50,9 @@ METHODS = ("qf", "qf-paper", "ft", "icl")
 # one, memory.spread), kW (weight W of the question keys in the preserving metric, memory.preserve), xN
 # (the prompt also after N context prefixes, memory.contexts), tT (each row a neuron gated at cosine T,
 # memory.gated), rG (row gains up to G), uT (subject gate T), mM (steer M), eT (answer gate T), hC
-# (subject prime C, memory.gated.named_gate), wC (a named neuron's whole value from cosine C), centered (the
-# subject-centered gate, memory.subject_center), forms (also the instructed model's own answer, chat template),
-# auto (automatic significance), all (every row).
+# (subject prime C, memory.gated.named_gate), wC (a named neuron's whole value from cosine C), yN (refractory
+# span N, memory.refractory), centered (the subject-centered gate, memory.subject_center), forms (also the
+# instructed model's own answer, chat template), auto (automatic significance), all (every row).
 # E.g. "qf/p0", "qf/p30/g1.5/auto", "qf/f8", "qf/c1e3", "qf/a3", "qf/a3/b10", "qf/n4/b10", "qf/p0/g1/s3",
 # "qf/k0", "qf/x4".
 
@@ -157,10 +157,10 @@ def _setting(part: str) -> tuple[str, object]:
     field_name = {"p": "preserve", "g": "gain", "f": "focus", "c": "condition", "q": "phrasings", "a": "anchors",
                   "s": "spread", "k": "question_keys", "b": "soft_anchors", "n": "near_questions",
                   "x": "contexts", "t": "gate", "r": "row_gain", "u": "subject_gate", "m": "steer",
-                  "e": "answer_gate", "h": "subject_prime", "w": "subject_full"}.get(part[:1])
+                  "e": "answer_gate", "h": "subject_prime", "w": "subject_full", "y": "refractory"}.get(part[:1])
     if field_name is None or not part[1:]:
         raise ValueError(part)
-    whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts")
+    whole = ("focus", "phrasings", "anchors", "spread", "near_questions", "contexts", "refractory")
     return field_name, (int if field_name in whole else float)(part[1:])
 
 

@@ -29,6 +29,7 @@ from memory import architecture as arch
 from memory import gated
 from memory.capture import Capture
 from memory.packing import PrefixCache, pack, prefix_states
+from memory.refractory import row_windows
 from memory.subject_gate import named_at, subject_norm_name, subject_states
 
 
@@ -36,13 +37,15 @@ from memory.subject_gate import named_at, subject_norm_name, subject_states
 class _Rows:
     """One scored continuation: h (k, N) and u (k, D) at the k positions predicting ``targets``, and
     the subject layer's states (P, N) up to the last of those ``positions`` (subject-gated neurons
-    read which subjects were named before each: memory.subject_gate)."""
+    read which subjects were named before each: memory.subject_gate), and the last input tokens at each
+    position (k, RECENT_TOKENS) (refractory neurons read them: memory.refractory)."""
 
     h: torch.Tensor
     u: torch.Tensor
     targets: tuple[int, ...]
     states: torch.Tensor
     positions: tuple[int, ...]
+    recent: torch.Tensor
 
 
 class LastLayerScorer:
@@ -88,7 +91,8 @@ class LastLayerScorer:
             at = packed.at(i, rows).to(h.device)
             own = states[packed.at(i, torch.arange(packed.skipped[i], int(rows[-1]) + 1)).to(h.device)]
             seen = torch.cat([turn_states.to(own), own]) if packed.skipped[i] else own  # positions 0 .. the last row
-            self._rows[key][name] = _Rows(h[at].clone(), u[at].clone(), tuple(cont), seen.clone(), tuple(rows.tolist()))
+            self._rows[key][name] = _Rows(h[at].clone(), u[at].clone(), tuple(cont), seen.clone(), tuple(rows.tolist()),
+                                          row_windows(prompt + cont[:-1], len(cont)))
 
     def _prefix_states(self, prefix: list[int]):
         """The KV cache of ``prefix`` up to the last down_proj, and its subject-layer states (P, N)."""
@@ -116,7 +120,9 @@ class LastLayerScorer:
                 if neurons.subject_gated:
                     named = torch.cat([named_at(r.states, neurons.subject_keys, list(r.positions)) for _, _, r in chunk])
                 answer = self.final_norm(h + mlp) if neurons.answer_gated else None  # the base model's answer state
-                mlp = mlp + neurons.output(self.mlp_norm(h), named, answer)
+                recent = torch.cat([r.recent[:, -neurons.refractory:] for _, _, r in chunk]).to(h.device) \
+                    if neurons.refractory_gated else None
+                mlp = mlp + neurons.output(self.mlp_norm(h), named, answer, recent)
             logits = self.head(self.final_norm(h + mlp)).float().cpu()
             row = 0
             for key, name, r in chunk:

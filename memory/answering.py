@@ -75,6 +75,10 @@ class EditorConfig:
     # cosine 1; the rows within the answer keep the ramp; meant for the subject-centered gate, whose
     # paraphrases' cosines are low), memory.gated.named_gate and GatedMemory.full_of; 0 = off
     subject_full: float = 0.0
+    # > 0, with gated neurons: a neuron does not fire where its target token is among the last this many input
+    # tokens (the refractory span, at most memory.refractory.RECENT_TOKENS), memory.refractory; 0 = off;
+    # None: DEFAULT_REFRACTORY with gated neurons, else 0
+    refractory: int | None = None
     # > 0, with gated neurons at the last layer: a neuron fires only where the base model's answer state (the
     # LM head's input, centered) has at least this cosine with its row's (memory.answer_gate); 0 = off;
     # None: DEFAULT_ANSWER_GATE with gated neurons at the last layer, else 0
@@ -103,13 +107,17 @@ DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
 # With gated neurons at the last layer, a neuron fires only where the base model's centered answer state is
 # within cosine 0.8 of its row's (docs/RESULTS.md, "The answer gate, built").
 DEFAULT_ANSWER_GATE = 0.8
+# With gated neurons, a neuron does not fire where its target is among the last 4 input tokens (docs/RESULTS.md,
+# "The refractory rule"): no greedy answer repeats its target, and no teacher-forced score moves.
+DEFAULT_REFRACTORY = 4
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:
     """``config`` with its automatic settings (None) decided for an editor at the model's last layer
     or not: the gate unless an option of the linear update alone is set; row gains with the gate
     where the LM head reads the edited layer (the last, alone), and steering with the row gains. Given
-    settings are kept as they are. The answer gate comes with gated neurons at the last layer."""
+    settings are kept as they are. The answer gate comes with gated neurons at the last layer, the refractory
+    rule with gated neurons."""
     gate, default_gate = config.gate, config.gate is None
     if gate is None:
         gate = 0.0 if config.spread > 1 or config.soft_anchors or config.near_questions else DEFAULT_GATE
@@ -126,7 +134,11 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     answer_gate = config.answer_gate
     if answer_gate is None:
         answer_gate = DEFAULT_ANSWER_GATE if gate and last_layer else 0.0
-    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer, answer_gate=answer_gate)
+    refractory = config.refractory
+    if refractory is None:
+        refractory = DEFAULT_REFRACTORY if gate else 0
+    return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer, answer_gate=answer_gate,
+                   refractory=refractory)
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.
@@ -134,7 +146,7 @@ PAPER_RULE = {"preserve": 0.0, "gain": 1.0, "focus": 0, "auto_significance": Fal
               "contexts": 0, "keys_data": None, "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
               "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0, "steer": 0.0,
               "subject_gate": 0.0, "answer_gate": 0.0, "subject_prime": 0.0,
-              "subject_centered": False, "subject_full": 0.0}
+              "subject_centered": False, "subject_full": 0.0, "refractory": 0}
 
 
 def with_qf2_settings(config: EditorConfig, lr: float | None = None, rule: str | None = None) -> EditorConfig:

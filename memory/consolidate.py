@@ -54,6 +54,7 @@ from memory.preserve import (LazyMetric, PreservingMetric, Progress, answer_mean
                              question_bank)
 from memory.row_gain import Head
 from memory.prompts import Pass, build_pass, instructed_system, render_prompt
+from memory.refractory import row_windows
 from memory.spread import LowerLayer, spread_layers
 from memory.subject_center import subject_mean_questions
 from memory.subject_gate import subject_key, subject_position
@@ -118,6 +119,8 @@ class QFEditor(Answering):
         if config.subject_full and not config.subject_gate < config.subject_full <= 1:
             raise ValueError(f"--subject-full {config.subject_full} must be above --subject-gate {config.subject_gate} "
                              "(where the neurons' ramp begins) and at most 1")
+        if config.refractory and not config.gate:
+            raise ValueError("--refractory keeps the neurons of --gate from firing on the token they write: it needs --gate")
         if config.answer_gate and not config.gate:
             raise ValueError("--answer-gate gates the neurons of --gate: it needs --gate")
         if config.answer_gate and self.layer != last:
@@ -157,7 +160,7 @@ class QFEditor(Answering):
             W0.shape[0], config.gate, tau_named=config.subject_gate, answer_tau=config.answer_gate,
             answer_mean=self._answer_mean() if config.answer_gate else None,
             prime=config.subject_prime, subject_centered=config.subject_centered,
-            full=config.subject_full or 1.0) if config.gate else None
+            full=config.subject_full or 1.0, refractory=config.refractory) if config.gate else None
         self.neurons = self.gated.solve() if self.gated is not None else None
         self._next_key = 0
         self._bank: QuestionBank | None = None  # the near questions' keys, loaded on first use
@@ -371,7 +374,8 @@ class QFEditor(Answering):
                 focus = focus_bases(head, arch.final_norm(self.model).weight, plain.targets, top)
             parts.append(FactRows(answer, plain.targets, U, V, plain_rows.U, plain_rows.V, significance, focus,
                                   lower_keys=plain_rows.lower, lower_layers=self.layers[:-1],  # () and None with one layer
-                                  openings=answer_openings(len(plain.targets))))
+                                  openings=answer_openings(len(plain.targets)),
+                                  recent=row_windows(plain.input_ids[0], len(plain.targets))))
         return stack_rows(parts)
 
     def capture(self, fact: Fact, answer: str | None = None) -> FactRows:
@@ -533,7 +537,8 @@ class QFEditor(Answering):
         rows = self.joint.with_gains(rows)
         if self.gated is not None:
             self.gated.add(key, *self.gated_rows(rows), subject_key=rows.subject_key, answer_states=self.answer_states(rows),
-                           subject_mean=rows.subject_mean, openings=rows.openings)
+                           subject_mean=rows.subject_mean, openings=rows.openings,
+                           targets=torch.tensor(rows.targets, dtype=torch.int64), recent=rows.recent)
         else:
             self.joint.add(key, rows)
 

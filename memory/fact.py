@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from memory.refractory import NO_TOKEN
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -103,6 +105,10 @@ class FactRows(QuestionRows):
     # every anchor), which a named neuron's whole value from a lower cosine is for (memory.gated.named_gate);
     # None: not recorded (captures from before 2026-12-07), read as every row
     openings: torch.Tensor | None = None
+    # (T, RECENT_TOKENS) int64: the last input tokens of the plain pass at each row, its own last (NO_TOKEN
+    # before the sequence's start), which the refractory rule reads (memory.refractory); None: not recorded
+    # (captures from before the rule, 2026-12-07): the rule leaves those rows alone
+    recent: torch.Tensor | None = None
 
     def keys_at(self, layers: tuple[int, ...]) -> torch.Tensor:
         """The plain keys at ``layers`` (some of lower_layers, at least one) -> (len(layers), T, D); says
@@ -137,6 +143,7 @@ def with_anchors(rows: FactRows, keys: torch.Tensor, residual: torch.Tensor, low
         lower_keys=None if lower_keys is None else torch.cat([rows.lower_keys, lower_keys], 1),
         lower_layers=rows.lower_layers, form_rows=rows.form_rows, forms=rows.forms,
         openings=None if rows.openings is None else torch.cat([rows.openings, torch.ones(A, dtype=torch.bool)]),
+        recent=None if rows.recent is None else torch.cat([rows.recent, torch.full((A, rows.recent.shape[1]), NO_TOKEN)]),
     )
 
 
@@ -178,7 +185,8 @@ def _concatenated(parts: list[FactRows], **layout) -> FactRows:
     return FactRows(
         first.answer, sum((p.targets for p in parts), ()), *(cat(n) for n in ("U", "V", "U_plain", "V_plain", "significance")),
         focus=cat("focus"), lower_keys=cat("lower_keys", 1), lower_layers=first.lower_layers,
-        openings=cat("openings") if all(p.openings is not None for p in parts) else None, **layout,
+        openings=cat("openings") if all(p.openings is not None for p in parts) else None,
+        recent=cat("recent") if all(p.recent is not None for p in parts) else None, **layout,
     )
 
 

@@ -31,7 +31,9 @@ are closer to the fact's key than its paraphrases (which open with an unrelated 
 With an answer gate (memory.answer_gate) a neuron also needs the base model's answer state at the
 position to match its row's: the activations above are multiplied by that step, in the solve too.
 With the subject-centered gate (memory.subject_center) a neuron whose subject is named reads the
-cosine of x and its key both centered on its subject's mean, in the solve too.
+cosine of x and its key both centered on its subject's mean, in the solve too. With a refractory span
+(memory.refractory) a neuron does not fire where its target token is among the last input tokens, in the
+solve too.
 
 Significance: a row of weight 0 gets no neuron and no constraint; positive weights weight the rows'
 squared errors where rows of one group compete. Shapes: N the model width, J the neurons (rows).
@@ -48,6 +50,7 @@ import torch
 from torch import nn
 
 from memory.answer_gate import AnswerReader, answer_keys
+from memory.refractory import NO_TOKEN, RECENT_TOKENS, RecentTokens, holds_target, refractory_targets
 from memory.subject_center import centered_cosines, centered_keys, centered_offsets
 from memory.subject_gate import SUBJECT_MATCH, SubjectPresence, unit_rows
 
@@ -154,7 +157,11 @@ class GatedNeurons:
     with ``subject_keys``, ``centered_keys`` (J, N) each neuron's key centered on its subject's mean, unit
     rows (zero for a neuron with no subject), and ``centered_offsets`` (2, J) the constants the centered
     cosine needs (memory.subject_center.centered_offsets); where its subject is named a neuron reads the
-    centered cosine instead of the raw one (None: the raw one)."""
+    centered cosine instead of the raw one (None: the raw one).
+
+    The refractory rule (memory.refractory): ``refractory`` the span n, how many of a position's last input
+    tokens a neuron checks for its target (0: off), and ``refractory_targets`` (J,) each neuron's target,
+    NO_TOKEN for a neuron the rule leaves alone."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -170,6 +177,8 @@ class GatedNeurons:
     centered_keys: torch.Tensor | None = None
     centered_offsets: torch.Tensor | None = None
     full: float | torch.Tensor = 1.0
+    refractory: int = 0
+    refractory_targets: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -183,11 +192,16 @@ class GatedNeurons:
     def answer_gated(self) -> bool:
         return bool(self.answer_tau) and self.answer_keys is not None
 
-    def output(self, x: torch.Tensor, named: torch.Tensor | None = None, answer: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    @property
+    def refractory_gated(self) -> bool:
+        return bool(self.refractory) and self.refractory_targets is not None
+
+    def output(self, x: torch.Tensor, named: torch.Tensor | None = None, answer: torch.Tensor | None = None,
+               recent: torch.Tensor | None = None) -> torch.Tensor:
         """sum_t a_t(x) v_t for MLP inputs x (..., N), in x's dtype; ``named`` (..., S) bool: which
         subjects have been named up to each position (None: none); ``answer`` (..., N): the answer state
-        at each position, which answer-gated neurons need (memory.answer_gate)."""
+        at each position, which answer-gated neurons need (memory.answer_gate); ``recent`` (..., span) int64:
+        the last input tokens at each position, which the refractory rule needs (memory.refractory)."""
         if not self.count:
             return torch.zeros_like(x)
         cos = unit_rows(x) @ self.keys.T.to(x.device)  # .to: a no-op once installed (install)
@@ -202,18 +216,23 @@ class GatedNeurons:
             if answer is None or answer.shape != x.shape:
                 raise ValueError("answer-gated neurons need the answer state at every position of the MLP's input")
             a = a * (answer_keys(answer, self.answer_mean) @ self.answer_keys.T.to(x.device) >= self.answer_tau)
+        if self.refractory_gated:
+            if recent is None or recent.shape != (*x.shape[:-1], self.refractory):
+                raise ValueError(f"refractory neurons need the last {self.refractory} input tokens at every position "
+                                 "of the MLP's input")
+            a = a.masked_fill(holds_target(recent[..., None, :], self.refractory_targets.to(x.device)), 0.0)
         return (a @ self.values.to(x.device)).to(x.dtype)
 
     def to(self, device: torch.device | str) -> "GatedNeurons":
         """The same neurons on ``device`` (where the MLP runs: no copy per forward pass)."""
         tau, full = (v.to(device) if isinstance(v, torch.Tensor) else v for v in (self.tau, self.full))
-        subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered, offsets = (
+        subject_keys, subject_of, answer_keys_, answer_mean, subject_means, centered, offsets, targets = (
             None if t is None else t.to(device)
             for t in (self.subject_keys, self.subject_of, self.answer_keys, self.answer_mean, self.subject_means,
-                      self.centered_keys, self.centered_offsets))
+                      self.centered_keys, self.centered_offsets, self.refractory_targets))
         return GatedNeurons(self.keys.to(device), self.values.to(device), tau, subject_keys, subject_of, self.tau_named,
                             answer_keys_, answer_mean, self.answer_tau, self.prime, subject_means, centered, offsets,
-                            full)
+                            full, self.refractory, targets)
 
     def is_finite(self) -> bool:
         return bool(torch.isfinite(self.values).all())
@@ -292,11 +311,14 @@ class GatedMemory:
     ``openings``) fires it at its whole value from that cosine up (named_gate); the neurons of the rows
     within an answer keep the ramp to cosine 1: an answer's later rows are close to one another (the digits
     of a date: centered cosines 0.4-0.8), and at their whole value they would fire each other alike, so
-    that no values could tell them apart (docs/RESULTS.md, "Whole values at the answer's opening")."""
+    that no values could tell them apart (docs/RESULTS.md, "Whole values at the answer's opening"). With a
+    ``refractory`` span n > 0 (memory.refractory) each fact also brings its rows' targets and last input
+    tokens, and a row does not fire a neuron whose target is among its last n tokens (the neurons whose own
+    row holds their target exempt)."""
 
     def __init__(self, width: int, tau: float = DEFAULT_THRESHOLD, ridge: float = RIDGE, tau_named: float = 0.0,
                  tau_unknown: float | None = None, answer_tau: float = 0.0, answer_mean: torch.Tensor | None = None,
-                 prime: float = 0.0, subject_centered: bool = False, full: float = 1.0):
+                 prime: float = 0.0, subject_centered: bool = False, full: float = 1.0, refractory: int = 0):
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"the gate's threshold must be in [0, 1], not {tau}")
         if tau == 1.0 and not tau_named:
@@ -323,7 +345,10 @@ class GatedMemory:
         if full != 1.0 and not tau_named < full < 1.0:
             raise ValueError(f"the cosine a named neuron fires at its whole value from must be in ({tau_named}, 1] "
                              f"(above the subject gate), not {full}")
-        self.prime, self.subject_centered, self.full = prime, subject_centered, full
+        if not 0 <= refractory <= RECENT_TOKENS:
+            raise ValueError(f"the refractory span must be in [0, {RECENT_TOKENS}] tokens (those a fact's rows record), "
+                             f"not {refractory}")
+        self.prime, self.subject_centered, self.full, self.refractory = prime, subject_centered, full, refractory
         self.width, self.tau, self.ridge, self.tau_named, self.tau_unknown = width, tau, ridge, tau_named, tau_unknown
         self.answer_tau = answer_tau
         self.answer_mean = answer_mean.float() if answer_tau else None
@@ -339,6 +364,10 @@ class GatedMemory:
         self._X: dict[Hashable, torch.Tensor] = {}
         # each fact's full cosine (full_of): ``full``, or (T_f,) float64 where some rows do not open an answer
         self._full: dict[Hashable, float | torch.Tensor] = {}
+        # refractory rule only: (T_f,) int64 each neuron's refractory target, and (T_f, span) int64 each row's
+        # last input tokens (memory.refractory)
+        self._targets: dict[Hashable, torch.Tensor] = {}
+        self._recent: dict[Hashable, torch.Tensor] = {}
         # (fact a, fact b) -> (E, 3): row a, row b, cos, for the pairs where either fires the other
         self._near: dict[tuple[Hashable, Hashable], torch.Tensor] = {}
         self._bank = _KeyBank(width)  # the keys of _K and _S again, in _keys' order, for add
@@ -396,12 +425,15 @@ class GatedMemory:
 
     def add(self, key: Hashable, X_plain: torch.Tensor, R_rows: torch.Tensor, significance: torch.Tensor,
             subject_key: torch.Tensor | None = None, answer_states: torch.Tensor | None = None,
-            subject_mean: torch.Tensor | None = None, openings: torch.Tensor | None = None) -> None:
+            subject_mean: torch.Tensor | None = None, openings: torch.Tensor | None = None,
+            targets: torch.Tensor | None = None, recent: torch.Tensor | None = None) -> None:
         """A fact by its plain pass's MLP inputs X_plain (T, N), the residual each row needs R_rows
         (T, N), its rows' significance (T,), its subject key (N_s,) if it has one, with an answer
         gate its rows' answer states (T, N) (memory.answer_gate), with the subject-centered gate its
         subject's mean MLP input (N,) (memory.subject_center), and which rows open an answer (T,) bool
-        (None: all; ``full``); rows of weight 0 are dropped."""
+        (None: all; ``full``); with a refractory span, each row's target (T,) and last input tokens
+        (T, >= span) (memory.refractory; None: not recorded, the rule leaves the fact alone); rows of
+        weight 0 are dropped."""
         if key in self._K:
             raise KeyError(f"fact {key!r} is already in the gated memory")
         if X_plain.shape != R_rows.shape or X_plain.shape[1] != self.width or significance.shape != X_plain.shape[:1]:
@@ -413,7 +445,18 @@ class GatedMemory:
             raise ValueError(f"the subject-centered gate needs the subject mean ({self.width},) of a fact with a subject key")
         if openings is not None and openings.shape != significance.shape:
             raise ValueError(f"openings {tuple(openings.shape)} must give one flag per row, {tuple(significance.shape)}")
+        if self.refractory and recent is not None and (
+                targets is None or targets.shape != significance.shape or recent.shape[0] != significance.shape[0]
+                or recent.shape[1] < self.refractory):
+            raise ValueError(f"the refractory rule needs each row's target and at least its last {self.refractory} "
+                             f"input tokens, for {significance.shape[0]} rows")
         keep = significance > 0
+        if self.refractory:
+            if recent is None:  # rows recorded before the rule: no targets, and last tokens unknown
+                recent = torch.full((keep.shape[0], self.refractory), NO_TOKEN, dtype=torch.int64)
+                targets = torch.full(keep.shape, NO_TOKEN, dtype=torch.int64)
+            recent = recent[keep][:, -self.refractory:].long()
+            self._targets[key], self._recent[key] = refractory_targets(targets[keep], recent, self.refractory), recent
         opens = None if openings is None else openings[keep].bool()
         self._full[key] = self.full if self.full >= 1.0 or opens is None or bool(opens.all()) else \
             torch.where(opens, self.full, 1.0).double()
@@ -447,7 +490,8 @@ class GatedMemory:
         if key not in self._K:
             raise KeyError(f"fact {key!r} is not in the gated memory")
         self._keys.remove(key)
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full, self._targets,
+                      self._recent):
             store.pop(key, None)
         self._near = {pair: e for pair, e in self._near.items() if key not in pair}
         self._bank.clear()
@@ -473,7 +517,8 @@ class GatedMemory:
         if new in self._K:
             raise KeyError(f"fact {new!r} is already in the gated memory")
         self._keys[self._keys.index(key)] = new
-        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full):
+        for store in (self._K, self._R, self._w, self._S, self._F, self._M, self._X, self._full, self._targets,
+                      self._recent):
             if key in store:
                 store[new] = store.pop(key)
         self._near = {tuple(new if k == key else k for k in pair): e for pair, e in self._near.items()}
@@ -491,7 +536,8 @@ class GatedMemory:
         """The neurons of every active fact, values solved group by group."""
         if not self._keys:
             return GatedNeurons(torch.zeros(0, self.width), torch.zeros(0, self.width), self._taus(), tau_named=self.tau_named,
-                                **self._answers(), prime=self.prime, **self._centered(None), full=self.full)
+                                **self._answers(), prime=self.prime, **self._centered(None), full=self.full,
+                                **self._refractories())
         offsets, start = {}, 0
         for key in self._keys:
             offsets[key], start = start, start + self._K[key].shape[0]
@@ -527,6 +573,12 @@ class GatedMemory:
             matching = ((F[pairs[:, 0]] * F[pairs[:, 1]]).sum(1) >= self.answer_tau).tolist()
             A = {pair: v for (pair, v), match in zip(A.items(), matching) if match}
             pairs = pairs[torch.tensor(matching, dtype=torch.bool)]
+        if self.refractory and len(pairs):  # nor where the row's last tokens hold the neuron's target
+            targets = torch.cat([self._targets[k] for k in self._keys])
+            recent = torch.cat([self._recent[k] for k in self._keys])
+            firing = (~holds_target(recent[pairs[:, 0]], targets[pairs[:, 1]])).tolist()
+            A = {pair: v for (pair, v), fires in zip(A.items(), firing) if fires}
+            pairs = pairs[torch.tensor(firing, dtype=torch.bool)]
         members_of = groups(K.shape[0], pairs)
         group_of = {m: g for g, members in enumerate(members_of) for m in members}
         entries: dict[int, list[tuple[int, int, float]]] = {}
@@ -543,7 +595,14 @@ class GatedMemory:
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
         subject_keys, subject_of = self._subjects()
         return GatedNeurons(K, V.float(), self._taus(), subject_keys, subject_of, self.tau_named, **self._answers(),
-                            prime=self.prime, **self._centered(subject_of), full=self._fulls())
+                            prime=self.prime, **self._centered(subject_of), full=self._fulls(), **self._refractories())
+
+    def _refractories(self) -> dict:
+        """GatedNeurons' refractory fields: the span and every neuron's refractory target; none without."""
+        if not self.refractory:
+            return {}
+        targets = torch.cat([self._targets[k] for k in self._keys]) if self._keys else torch.zeros(0, dtype=torch.int64)
+        return {"refractory": self.refractory, "refractory_targets": targets}
 
     def _centered_pairs(self) -> list[tuple[Hashable, Hashable]]:
         """The (row fact, neuron fact) pairs, in the facts' order, where the row names the neuron's subject
@@ -610,16 +669,18 @@ class GatedPatch(nn.Module):
     """The neurons as a module on one MLP: a forward hook adds ``neurons.output(x)`` to its output;
     with subject gating, a hook on the subject layer tells it which subjects each position has seen
     (memory.subject_gate.SubjectPresence); with answer gating, a hook on its MLP norm gives the
-    answer state (memory.answer_gate.AnswerReader)."""
+    answer state (memory.answer_gate.AnswerReader); with the refractory rule, hooks on the embeddings and
+    the first layer give the last input tokens (memory.refractory.RecentTokens)."""
 
     def __init__(self, mlp: nn.Module, neurons: GatedNeurons, model: nn.Module | None = None):
         super().__init__()
-        if (neurons.subject_gated or neurons.answer_gated) and model is None:
-            raise ValueError("subject- or answer-gated neurons need the model, to see where their subjects are named "
-                             "and what it is about to answer")
+        if (neurons.subject_gated or neurons.answer_gated or neurons.refractory_gated) and model is None:
+            raise ValueError("subject-, answer-gated or refractory neurons need the model, to see where their subjects "
+                             "are named, what it is about to answer and which tokens it has read")
         self.neurons = neurons
         self.presence = SubjectPresence(model, neurons.subject_keys) if neurons.subject_gated else None
         self.answers = AnswerReader(model, mlp) if neurons.answer_gated else None
+        self.tokens = RecentTokens(model, neurons.refractory) if neurons.refractory_gated else None
         self._handle = mlp.register_forward_hook(self._add)
 
     def _add(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -629,11 +690,14 @@ class GatedPatch(nn.Module):
             if named is None or named.shape[:-1] != x.shape[:-1]:
                 raise RuntimeError("the subject layer did not run before the gated MLP in this forward pass")
         answer = self.answers.state(output) if self.answers is not None else None
-        return output + self.neurons.output(x, named, answer)
+        recent = self.tokens.recent if self.tokens is not None else None
+        if recent is not None and recent.shape[:-1] != x.shape[:-1]:
+            raise RuntimeError("the first layer did not run before the gated MLP in this forward pass")
+        return output + self.neurons.output(x, named, answer, recent)
 
     def remove(self) -> None:
         self._handle.remove()
-        for reader in (self.presence, self.answers):
+        for reader in (self.presence, self.answers, self.tokens):
             if reader is not None:
                 reader.remove()
 

@@ -66,7 +66,8 @@ def test_the_editor_writes_each_row_its_own_gain_times_the_instructed_change(gat
     assert torch.allclose(joint.residual(rows), R * gains, atol=1e-9)
     editor.learn(FACT, verify=False)
     if gate:  # the fact's lone neurons carry each row's scaled residual
-        written = editor.neurons.output(rows.V_plain.to(editor.neurons.keys.dtype)).double().T
+        recent = rows.recent[:, -editor.neurons.refractory:]  # the refractory rule (on by default), as in the solve
+        written = editor.neurons.output(rows.V_plain.to(editor.neurons.keys.dtype), recent=recent).double().T
     else:  # dW u'_t = g_t r_t on the fact's rows
         written = editor.delta.dense().double() @ rows.U_plain.double().T
     assert torch.allclose(written, R * gains, atol=1e-3 * float(R.abs().max() * gains.max()))
@@ -82,8 +83,8 @@ def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen)
 
 
 def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head_reads_the_layer(tiny_qwen):
-    from memory.answering import (DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE, PAPER_RULE,
-                                  with_defaults_decided)
+    from memory.answering import (DEFAULT_GATE, DEFAULT_REFRACTORY, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE,
+                                  PAPER_RULE, with_defaults_decided)
 
     last = arch.num_layers(tiny_qwen.model) - 1
     editor = QFEditor(tiny_qwen, EditorConfig())
@@ -91,6 +92,7 @@ def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head
     assert editor.config.steer == DEFAULT_STEER > 0 and editor.joint.steer_margin == DEFAULT_STEER
     assert editor.config.subject_gate == DEFAULT_SUBJECT_GATE < DEFAULT_GATE  # subject gating on by default
     assert editor.gated.tau_unknown == DEFAULT_SUBJECT_GATE  # a fact with no subject: as the gate alone did
+    assert editor.config.refractory == editor.gated.refractory == DEFAULT_REFRACTORY > 0  # the refractory rule too
     given = with_defaults_decided(EditorConfig(gate=0.99), last_layer=True)
     assert given.subject_gate == 0.0  # a --gate given is that gate alone
     assert with_defaults_decided(EditorConfig(gate=1.0), last_layer=True).subject_gate == DEFAULT_SUBJECT_GATE
@@ -103,10 +105,10 @@ def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head
         decided = with_defaults_decided(EditorConfig(**linear_only), last_layer=True)
         assert (decided.gate, decided.row_gain, decided.steer) == (0.0, 0.0, 0.0)
     linear = with_defaults_decided(EditorConfig(gate=0.0), last_layer=True)  # given settings are kept
-    assert (linear.gate, linear.row_gain, linear.steer) == (0.0, 0.0, 0.0)
+    assert (linear.gate, linear.row_gain, linear.steer, linear.refractory) == (0.0, 0.0, 0.0, 0)
     assert with_defaults_decided(EditorConfig(steer=0.0), last_layer=True).steer == 0.0  # steering off, given
     paper = with_defaults_decided(EditorConfig(**PAPER_RULE), last_layer=True)
-    assert (paper.gate, paper.row_gain, paper.gain, paper.steer) == (0.0, 0.0, 1.0, 0.0)
+    assert (paper.gate, paper.row_gain, paper.gain, paper.steer, paper.refractory) == (0.0, 0.0, 1.0, 0.0, 0)
 
 
 def test_the_ledger_records_the_row_gains_and_a_reload_does_not_read_the_head_again(store, tokenizer, monkeypatch):

@@ -182,7 +182,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
                               "phrasings": 0, "contexts": 2, "keys_data": None, "question_keys": 2.0, "anchors": 2,
                               "near_questions": 0, "soft_anchors": 3.0, "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
                               "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
-                              "subject_full": 0.0}
+                              "subject_full": 0.0, "refractory": 0}
     shown = json.loads(CliRunner().invoke(cli.main, ["facts", "show", str(data["fact_id"]), "--json"]).output)
     assert shown["edits"][0]["hyperparams"]["preserve"] == 5.0
     assert shown["edits"][0]["hyperparams"]["auto_significance"] is True
@@ -198,7 +198,7 @@ def test_cli_solver_flags_reach_the_solve_and_the_ledger(tiny_model_dir, monkeyp
                                "phrasings": 0, "contexts": 0, "keys_data": None, "question_keys": 1.0, "anchors": 0,
                                "near_questions": 0, "soft_anchors": 0.0, "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
                                "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
-                               "subject_full": 0.0}
+                               "subject_full": 0.0, "refractory": 0}
     # facts learned on one layer cannot be spread later: said clearly, nothing written
     monkeypatch.setenv("QF_FOCUS", "0")
     refused = CliRunner().invoke(cli.main, args + ["--spread", "2"])
@@ -261,7 +261,7 @@ def test_bench_variant_names():
                                        "question_keys": 0.0, "anchors": 0, "near_questions": 0, "soft_anchors": 0.0,
                                        "spread": 1, "answer_forms": False, "gate": 0.0, "row_gain": 0.0,
                                        "subject_gate": 0.0, "steer": 0.0, "answer_gate": 0.0, "subject_prime": 0.0, "subject_centered": False,
-                                       "subject_full": 0.0}
+                                       "subject_full": 0.0, "refractory": 0}
     assert qf_settings("qf/p30/g1.5/auto") == {"preserve": 30.0, "gain": 1.5, "auto_significance": True}
     assert qf_settings("qf/k0") == {"question_keys": 0.0} and qf_settings("qf/k2.5") == {"question_keys": 2.5}
     assert qf_settings("qf/c1e6") == {"condition": 1e6}
@@ -349,13 +349,15 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"default {defaults.focus} =" in text and defaults.auto_significance is False and "default: every row" in text
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
     assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
-    from memory.answering import DEFAULT_ANSWER_GATE, DEFAULT_GATE, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE
+    from memory.answering import (DEFAULT_ANSWER_GATE, DEFAULT_GATE, DEFAULT_REFRACTORY, DEFAULT_ROW_GAIN, DEFAULT_STEER,
+                                  DEFAULT_SUBJECT_GATE)
 
     assert defaults.gate is None and f"(default {DEFAULT_GATE:g} = nowhere but where the fact's subject has been named" in text
     assert defaults.subject_gate is None and f"default {DEFAULT_SUBJECT_GATE:g} with the default --gate" in text
     assert defaults.row_gain is None and f"default {DEFAULT_ROW_GAIN:g} with --gate at the last layer" in text
     assert defaults.steer is None and f"default {DEFAULT_STEER:g} with row gains, else 0 = off" in text
     assert defaults.answer_gate is None and f"default {DEFAULT_ANSWER_GATE:g} with --gate at the last layer" in text
+    assert defaults.refractory is None and f"default {DEFAULT_REFRACTORY} with --gate, else 0 = off" in text
 
 
 # --- the ridge from the rows' conditioning -------------------------------------------------

@@ -88,7 +88,8 @@ def test_the_editor_adds_the_steering_to_the_gained_change_and_the_rows_record_i
     assert torch.allclose(joint.residual(rows), R + E, atol=1e-6 * float(E.abs().max()))
     editor.learn(FACT, verify=False)  # the fact's rows now predict its answer, each first (a lone neuron per row)
     with torch.no_grad():
-        x = rows.V_plain + editor.neurons.output(editor.model.get_submodule(editor.norm_name)(rows.V_plain))
+        recent = rows.recent[:, -editor.neurons.refractory:]  # the refractory rule (on by default), as in the solve
+        x = rows.V_plain + editor.neurons.output(editor.model.get_submodule(editor.norm_name)(rows.V_plain), recent=recent)
         after = editor.model.lm_head(editor.model.model.norm(x))
     assert after.argmax(-1).tolist() == list(rows.targets)
     with pytest.raises(ValueError, match="row gains"):
