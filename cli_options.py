@@ -145,7 +145,7 @@ def model_options(fn):
                   help="QF with --gate: a fact's neuron does not fire where the token it writes is among the last N "
                        "input tokens, so a learned answer is not repeated straight after it (\"football football\"), "
                        "nor in a short loop; a neuron whose own answer repeats its token there is exempt "
-                       "(memory.refractory; default 4 with --gate, else 0 = off). [env QF_REFRACTORY]")
+                       "(memory.refractory; default 8 with --gate, else 0 = off). [env QF_REFRACTORY]")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         solver = {name: kwargs.pop(name) for name in SOLVER_SETTINGS}

@@ -75,8 +75,12 @@ def agreement(post: Sequence[int], pre: Sequence[int]) -> float:
 
 def mentions(answer: str, target: str) -> bool:
     """Whole-word, case-insensitive containment of ``target`` in ``answer``."""
-    pattern = rf"(?<!\w){re.escape(target.strip())}(?!\w)"
-    return re.search(pattern, answer, flags=re.IGNORECASE) is not None
+    return times_named(answer, target) > 0
+
+
+def times_named(answer: str, target: str) -> int:
+    """How many times ``answer`` names ``target`` (whole words, case-insensitive, not overlapping)."""
+    return len(re.findall(rf"(?<!\w){re.escape(target.strip())}(?!\w)", answer, flags=re.IGNORECASE))
 
 
 def repeats(answer: str, target: str) -> bool:

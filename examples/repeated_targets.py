@@ -1,4 +1,5 @@
-"""How often each method's greedy answers repeat the new target twice in a row, from saved results.
+"""How often each method's greedy answers repeat the new target twice in a row, from saved results, and how
+often they name it twice or more anywhere.
 
     python examples/repeated_targets.py docs/results/centered_counterfact_1000_1.5b.json ...
 
@@ -13,15 +14,16 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.metrics import repeats
+from bench.metrics import repeats, times_named
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| run | method | greedy edit answers that repeat the target | paraphrase answers that do |")
-    print("|---|---|---|---|")
+    print("| run | method | greedy edit answers that repeat the target | paraphrase answers that do "
+          "| edit answers naming it twice or more |")
+    print("|---|---|---|---|---|")
     for path in args.files:
         result = json.loads(path.read_text())
         for method in ("pre", *result["methods"]):
@@ -31,7 +33,8 @@ def main() -> None:
                 continue
             edit = sum(repeats(a.get("prompt", ""), t) for a, t in answered)
             para = sum(repeats(a.get("paraphrase", ""), t) for a, t in answered)
-            print(f"| {path.stem} | {method} | {edit}/{len(answered)} | {para}/{len(answered)} |")
+            twice = sum(times_named(a.get("prompt", ""), t) >= 2 for a, t in answered)
+            print(f"| {path.stem} | {method} | {edit}/{len(answered)} | {para}/{len(answered)} | {twice}/{len(answered)} |")
 
 
 if __name__ == "__main__":

@@ -107,9 +107,9 @@ DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
 # With gated neurons at the last layer, a neuron fires only where the base model's centered answer state is
 # within cosine 0.8 of its row's (docs/RESULTS.md, "The answer gate, built").
 DEFAULT_ANSWER_GATE = 0.8
-# With gated neurons, a neuron does not fire where its target is among the last 4 input tokens (docs/RESULTS.md,
+# With gated neurons, a neuron does not fire where its target is among the last 8 input tokens (docs/RESULTS.md,
 # "The refractory rule"): no greedy answer repeats its target, and no teacher-forced score moves.
-DEFAULT_REFRACTORY = 4
+DEFAULT_REFRACTORY = 8
 
 
 def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfig:

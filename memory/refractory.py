@@ -28,7 +28,7 @@ from torch import nn
 
 from memory import architecture as arch
 
-RECENT_TOKENS = 8  # the input tokens recorded per row: the most a refractory span can be
+RECENT_TOKENS = 16  # the input tokens recorded per row: the most a refractory span can be
 NO_TOKEN = -1  # no token there (before the sequence's start), and no target (an anchor; an exempt neuron)
 
 
@@ -66,8 +66,12 @@ def refractory_targets(targets: torch.Tensor, recent: torch.Tensor, span: int) -
 def holds_target(recent: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Whether the last tokens ``recent`` (..., span) hold the refractory target ``targets`` (...), elementwise
     over what the two broadcast to (NO_TOKEN: no target, never held) -> (...) bool: where the neuron must not
-    fire (for every neuron at once: ``holds_target(recent[..., None, :], targets)`` -> (..., J))."""
-    return (recent == targets[..., None]).any(-1) & (targets != NO_TOKEN)
+    fire (for every neuron at once: ``holds_target(recent[..., None, :], targets)`` -> (..., J)). One token of
+    the span at a time, so no (..., J, span) tensor is made."""
+    held = recent[..., 0] == targets
+    for k in range(1, recent.shape[-1]):
+        held |= recent[..., k] == targets
+    return held & (targets != NO_TOKEN)
 
 
 class RecentTokens:

@@ -92,6 +92,8 @@ def test_a_target_repeated_back_to_back_is_counted_apart_from_a_success():
     gen = M.generation_case({"neighborhood": (1,)}, {"prompt": "Avengers Avengers Avengers", "paraphrase": ""},
                             {"neighborhood": (1,)}, "Avengers")
     assert gen["edit_success"] == 1.0 and gen["edit_repeats"] == 1.0
+    assert M.times_named("football, the sport he played football in", " Football") == 2
+    assert M.times_named("footballers", "football") == 0 and M.times_named("Qi qi. Qi", "Qi") == 3
 
 
 def test_case_metrics_of_both_families():
