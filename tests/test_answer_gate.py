@@ -11,8 +11,7 @@ from memory import architecture as arch
 from memory.consolidate import EditorConfig, QFEditor
 from memory.fact import Fact
 from memory.gated import GatedMemory, installed_patch, unit_rows
-from memory.prompts import render_prompt
-from tests.test_subject_gate import cached_greedy_is_the_full_pass, undone_to
+from tests.test_subject_gate import cached_greedy_is_the_full_pass, learned_from_base, undone_to
 
 FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.", subject="Oxinnovate")
 WIDTH = 16
@@ -93,10 +92,7 @@ def test_the_editor_refuses_an_answer_gate_without_gate_or_below_the_last_layer(
 def test_learning_with_an_answer_gate_generates_as_the_full_pass_and_undoes_exactly(tiny_qwen):
     editor = _editor(tiny_qwen)
     model = tiny_qwen.model
-    prompt = render_prompt(tiny_qwen.tokenizer, FACT.query)
-    with torch.no_grad():
-        base = model(input_ids=torch.tensor([prompt])).logits
-    editor.learn(FACT, verify=False)
+    prompt, base = learned_from_base(editor, FACT)
     patch = installed_patch(editor.mlp)
     assert patch.answers is not None and editor.neurons.answer_gated
     with torch.no_grad():

@@ -20,7 +20,7 @@ from memory.refractory import NO_TOKEN, RECENT_TOKENS, holds_target, recent_wind
 from tests.test_answer_gate import undoing_fact_1_is_never_having_it
 from tests.test_bench_last_layer import _cases, _tokens
 from tests.test_subject_center import cli_learns_with
-from tests.test_subject_gate import _at_cosine, cached_greedy_is_the_full_pass, undone_to
+from tests.test_subject_gate import _at_cosine, cached_greedy_is_the_full_pass, learned_from_base, undone_to
 
 FACT = Fact("Qi started Oxinnovate.", "Who founded Oxinnovate?", "The founder of Oxinnovate is Qi.", subject="Oxinnovate")
 WIDTH = 16
@@ -130,10 +130,7 @@ def test_a_facts_rows_record_their_last_tokens_and_the_editor_refuses_the_rule_w
 def test_learning_with_the_rule_reads_the_tokens_across_cached_calls_and_undoes_exactly(tiny_qwen):
     editor = _editor(tiny_qwen, refractory=3)
     model = tiny_qwen.model
-    prompt = render_prompt(tiny_qwen.tokenizer, FACT.query)
-    with torch.no_grad():
-        base = model(input_ids=torch.tensor([prompt])).logits
-    editor.learn(FACT, verify=False)
+    prompt, base = learned_from_base(editor, FACT)
     patch = installed_patch(editor.mlp)
     assert patch.tokens is not None and editor.neurons.refractory_gated
     seen = []

@@ -199,6 +199,15 @@ def cached_greedy_is_the_full_pass(model, prompt: list[int], tokens: int = 6) ->
     return cached == full.tolist()
 
 
+def learned_from_base(editor: QFEditor, fact: Fact) -> tuple[list[int], torch.Tensor]:
+    """Learn ``fact`` with ``editor`` (no verification): the chat prompt of its query, and the logits there before."""
+    prompt = render_prompt(editor.tokenizer, fact.query)
+    with torch.no_grad():
+        base = editor.model(input_ids=torch.tensor([prompt])).logits
+    editor.learn(fact, verify=False)
+    return prompt, base
+
+
 def undone_to(editor: QFEditor, prompt: list[int], base_logits: torch.Tensor) -> bool:
     """Undo the editor's one fact: whether its neurons are gone and the logits of ``prompt`` are the base ones."""
     editor.remove(editor.fact_keys[0])
