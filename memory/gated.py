@@ -138,6 +138,13 @@ def groups(num: int, pairs: torch.Tensor) -> list[list[int]]:
     return list(members.values())
 
 
+def kept_pairs(A: dict[tuple[int, int], float], pairs: torch.Tensor,
+               keep: torch.Tensor) -> tuple[dict[tuple[int, int], float], torch.Tensor]:
+    """The (row, neuron) activations ``A`` and their ``pairs`` (len(A), 2) (in A's order) where ``keep``
+    (len(A),) bool holds."""
+    return {pair: v for (pair, v), k in zip(A.items(), keep.tolist()) if k}, pairs[keep]
+
+
 @dataclass(frozen=True)
 class GatedNeurons:
     """The solved neurons of all active facts: unit keys (J, N), values (J, N), the threshold (one for
@@ -570,15 +577,12 @@ class GatedMemory:
         pairs = torch.tensor(list(A), dtype=torch.int64).reshape(-1, 2)
         if self.answer_tau and len(pairs):  # a row fires a neuron only where their answer keys match too
             F = torch.cat([self._F[k] for k in self._keys])
-            matching = ((F[pairs[:, 0]] * F[pairs[:, 1]]).sum(1) >= self.answer_tau).tolist()
-            A = {pair: v for (pair, v), match in zip(A.items(), matching) if match}
-            pairs = pairs[torch.tensor(matching, dtype=torch.bool)]
+            A, pairs = kept_pairs(A, pairs, (F[pairs[:, 0]] * F[pairs[:, 1]]).sum(1) >= self.answer_tau)
+        refractories = self._refractories()
         if self.refractory and len(pairs):  # nor where the row's last tokens hold the neuron's target
-            targets = torch.cat([self._targets[k] for k in self._keys])
             recent = torch.cat([self._recent[k] for k in self._keys])
-            firing = (~holds_target(recent[pairs[:, 0]], targets[pairs[:, 1]])).tolist()
-            A = {pair: v for (pair, v), fires in zip(A.items(), firing) if fires}
-            pairs = pairs[torch.tensor(firing, dtype=torch.bool)]
+            A, pairs = kept_pairs(A, pairs, ~holds_target(recent[pairs[:, 0]],
+                                                          refractories["refractory_targets"][pairs[:, 1]]))
         members_of = groups(K.shape[0], pairs)
         group_of = {m: g for g, members in enumerate(members_of) for m in members}
         entries: dict[int, list[tuple[int, int, float]]] = {}
@@ -595,7 +599,7 @@ class GatedMemory:
             V[members] = solve_values(Ag, R[members], w[members], self.ridge)
         subject_keys, subject_of = self._subjects()
         return GatedNeurons(K, V.float(), self._taus(), subject_keys, subject_of, self.tau_named, **self._answers(),
-                            prime=self.prime, **self._centered(subject_of), full=self._fulls(), **self._refractories())
+                            prime=self.prime, **self._centered(subject_of), full=self._fulls(), **refractories)
 
     def _refractories(self) -> dict:
         """GatedNeurons' refractory fields: the span and every neuron's refractory target; none without."""

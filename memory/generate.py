@@ -41,6 +41,19 @@ def cached_forward(model, cache, **inputs):
     return out, out[name]
 
 
+def continued_state(kwargs: dict, layer: int, ended: int, state: torch.Tensor | None,
+                    batch: int) -> tuple[int, torch.Tensor | None]:
+    """For a forward pre-hook (with kwargs) on decoder layer ``layer`` that carries ``state`` (batch first)
+    from one call of a generation to the next: how many positions the KV cache held before this call, and
+    ``state`` where this call of ``batch`` sequences continues the one the last call ended at ``ended``
+    positions, else None (a new sequence; a cache the hook did not see grow, such as a cached prefix)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = cache.get_seq_length(layer) if cache is not None else 0
+    if past == 0 or past != ended or state is None or state.shape[0] != batch:
+        return past, None
+    return past, state
+
+
 @functools.cache
 def cache_argument(model_class: type) -> str:
     """The KV-cache argument of this model class's forward (looked up once per class, not per token)."""

@@ -91,6 +91,16 @@ def pack(sequences: list[list[int]], first_rows: list[int], prefix: list[int], d
     return Packed(ids[None], positions[None], mask[None, None], starts, skipped)
 
 
+def pass_index(positions: torch.Tensor) -> torch.Tensor:
+    """Which pass each position of a packed sequence belongs to, (B or 1, P) int64 from ``positions`` (B or
+    1, P): 0 up to the first place where the positions do not increase (a new pass packed after the last,
+    or a left pad's end), then 1, and so on. Hooks that carry something along a sequence (the subject
+    match, the last input tokens) start it again there."""
+    index = torch.zeros(positions.shape, dtype=torch.int64, device=positions.device)
+    index[:, 1:] = (positions[:, 1:] <= positions[:, :-1]).cumsum(dim=1)
+    return index
+
+
 def prefix_states(model, prefix: list[int], names: list[str]) -> tuple[DynamicCache, dict[str, torch.Tensor]]:
     """The KV cache of ``prefix`` from a forward pass stopped once the modules ``names`` have run, and
     those modules' inputs (1, P, ...)."""

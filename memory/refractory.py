@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from memory import architecture as arch
+from memory.generate import continued_state
+from memory.packing import pass_index
 
 RECENT_TOKENS = 16  # the input tokens recorded per row: the most a refractory span can be
 NO_TOKEN = -1  # no token there (before the sequence's start), and no target (an anchor; an exempt neuron)
@@ -43,7 +45,7 @@ def recent_windows(ids: torch.Tensor, span: int, positions: torch.Tensor | None 
         carried.to(ids.device, torch.int64)
     segment = torch.zeros((B, P), dtype=torch.int64, device=ids.device)
     if positions is not None and P > 1:
-        segment[:, 1:] = (positions[:, 1:] <= positions[:, :-1]).cumsum(dim=1).expand(B, -1)
+        segment[:] = pass_index(positions.to(ids.device))
     tokens = torch.cat([before, ids.long()], 1).unfold(1, span, 1)  # (B, P, span)
     segments = torch.cat([torch.zeros_like(before), segment], 1).unfold(1, span, 1)
     return torch.where(segments == segment[..., None], tokens, NO_TOKEN)
@@ -99,11 +101,7 @@ class RecentTokens:
         ids, self._ids = self._ids, None
         if ids is None or ids.shape != h.shape[:-1]:
             ids = torch.full(h.shape[:-1], NO_TOKEN, dtype=torch.int64, device=h.device)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length(0) if cache is not None else 0
-        carried = self._tail
-        if past == 0 or past != self._ended or carried is None or carried.shape[0] != ids.shape[0]:
-            carried = None  # a new sequence, or a cache this hook did not see grow (a cached prefix)
+        past, carried = continued_state(kwargs, 0, self._ended, self._tail, ids.shape[0])
         self.recent = recent_windows(ids, self.span, kwargs.get("position_ids"), carried)
         self._tail, self._ended = self.recent[:, -1, 1:], past + ids.shape[1]
 

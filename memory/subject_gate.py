@@ -30,6 +30,8 @@ from torch import nn
 
 from memory import architecture as arch
 from memory.capture import Capture
+from memory.generate import continued_state
+from memory.packing import pass_index
 
 SUBJECT_LAYER = 1  # the layer whose input norm's output gives the subject keys (see above)
 # cos at or above which a position names a fact's subject: the 1.5B's paraphrases of 200 CounterFact
@@ -100,16 +102,13 @@ def running_match(cos: torch.Tensor, positions: torch.Tensor | None = None,
     the sequence, started again wherever ``positions`` (B or 1, P) do not increase (a new pass packed
     into the sequence, memory.packing; a left pad), and continuing ``carried`` (B, S) (the best before
     this call) up to the first such start."""
-    restarts = None
-    if positions is not None and cos.shape[1] > 1:
-        restarts = torch.zeros(positions.shape, dtype=torch.bool, device=cos.device)
-        restarts[:, 1:] = positions[:, 1:] <= positions[:, :-1]
-    if restarts is None or not restarts.any():
+    passes = pass_index(positions.to(cos.device)) if positions is not None and cos.shape[1] > 1 else None
+    if passes is None or not passes[:, -1].any():
         best = cos.cummax(dim=1).values
         return best if carried is None else torch.maximum(best, carried[:, None])
     # A segmented running maximum: offset each segment above every cosine of the ones before it (cosines
     # lie in [-1, 1]); in float64 the offsets leave the float32 cosines exact.
-    segment = restarts.cumsum(dim=1)[..., None].expand_as(cos)
+    segment = passes[..., None].expand_as(cos)
     offset = 4.0 * segment.double()
     best = ((cos.double() + offset).cummax(dim=1).values - offset).to(cos.dtype)
     if carried is not None:
@@ -133,11 +132,7 @@ class SubjectPresence:
     def _see(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         h = args[0] if args else kwargs["hidden_states"]
         cos = unit_rows(self.norm(h)) @ self.keys.T.to(h.device)  # (B, P, S)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length(SUBJECT_LAYER) if cache is not None else 0
-        carried = self._running
-        if past == 0 or past != self._ended or carried is None or carried.shape[0] != cos.shape[0]:
-            carried = None  # a new sequence, or a cache this hook did not see grow (a cached prefix)
+        past, carried = continued_state(kwargs, SUBJECT_LAYER, self._ended, self._running, cos.shape[0])
         best = running_match(cos, kwargs.get("position_ids"), carried)
         self._running, self._ended = best[:, -1], past + cos.shape[1]
         self.named = best >= SUBJECT_MATCH

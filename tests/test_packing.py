@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memory.packing import PrefixCache, pack, shared_prefix
+from memory.packing import PrefixCache, pack, pass_index, shared_prefix
 
 
 def test_shared_prefix():
@@ -60,3 +60,12 @@ def test_prefix_cache_computes_once_per_state_and_hands_out_copies():
     assert cache.fresh((0, 0)) == ({"states": [1, 2]}, "what else was kept") and calls == [[1, 2]]
     cache.fresh((0, 1))  # what it depends on has changed: computed again
     assert calls == [[1, 2], [1, 2]]
+
+
+def test_pass_index_counts_where_the_positions_start_again():
+    # one pass after a cached prefix (positions from 2), a second from 0, a third from 0; a batch of one row
+    positions = torch.tensor([[2, 3, 4, 0, 1, 0, 1, 2]])
+    assert pass_index(positions).tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    # each row of a batch on its own (a left pad restarts at its last pad); a single position is one pass
+    assert pass_index(torch.tensor([[0, 1, 2], [0, 0, 1]])).tolist() == [[0, 0, 0], [0, 1, 1]]
+    assert pass_index(torch.tensor([[5]])).tolist() == [[0]]
