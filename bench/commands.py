@@ -145,7 +145,7 @@ def plot_curves(result: dict, path: str) -> None:
 @click.option("--ft-lr", type=float, default=5e-4, show_default=True, help="FT-L Adam learning rate.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result instead of the table.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here (gzip-compressed if the name ends in .gz).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG of metrics against edits.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @user_errors
@@ -157,6 +157,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
     case (only the LM head runs after each edit), and QF variants share each fact's captures."""
     from bench.datasets import read_cases
     from bench.edits import format_capacity, format_curve, format_table, run_benchmark
+    from bench.result_files import write_result
     from memory.architecture import num_layers
 
     cases, skipped, family = read_cases(data_path, fmt, limit, offset)
@@ -178,7 +179,7 @@ def edits(data_path, fmt, limit, offset, methods, template, batch, eval_every, g
     }
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if out_path:
-        Path(out_path).write_text(text + "\n", encoding="utf-8")
+        write_result(out_path, text)
     if plot_path:
         plot_curves(result, plot_path)
     curve = f"\n\n{format_curve(result)}" if eval_every else ""

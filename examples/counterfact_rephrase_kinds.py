@@ -1,7 +1,7 @@
 """How much of CounterFact's "generalization" is a paraphrase, and how each method does on each kind (issue 7).
 
-    python examples/counterfact_rephrase_kinds.py docs/results/steer_counterfact_1000_1.5b.json \\
-        docs/results/subject_gate_u0.1_counterfact_1000_1.5b.json docs/results/counterfact_1000_1.5b.json
+    python examples/counterfact_rephrase_kinds.py docs/results/steer_counterfact_1000_1.5b.json.gz \\
+        docs/results/subject_gate_u0.1_counterfact_1000_1.5b.json.gz docs/results/counterfact_1000_1.5b.json.gz
 
 The dev set's ``rephrase_prompt`` is the prompt in other words for some records ("Michel Denisot
 spoke the language" / "Michel Denisot's mother tongue is") and another question about the subject
@@ -17,6 +17,8 @@ subject leak, over the labelled cases the run covers, split by kind.
 import argparse
 import json
 from pathlib import Path
+
+from bench.result_files import read_result, result_name
 
 LABELS = Path(__file__).resolve().parent.parent / "docs" / "results" / "counterfact_rephrase_labels_300.json"
 KINDS = ("same", "other", "unclear")
@@ -56,10 +58,10 @@ def main() -> None:
     print("| run | method | generalization: same | other | greedy paraphrase: same | other | subject leak |")
     print("|---|---|---|---|---|---|---|")
     for path in args.results:
-        result = json.loads(Path(path).read_text())
+        result = read_result(path)
         for method, v in rows_of(result, labels):
             leak = [value for kind in KINDS for value in v.get(f"subject_leak/{kind}", [])]
-            print(f"| {Path(path).stem} ({result['config']['edits']} edits) | {method} | "
+            print(f"| {result_name(path)} ({result['config']['edits']} edits) | {method} | "
                   f"{mean(v.get('generalization/same', []))} | {mean(v.get('generalization/other', []))} | "
                   f"{mean(v.get('paraphrase_success/same', []))} | {mean(v.get('paraphrase_success/other', []))} | "
                   f"{mean(leak)} |")

@@ -1,7 +1,7 @@
 """How often each method's greedy answers repeat the new target twice in a row, from saved results, and how
 often they name it twice or more anywhere.
 
-    python examples/repeated_targets.py docs/results/centered_counterfact_1000_1.5b.json ...
+    python examples/repeated_targets.py docs/results/centered_counterfact_1000_1.5b.json.gz ...
 
 ``qf bench edits`` counts a greedy answer as a success when it names the new target
 (bench.metrics.mentions), so "football football football football" succeeds. Runs since
@@ -11,10 +11,10 @@ docs/RESULTS.md, "1,000 CounterFact edits with the centered gate, and the repeat
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from bench.metrics import repeats, times_named
+from bench.result_files import read_result, result_name
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
           "| edit answers naming it twice or more |")
     print("|---|---|---|---|---|")
     for path in args.files:
-        result = json.loads(path.read_text())
+        result = read_result(path)
         for method in ("pre", *result["methods"]):
             answered = [(case[method]["answers"], case["target_new"]) for case in result["cases"]
                         if case.get(method, {}).get("answers")]
@@ -34,7 +34,7 @@ def main() -> None:
             edit = sum(repeats(a.get("prompt", ""), t) for a, t in answered)
             para = sum(repeats(a.get("paraphrase", ""), t) for a, t in answered)
             twice = sum(times_named(a.get("prompt", ""), t) >= 2 for a, t in answered)
-            print(f"| {path.stem} | {method} | {edit}/{len(answered)} | {para}/{len(answered)} | {twice}/{len(answered)} |")
+            print(f"| {result_name(path)} | {method} | {edit}/{len(answered)} | {para}/{len(answered)} | {twice}/{len(answered)} |")
 
 
 if __name__ == "__main__":
