@@ -30,7 +30,7 @@ from bench.baselines import EditMethod, FineTune, InContext
 from bench.datasets import EditCase, Poser, instruction_for, right_padded
 from bench.last_layer import LastLayerScorer
 from memory import architecture as arch
-from memory.answering import PAPER_RULE
+from memory.answering import PAPER_RULE, with_form_defaults
 from memory.consolidate import QFEditor
 from memory.delta import tensor_sha256
 from memory.contexts import in_contexts
@@ -181,16 +181,18 @@ def qf_settings(name: str) -> dict | None:
     return settings
 
 
-def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None) -> QFEditor:
-    """The editor for a QF variant name: ``editor`` itself for "qf", else one configured as named."""
+def qf_variant(name: str, editor: QFEditor, progress: Progress | None = None, form: str = "chat") -> QFEditor:
+    """The editor for a QF variant name on facts posed as ``form`` (the template: memory.answering.with_form_defaults):
+    ``editor`` itself for "qf" where the form changes nothing, else one configured as named."""
     settings = qf_settings(name)
-    return editor if settings is None else QFEditor(editor.loaded, replace(editor.given, **settings), progress=progress)
+    config = with_form_defaults(replace(editor.given, **(settings or {})), form)
+    return editor if settings is None and config == editor.given else QFEditor(editor.loaded, config, progress=progress)
 
 
 def make_method(name: str, editor: QFEditor, poser: Poser, ft_steps: int = 25, ft_lr: float = 5e-4,
                 progress: Progress | None = None, captured: dict | None = None) -> EditMethod:
     if name.startswith("qf"):
-        method = QFMethod(qf_variant(name, editor, progress), poser, captured)
+        method = QFMethod(qf_variant(name, editor, progress, poser.template), poser, captured)
         method.name = name
         return method
     if name == "ft":

@@ -92,18 +92,23 @@ class EditorConfig:
     verify_tokens: int = 64  # cap for the closed-book verification answer
 
 
-# The default combination (docs/RESULTS.md, "Row gains", "How low the subject gate goes" and "Gate 1"):
-# key-gated neurons that fire above DEFAULT_THRESHOLD (0.85, the gate alone's best) where the fact's
-# subject has been named and nowhere else (gate 1; facts with no subject: above 0.85 everywhere,
-# memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. Against the
-# gate 0.85 alone it keeps efficacy, generalization and the subject leak and leaves the questions
-# about other subjects as they were.
-DEFAULT_GATE = 1.0
+# The default combination (docs/RESULTS.md, "Gate 0.95 with subject gate 0.1 at scale, and the new default"):
+# key-gated neurons that fire above cosine 0.95 anywhere and, once the fact's subject has been named in
+# the context, above 0.1 (facts with no subject: above DEFAULT_THRESHOLD 0.85 everywhere,
+# memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. After 1,000
+# CounterFact and all 500 zsRE edits on the default model it meets every target of issue 7 (the answer
+# gate on for chat facts, off for plain completions: with_form_defaults), where the default before it
+# (gate 1 with subject gate 0.85, ``--gate 1`` now) reached none of CounterFact's paraphrases; its
+# price is the subject leak, other questions about an edited subject answered with the new fact.
+DEFAULT_GATE = 0.95
 DEFAULT_ROW_GAIN = 4.0
 # With row gains, the least change that puts each answer 1 nat ahead where the gained change does not
 # (docs/RESULTS.md, "Steering at 1,000 edits").
 DEFAULT_STEER = 1.0
-DEFAULT_SUBJECT_GATE = DEFAULT_THRESHOLD
+DEFAULT_SUBJECT_GATE = 0.1
+# Gate 1 fires a fact nowhere but where its subject is named, so a --gate 1 given comes with a subject gate:
+# 0.85, the gate alone's best (the default before 2026-12-07; docs/RESULTS.md, "Gate 1").
+GATE_ONE_SUBJECT_GATE = DEFAULT_THRESHOLD
 # With gated neurons at the last layer, a neuron fires only where the base model's centered answer state is
 # within cosine 0.8 of its row's (docs/RESULTS.md, "The answer gate, built").
 DEFAULT_ANSWER_GATE = 0.8
@@ -125,9 +130,10 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     if row_gain is None:
         row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
     subject_gate = config.subject_gate
-    if subject_gate is None:  # the default gate (or gate 1, which needs one) comes with its subject gate; a
+    if subject_gate is None:  # the default gate comes with its subject gate, a --gate 1 given with gate 1's; a
         # --gate below 1 given is that gate alone
-        subject_gate = DEFAULT_SUBJECT_GATE if (default_gate or gate == 1) and DEFAULT_SUBJECT_GATE < gate else 0.0
+        subject_gate = DEFAULT_SUBJECT_GATE if default_gate and DEFAULT_SUBJECT_GATE < gate else \
+            GATE_ONE_SUBJECT_GATE if gate == 1 else 0.0
     steer = config.steer
     if steer is None:
         steer = DEFAULT_STEER if row_gain else 0.0
@@ -139,6 +145,19 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
         refractory = DEFAULT_REFRACTORY if gate else 0
     return replace(config, gate=gate, row_gain=row_gain, subject_gate=subject_gate, steer=steer, answer_gate=answer_gate,
                    refractory=refractory)
+
+
+def with_form_defaults(config: EditorConfig, form: str) -> EditorConfig:
+    """``config`` for facts posed as ``form``: "chat" (a question in the chat template, as the agent learns
+    every fact) keeps it; "plain" (a raw completion, CounterFact's "The mother tongue of X is") leaves the
+    answer gate off unless one is given. Its reading, the base model's centered answer state, tells a chat
+    question's rewordings from other questions about the subject (zsRE), but not a completion's
+    (docs/RESULTS.md, "What CounterFact's generalization measures"): after 1,000 CounterFact edits it cost
+    gate 0.95 / subject gate 0.1 16 points of generalization for 2 of subject leak, where after all 500
+    zsRE edits it cut the first-token leak from 0.79 to 0.17."""
+    if form not in ("chat", "plain"):
+        raise ValueError(f"a fact is posed as a chat question or a plain completion, not {form!r}")
+    return replace(config, answer_gate=0.0) if form == "plain" and config.answer_gate is None else config
 
 
 # The QF paper's exact rule: minimum Frobenius norm, the instructed pass's change as it is, every row.

@@ -350,10 +350,11 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
     assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
     from memory.answering import (DEFAULT_ANSWER_GATE, DEFAULT_GATE, DEFAULT_REFRACTORY, DEFAULT_ROW_GAIN, DEFAULT_STEER,
-                                  DEFAULT_SUBJECT_GATE)
+                                  DEFAULT_SUBJECT_GATE, GATE_ONE_SUBJECT_GATE)
 
-    assert defaults.gate is None and f"(default {DEFAULT_GATE:g} = nowhere but where the fact's subject has been named" in text
+    assert defaults.gate is None and f"(default {DEFAULT_GATE:g}, with --subject-gate {DEFAULT_SUBJECT_GATE:g} where" in text
     assert defaults.subject_gate is None and f"default {DEFAULT_SUBJECT_GATE:g} with the default --gate" in text
+    assert f"{GATE_ONE_SUBJECT_GATE:g} with --gate 1" in text
     assert defaults.row_gain is None and f"default {DEFAULT_ROW_GAIN:g} with --gate at the last layer" in text
     assert defaults.steer is None and f"default {DEFAULT_STEER:g} with row gains, else 0 = off" in text
     assert defaults.answer_gate is None and f"default {DEFAULT_ANSWER_GATE:g} with --gate at the last layer" in text
@@ -514,3 +515,23 @@ def _last_keys(model, name, sequences):
         with Capture(model, [name], stop=True) as cap:
             cap.run(input_ids=torch.tensor([s]))
         yield cap.inputs[name][0, -1].double()
+
+
+def test_plain_completions_leave_the_answer_gate_off_unless_given(tiny_qwen):
+    from bench.datasets import Poser
+    from bench.edits import make_method, qf_variant
+    from memory.answering import DEFAULT_ANSWER_GATE, with_form_defaults
+
+    assert with_form_defaults(EditorConfig(), "chat") == EditorConfig()
+    assert with_form_defaults(EditorConfig(), "plain").answer_gate == 0.0
+    assert with_form_defaults(EditorConfig(answer_gate=0.7), "plain").answer_gate == 0.7  # given: kept
+    with pytest.raises(ValueError, match="chat question or a plain completion"):
+        with_form_defaults(EditorConfig(), "poem")
+    editor = QFEditor(tiny_qwen, EditorConfig())
+    assert editor.config.answer_gate == DEFAULT_ANSWER_GATE
+    assert qf_variant("qf", editor, form="chat") is editor
+    plain = qf_variant("qf", editor, form="plain")
+    assert plain is not editor and plain.config.answer_gate == 0.0 and plain.config.gate == editor.config.gate
+    assert qf_variant("qf/e0.9", editor, form="plain").config.answer_gate == 0.9
+    method = make_method("qf", editor, Poser(tiny_qwen.tokenizer, "plain"))
+    assert method.editor.config.answer_gate == 0.0
