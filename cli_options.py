@@ -101,18 +101,17 @@ def model_options(fn):
     @click.option("--gate", type=click.FloatRange(0, 1), envvar="QF_GATE", default=None,
                   help="QF: write each fact with new neurons of the edited layer's MLP that fire only where its "
                        "input's cosine with the fact's keys exceeds T, leaving down_proj and other questions "
-                       "alone; cannot be exported as a plain checkpoint (default 0.95, with --subject-gate 0.1 where the "
-                       "fact's subject has been named; 1 = nowhere but there, above --subject-gate 0.85 unless given, "
-                       "the default before 2026-12-07; 0 = the linear update of down_proj, the default with "
-                       "--spread, --soft-anchors or --near-questions). [env QF_GATE]")
+                       "alone; cannot be exported as a plain checkpoint (default 1 = nowhere but where the fact's "
+                       "subject has been named, above --subject-gate; 0 = the linear update of down_proj, the "
+                       "default with --spread, --soft-anchors or --near-questions). [env QF_GATE]")
     @click.option("--subject-gate", "subject_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_SUBJECT_GATE",
                   default=None,
                   help="QF with --gate: a fact's neurons fire above this lower cosine T once its subject (given, or "
                        "guessed from the query's names) has been named earlier in the context, so rewordings of the "
                        "question reach the fact and questions about other subjects do not; other questions about "
                        "the same subject are reached more too (memory.subject_gate; default 0.1 with the default "
-                       "--gate, 0.85 with --gate 1, 0 = off with another --gate given; a fact with no subject fires "
-                       "above 0.85 everywhere then). [env QF_SUBJECT_GATE]")
+                       "--gate or --gate 1, 0.85 before 2026-12-07; 0 = off with another --gate given; a fact with no "
+                       "subject fires above 0.85 everywhere then). [env QF_SUBJECT_GATE]")
     @click.option("--answer-gate", "answer_gate", type=click.FloatRange(0, 1, max_open=True), envvar="QF_ANSWER_GATE",
                   default=None,
                   help="QF with --gate at the last layer: a fact's neurons fire only where the model, before "

@@ -11,7 +11,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
 from memory.fact import Fact
-from memory.gated import DEFAULT_THRESHOLD
 from memory.generate import Answer, greedy_answer, stop_ids
 from memory.loading import LoadedModel
 from memory.phrasings import generate_phrasings
@@ -93,22 +92,21 @@ class EditorConfig:
 
 
 # The default combination (docs/RESULTS.md, "Gate 0.95 with subject gate 0.1 at scale, and the new default"):
-# key-gated neurons that fire above cosine 0.95 anywhere and, once the fact's subject has been named in
-# the context, above 0.1 (facts with no subject: above DEFAULT_THRESHOLD 0.85 everywhere,
-# memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. After 1,000
-# CounterFact and all 500 zsRE edits on the default model it meets every target of issue 7 (the answer
-# gate on for chat facts, off for plain completions: with_form_defaults), where the default before it
-# (gate 1 with subject gate 0.85, ``--gate 1`` now) reached none of CounterFact's paraphrases; its
-# price is the subject leak, other questions about an edited subject answered with the new fact.
-DEFAULT_GATE = 0.95
+# key-gated neurons that fire only where the fact's subject has been named in the context (gate 1), and
+# there above cosine 0.1 (facts with no subject: above DEFAULT_THRESHOLD 0.85 everywhere,
+# memory.gated.unknown_subject_threshold), each row's gain read off the LM head up to 4. It reaches the
+# rewordings of a question that name its subject and meets every target of issue 7 after 1,000
+# CounterFact and all 500 zsRE edits on the default model (the answer gate on for chat facts, off for
+# plain completions: with_form_defaults), where subject gate 0.85 (the default before 2026-12-07)
+# reached none of CounterFact's paraphrases; its price is the subject leak, other questions about an
+# edited subject answered with the new fact. Gate 1 rather than 0.95 leaves the questions about other
+# subjects as they were ("What is my son's name?" after "My daughter's name is Lina.").
+DEFAULT_GATE = 1.0
 DEFAULT_ROW_GAIN = 4.0
 # With row gains, the least change that puts each answer 1 nat ahead where the gained change does not
 # (docs/RESULTS.md, "Steering at 1,000 edits").
 DEFAULT_STEER = 1.0
 DEFAULT_SUBJECT_GATE = 0.1
-# Gate 1 fires a fact nowhere but where its subject is named, so a --gate 1 given comes with a subject gate:
-# 0.85, the gate alone's best (the default before 2026-12-07; docs/RESULTS.md, "Gate 1").
-GATE_ONE_SUBJECT_GATE = DEFAULT_THRESHOLD
 # With gated neurons at the last layer, a neuron fires only where the base model's centered answer state is
 # within cosine 0.8 of its row's (docs/RESULTS.md, "The answer gate, built").
 DEFAULT_ANSWER_GATE = 0.8
@@ -130,10 +128,9 @@ def with_defaults_decided(config: EditorConfig, last_layer: bool) -> EditorConfi
     if row_gain is None:
         row_gain = DEFAULT_ROW_GAIN if gate and last_layer and config.spread == 1 else 0.0
     subject_gate = config.subject_gate
-    if subject_gate is None:  # the default gate comes with its subject gate, a --gate 1 given with gate 1's; a
+    if subject_gate is None:  # the default gate (or gate 1, which needs one) comes with its subject gate; a
         # --gate below 1 given is that gate alone
-        subject_gate = DEFAULT_SUBJECT_GATE if default_gate and DEFAULT_SUBJECT_GATE < gate else \
-            GATE_ONE_SUBJECT_GATE if gate == 1 else 0.0
+        subject_gate = DEFAULT_SUBJECT_GATE if (default_gate or gate == 1) and DEFAULT_SUBJECT_GATE < gate else 0.0
     steer = config.steer
     if steer is None:
         steer = DEFAULT_STEER if row_gain else 0.0

@@ -84,7 +84,7 @@ def test_row_gains_are_refused_where_the_head_does_not_read_the_layer(tiny_qwen)
 
 def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head_reads_the_layer(tiny_qwen):
     from memory.answering import (DEFAULT_GATE, DEFAULT_REFRACTORY, DEFAULT_ROW_GAIN, DEFAULT_STEER, DEFAULT_SUBJECT_GATE,
-                                  GATE_ONE_SUBJECT_GATE, PAPER_RULE, with_defaults_decided)
+                                  PAPER_RULE, with_defaults_decided)
     from memory.gated import DEFAULT_THRESHOLD
 
     last = arch.num_layers(tiny_qwen.model) - 1
@@ -96,9 +96,8 @@ def test_the_default_is_gated_neurons_with_row_gains_and_steering_where_the_head
     assert editor.config.refractory == editor.gated.refractory == DEFAULT_REFRACTORY > 0  # the refractory rule too
     given = with_defaults_decided(EditorConfig(gate=0.99), last_layer=True)
     assert given.subject_gate == 0.0  # a --gate given is that gate alone
-    assert with_defaults_decided(EditorConfig(gate=DEFAULT_GATE), True).subject_gate == 0.0  # given: that gate alone
-    # gate 1 (the default before 2026-12-07) comes with its own subject gate, which it needs
-    assert with_defaults_decided(EditorConfig(gate=1.0), last_layer=True).subject_gate == GATE_ONE_SUBJECT_GATE
+    # gate 1 given, which needs a subject gate, comes with the default's
+    assert with_defaults_decided(EditorConfig(gate=1.0), last_layer=True).subject_gate == DEFAULT_SUBJECT_GATE
     with pytest.raises(ValueError, match="needs --subject-gate"):  # gate 1 fires nowhere without a subject gate
         QFEditor(tiny_qwen, EditorConfig(gate=1.0, subject_gate=0.0))
     assert editor.given == EditorConfig() and editor.gated is not None

@@ -350,11 +350,10 @@ def test_the_solver_flags_help_names_the_library_defaults():
     assert f"(default {defaults.anchors} = none" in text and f"default {defaults.spread} = that layer alone" in text
     assert f"(default {defaults.question_keys:g}; 0 = the chats alone)" in text
     from memory.answering import (DEFAULT_ANSWER_GATE, DEFAULT_GATE, DEFAULT_REFRACTORY, DEFAULT_ROW_GAIN, DEFAULT_STEER,
-                                  DEFAULT_SUBJECT_GATE, GATE_ONE_SUBJECT_GATE)
+                                  DEFAULT_SUBJECT_GATE)
 
-    assert defaults.gate is None and f"(default {DEFAULT_GATE:g}, with --subject-gate {DEFAULT_SUBJECT_GATE:g} where" in text
-    assert defaults.subject_gate is None and f"default {DEFAULT_SUBJECT_GATE:g} with the default --gate" in text
-    assert f"{GATE_ONE_SUBJECT_GATE:g} with --gate 1" in text
+    assert defaults.gate is None and f"(default {DEFAULT_GATE:g} = nowhere but where the fact's subject has been named" in text
+    assert defaults.subject_gate is None and f"default {DEFAULT_SUBJECT_GATE:g} with the default --gate or --gate 1" in text
     assert defaults.row_gain is None and f"default {DEFAULT_ROW_GAIN:g} with --gate at the last layer" in text
     assert defaults.steer is None and f"default {DEFAULT_STEER:g} with row gains, else 0 = off" in text
     assert defaults.answer_gate is None and f"default {DEFAULT_ANSWER_GATE:g} with --gate at the last layer" in text

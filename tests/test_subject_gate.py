@@ -222,8 +222,7 @@ def test_a_fact_about_what_the_user_owns_answers_where_that_is_named_and_not_for
     instruction, query = "My daughter's name is Lena.", "What is my daughter's name?"
     fact = Fact(instruction, query, "Lena.", subject=guess_subject(instruction, query))
     assert fact.subject == "my daughter"
-    # gate 1 (with its subject gate 0.85): the fact fires nowhere else, so where it is named is all that counts
-    editor = QFEditor(tiny_qwen, EditorConfig(gate=1.0, max_answer_tokens=4, verify_tokens=4))
+    editor = QFEditor(tiny_qwen, EditorConfig(max_answer_tokens=4, verify_tokens=4))  # the default: gate 1
     editor.learn(fact, verify=False)
     presence = installed_patch(editor.mlp).presence
     named = {}
